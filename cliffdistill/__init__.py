@@ -1,0 +1,1 @@
+"""cliffdistill: on-policy and off-policy LLM distillation in JAX, done correctly."""

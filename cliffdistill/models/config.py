@@ -1,0 +1,287 @@
+"""Model configuration: one frozen dataclass for Llama 3.x, Qwen3 and Qwen3-MoE.
+
+`ModelConfig` is hashable so it can be a *static* argument of jitted functions: two runs with the
+same architecture share compiled code. It is built from an HF `config.json` (both the legacy
+`rope_theta`/`rope_scaling` layout of published checkpoints and the `rope_parameters` layout that
+transformers 5 writes) or from a named preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen3_moe")
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1 frequency-dependent RoPE scaling (`rope_type: llama3`)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    model_type: str  # "llama" | "qwen3" | "qwen3_moe"
+    vocab_size: int
+    hidden_size: int  # D
+    num_layers: int  # L
+    num_heads: int  # Hq
+    num_kv_heads: int  # Hkv (GQA when < Hq)
+    head_dim: int  # hd
+    intermediate_size: int  # F of the dense MLP
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    # Mixture of experts (qwen3_moe); num_experts == 0 means a dense MLP.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    # Tokenizer-side facts the sampler needs.
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type={self.model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_kv_heads}"
+            )
+        if self.is_moe and not (0 < self.num_experts_per_tok <= self.num_experts):
+            raise ValueError(
+                f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]"
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3 normalises q and k per head before RoPE; Llama does not."""
+        return self.model_type in ("qwen3", "qwen3_moe")
+
+    def replace(self, **kw: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# --------------------------------------------------------------------------- HF config.json
+
+
+def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
+    """Reads RoPE settings from either HF layout; unknown scaling types are refused."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or None
+    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = params
+    if scaling is None:
+        return float(theta), None
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ValueError(
+            f"{source}: rope scaling type {rope_type!r} is not supported "
+            f"(supported: {SUPPORTED_ROPE_TYPES}); field rope_scaling/rope_parameters"
+        )
+    try:
+        return float(theta), RopeScaling(
+            factor=float(scaling["factor"]),
+            low_freq_factor=float(scaling["low_freq_factor"]),
+            high_freq_factor=float(scaling["high_freq_factor"]),
+            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+        )
+    except KeyError as e:
+        raise ValueError(f"{source}: llama3 rope scaling is missing field {e.args[0]!r}") from None
+
+
+def _as_tuple(x: Any) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    return tuple(int(v) for v in x) if isinstance(x, (list, tuple)) else (int(x),)
+
+
+def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
+    """Builds a `ModelConfig` from a parsed HF `config.json` dict; `source` names it in errors."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{source}: model_type={model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+        )
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported")
+    if hf.get("use_sliding_window"):
+        raise ValueError(f"{source}: use_sliding_window=true is not supported")
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in required if k not in hf]
+    if missing:
+        raise ValueError(f"{source}: missing required field(s) {missing}")
+    num_heads = int(hf["num_attention_heads"])
+    theta, scaling = _rope_from_hf(hf, source)
+    moe = {}
+    if model_type == "qwen3_moe":
+        if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
+            raise ValueError(
+                f"{source}: mixed dense/MoE layers (mlp_only_layers, decoder_sparse_step != 1) "
+                "are not supported; every layer must be MoE"
+            )
+        moe = dict(
+            num_experts=int(hf.get("num_experts", hf.get("num_local_experts", 0))),
+            num_experts_per_tok=int(hf["num_experts_per_tok"]),
+            moe_intermediate_size=int(hf["moe_intermediate_size"]),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        )
+    return ModelConfig(
+        model_type=model_type,
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // num_heads),
+        intermediate_size=int(hf.get("intermediate_size", 0)),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=_as_tuple(hf.get("eos_token_id")),
+        pad_token_id=hf.get("pad_token_id"),
+        **moe,
+    )
+
+
+def load_hf_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no config.json (is this an HF checkpoint directory?)")
+    try:
+        hf = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    return from_hf_config(hf, source=str(file))
+
+
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+
+
+def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """The HF `config.json` for `cfg`, in the legacy rope layout every transformers version reads."""
+    hf: dict[str, Any] = dict(
+        architectures=[_ARCHITECTURES[cfg.model_type]],
+        model_type=cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        intermediate_size=cfg.intermediate_size,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings,
+        hidden_act="silu",
+        attention_bias=False,
+        torch_dtype=dtype,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=(list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1
+                      else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)),
+        pad_token_id=cfg.pad_token_id,
+    )
+    if cfg.model_type == "llama":
+        hf["mlp_bias"] = False
+    if cfg.rope_scaling is not None:
+        hf["rope_scaling"] = dict(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
+    if cfg.is_moe:
+        hf.update(
+            num_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.num_experts_per_tok,
+            moe_intermediate_size=cfg.moe_intermediate_size,
+            norm_topk_prob=cfg.norm_topk_prob,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    return hf
+
+
+# --------------------------------------------------------------------------- presets
+
+_LLAMA3_ROPE = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                           original_max_position_embeddings=8192)
+
+PRESETS: dict[str, ModelConfig] = {
+    # Qwen/Qwen3-4B-Instruct-2507 (tied embeddings).
+    "qwen3_4b": ModelConfig(
+        model_type="qwen3", vocab_size=151936, hidden_size=2560, num_layers=36, num_heads=32,
+        num_kv_heads=8, head_dim=128, intermediate_size=9728, rms_norm_eps=1e-6, rope_theta=5e6,
+        tie_word_embeddings=True, max_position_embeddings=262144, eos_token_ids=(151645,),
+        pad_token_id=151643),
+    # Qwen/Qwen3-30B-A3B-Instruct-2507: 128 experts, 8 active, every layer MoE.
+    "qwen3_30b_a3b": ModelConfig(
+        model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, num_layers=48, num_heads=32,
+        num_kv_heads=4, head_dim=128, intermediate_size=6144, rms_norm_eps=1e-6, rope_theta=1e7,
+        max_position_embeddings=262144, num_experts=128, num_experts_per_tok=8,
+        moe_intermediate_size=768, norm_topk_prob=True, eos_token_ids=(151645,),
+        pad_token_id=151643),
+    # meta-llama/Llama-3.1-8B-Instruct.
+    "llama31_8b": ModelConfig(
+        model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=5e5,
+        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009)),
+    # meta-llama/Llama-3.3-70B-Instruct.
+    "llama33_70b": ModelConfig(
+        model_type="llama", vocab_size=128256, hidden_size=8192, num_layers=80, num_heads=64,
+        num_kv_heads=8, head_dim=128, intermediate_size=28672, rms_norm_eps=1e-5, rope_theta=5e5,
+        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009)),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def rope_inv_freq(cfg: ModelConfig) -> "list[float]":
+    """Inverse RoPE frequencies [hd/2], with Llama 3.1 scaling applied when configured."""
+    dim = cfg.head_dim
+    inv = [1.0 / (cfg.rope_theta ** (2 * i / dim)) for i in range(dim // 2)]
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    out = []
+    for f in inv:
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(f)
+        elif wavelen > low_wavelen:
+            out.append(f / s.factor)
+        else:
+            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+                s.high_freq_factor - s.low_freq_factor)
+            out.append((1 - smooth) * f / s.factor + smooth * f)
+    return out
