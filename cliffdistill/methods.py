@@ -1,0 +1,245 @@
+"""Distillation methods as step schedules (DESIGN §1 table).
+
+A method is one schedule function ``(step, config) -> StepPlan`` plus one entry in
+:data:`METHODS`.  The trainer asks ``get(cfg.method, schedule_cfg)(step)`` for the plan of each
+step and performs ONE optimizer update on
+
+    on_weight * on_policy_loss + off_weight * off_policy_loss + anchor_beta * KL(pi_theta || pi_0)
+
+where the on-policy rollout uses ``seed_tokens`` teacher-written completion tokens as a prefix,
+and the off-policy batch comes from the replay buffer of cached teacher samples when
+``replay`` is true (otherwise from the teacher-sample stream).  Plans hold plain Python numbers;
+the trainer turns them into arrays so plan changes never recompile.
+
+All constants live in :func:`default_schedule_config`; steps are 0-based.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What one training step does.
+
+    on_weight: weight of the on-policy loss (0 -> no rollout this step).
+    off_weight: weight of the off-policy loss (0 -> no off-policy batch this step).
+    seed_tokens: number of teacher-written completion tokens before the student continues
+        (context, never targets).
+    anchor_beta: weight of KL(pi_theta || pi_0) (0 -> no anchor term).
+    replay: the off-policy batch is drawn from the replay buffer of teacher samples.
+    """
+
+    on_weight: float = 0.0
+    off_weight: float = 0.0
+    seed_tokens: int = 0
+    anchor_beta: float = 0.0
+    replay: bool = False
+
+
+Schedule = Callable[[int, ml_collections.ConfigDict], StepPlan]
+
+ON_POLICY = StepPlan(on_weight=1.0)
+OFF_POLICY = StepPlan(off_weight=1.0)
+
+
+def default_schedule_config() -> ml_collections.ConfigDict:
+    """Every constant the schedules use (the study's values)."""
+    c = ml_collections.ConfigDict()
+    # Training steps of every method except `extended_on_policy`.
+    c.num_steps = 100
+    # Training steps of `extended_on_policy` (on-policy only, twice as long).
+    c.extended_num_steps = 200
+    # `hybrid`: off-policy for steps < hybrid_switch_step, on-policy from it on.
+    c.hybrid_switch_step = 50
+    # `teacher_seeded`: teacher-written prefix length at step 0 ...
+    c.seed_max_tokens = 20
+    # ... decaying linearly to 0 at this step: N = round(seed_max_tokens * (1 - step/seed_decay_steps)).
+    c.seed_decay_steps = 50
+    # `mixture`: weight of the off-policy loss; the on-policy weight is 1 - mixture_off_weight.
+    c.mixture_off_weight = 0.3
+    # `replay_buffer`: an off-policy replay batch is added every replay_period-th step (1-based) ...
+    c.replay_period = 5
+    # ... with this loss weight (the on-policy loss keeps weight 1).
+    c.replay_weight = 1.0
+    # `kl_anchored`: weight beta of KL(pi_theta || pi_0) added to the off-policy loss.
+    c.anchor_beta = 0.1
+    # `reverse_curriculum`: on-policy for steps < reverse_switch_step, off-policy after.
+    c.reverse_switch_step = 70
+    return c
+
+
+def _check_step(step: int) -> int:
+    if isinstance(step, bool) or int(step) != step or step < 0:
+        raise ValueError(f"schedule step must be a non-negative int, got {step!r}.")
+    return int(step)
+
+
+# ----------------------------------------------------------------------------- the eight methods
+
+
+def on_policy_gkd(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """On-policy loss only, every step."""
+    _check_step(step)
+    return ON_POLICY
+
+
+def extended_on_policy(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """Same plan as on_policy_gkd; the trainer runs it for ``c.extended_num_steps`` (see num_steps)."""
+    _check_step(step)
+    return ON_POLICY
+
+
+def hybrid(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """Off-policy for steps < c.hybrid_switch_step, on-policy from then on."""
+    return OFF_POLICY if _check_step(step) < c.hybrid_switch_step else ON_POLICY
+
+
+def teacher_seeded(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """On-policy; the teacher writes the first N completion tokens and the student continues.
+
+    N = round(seed_max_tokens * (1 - step / seed_decay_steps)) for step < seed_decay_steps, else 0.
+    Python's ``round`` (half to even); with the defaults N = 20 - 0.4*step never lands on .5.
+    """
+    step = _check_step(step)
+    if step >= c.seed_decay_steps:
+        n = 0
+    else:
+        n = round(c.seed_max_tokens * (1.0 - step / c.seed_decay_steps))
+    return StepPlan(on_weight=1.0, seed_tokens=int(n))
+
+
+def mixture(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """ONE update on (1 - w) * on-policy + w * off-policy loss, w = c.mixture_off_weight.
+
+    (The study took two optimizer steps instead; that defect is not reproduced here.)
+    """
+    _check_step(step)
+    w = float(c.mixture_off_weight)
+    return StepPlan(on_weight=1.0 - w, off_weight=w)
+
+
+def replay_buffer(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """On-policy every step; every k-th step (k = c.replay_period) an off-policy replay batch is added.
+
+    "Every k-th step" is counted 1-based: replay happens when ``step % k == k - 1`` (0-based steps
+    4, 9, 14, ... for k=5), so the first replay comes after k - 1 pure on-policy steps and a
+    100-step run gets exactly 100 // k replays.  The replay loss weight is c.replay_weight and is
+    added to (not traded against) the on-policy weight 1.
+    """
+    step = _check_step(step)
+    k = int(c.replay_period)
+    if step % k == k - 1:
+        return StepPlan(on_weight=1.0, off_weight=float(c.replay_weight), replay=True)
+    return ON_POLICY
+
+
+def kl_anchored(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """Off-policy loss + c.anchor_beta * KL(pi_theta || pi_0), every step."""
+    _check_step(step)
+    return StepPlan(off_weight=1.0, anchor_beta=float(c.anchor_beta))
+
+
+def reverse_curriculum(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """On-policy for steps < c.reverse_switch_step, off-policy for the rest."""
+    return ON_POLICY if _check_step(step) < c.reverse_switch_step else OFF_POLICY
+
+
+METHODS: dict[str, Schedule] = {
+    "on_policy_gkd": on_policy_gkd,
+    "extended_on_policy": extended_on_policy,
+    "hybrid": hybrid,
+    "teacher_seeded": teacher_seeded,
+    "mixture": mixture,
+    "replay_buffer": replay_buffer,
+    "kl_anchored": kl_anchored,
+    "reverse_curriculum": reverse_curriculum,
+}
+
+# Methods that run for c.extended_num_steps instead of c.num_steps.
+_EXTENDED = frozenset({"extended_on_policy"})
+
+
+# ----------------------------------------------------------------------------- registry / validation
+
+
+def _check_name(name: str) -> None:
+    if name not in METHODS:
+        raise ValueError(
+            f"unknown method {name!r} (config field `method`); known methods: "
+            f"{', '.join(sorted(METHODS))}."
+        )
+
+
+def num_steps(name: str, c: Optional[ml_collections.ConfigDict] = None) -> int:
+    """Number of training steps of method ``name``: c.extended_num_steps for extended_on_policy,
+    c.num_steps otherwise."""
+    _check_name(name)
+    c = default_schedule_config() if c is None else c
+    return int(c.extended_num_steps if name in _EXTENDED else c.num_steps)
+
+
+_INT_FIELDS = (
+    "num_steps",
+    "extended_num_steps",
+    "hybrid_switch_step",
+    "seed_max_tokens",
+    "seed_decay_steps",
+    "replay_period",
+    "reverse_switch_step",
+)
+_FLOAT_FIELDS = ("mixture_off_weight", "replay_weight", "anchor_beta")
+
+
+def validate_schedule_config(c: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the field for missing or nonsensical schedule constants."""
+    for field in _INT_FIELDS + _FLOAT_FIELDS:
+        if field not in c:
+            raise ValueError(f"schedule config field `{field}` is missing; see methods.default_schedule_config().")
+    for field in _INT_FIELDS:
+        v = c[field]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"schedule config field `{field}` must be an int, got {v!r}.")
+    for field in _FLOAT_FIELDS:
+        v = c[field]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"schedule config field `{field}` must be a finite number, got {v!r}.")
+
+    def need(ok: bool, field: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"schedule config field `{field}`={c[field]!r} is invalid: must be {what}.")
+
+    need(c.num_steps >= 1, "num_steps", ">= 1")
+    need(c.extended_num_steps >= 1, "extended_num_steps", ">= 1")
+    need(0 <= c.hybrid_switch_step <= c.num_steps, "hybrid_switch_step", f"in [0, num_steps={c.num_steps}]")
+    need(0 <= c.reverse_switch_step <= c.num_steps, "reverse_switch_step", f"in [0, num_steps={c.num_steps}]")
+    need(c.seed_max_tokens >= 0, "seed_max_tokens", ">= 0")
+    need(c.seed_decay_steps >= 1, "seed_decay_steps", ">= 1 (set seed_max_tokens=0 for no seeding)")
+    need(0.0 <= c.mixture_off_weight <= 1.0, "mixture_off_weight", "in [0, 1] (on weight is 1 - it)")
+    need(c.replay_period >= 1, "replay_period", ">= 1")
+    need(c.replay_weight >= 0.0, "replay_weight", ">= 0")
+    need(c.anchor_beta >= 0.0, "anchor_beta", ">= 0")
+
+
+def get(name: str, c: Optional[ml_collections.ConfigDict] = None) -> Callable[[int], StepPlan]:
+    """The schedule of method ``name`` bound to config ``c`` (validated; defaults when None).
+
+    ``get("teacher_seeded")(0) == StepPlan(on_weight=1.0, seed_tokens=20)``.
+    """
+    _check_name(name)
+    c = default_schedule_config() if c is None else c
+    validate_schedule_config(c)
+    c = ml_collections.FrozenConfigDict(c)  # later edits to the caller's config cannot change plans
+    schedule = METHODS[name]
+
+    def plan(step: int) -> StepPlan:
+        return schedule(step, c)
+
+    plan.__name__ = f"{name}_plan"
+    plan.__doc__ = schedule.__doc__
+    return plan

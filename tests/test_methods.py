@@ -1,0 +1,174 @@
+"""cliffdistill.methods: the eight schedules against a hand-written table (DESIGN §1)."""
+
+import dataclasses
+
+import pytest
+
+from cliffdistill import methods
+from cliffdistill.methods import StepPlan
+
+ON = StepPlan(on_weight=1.0, off_weight=0.0, seed_tokens=0, anchor_beta=0.0, replay=False)
+OFF = StepPlan(on_weight=0.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.0, replay=False)
+REPLAY = StepPlan(on_weight=1.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.0, replay=True)
+MIX = StepPlan(on_weight=0.7, off_weight=0.3, seed_tokens=0, anchor_beta=0.0, replay=False)
+ANCHOR = StepPlan(on_weight=0.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.1, replay=False)
+
+
+def seeded(n):
+    return StepPlan(on_weight=1.0, off_weight=0.0, seed_tokens=n, anchor_beta=0.0, replay=False)
+
+
+STEPS = (0, 25, 49, 50, 69, 70, 99)
+
+# Written by hand from the DESIGN §1 table with the default constants.
+EXPECTED = {
+    "on_policy_gkd": {0: ON, 25: ON, 49: ON, 50: ON, 69: ON, 70: ON, 99: ON},
+    "extended_on_policy": {0: ON, 25: ON, 49: ON, 50: ON, 69: ON, 70: ON, 99: ON, 199: ON},
+    "hybrid": {0: OFF, 25: OFF, 49: OFF, 50: ON, 69: ON, 70: ON, 99: ON},
+    # N = round(20 * (1 - step/50)): 20, 10, round(0.4) = 0, then 0.
+    "teacher_seeded": {0: seeded(20), 25: seeded(10), 49: seeded(0), 50: seeded(0), 69: seeded(0), 70: seeded(0), 99: seeded(0)},
+    "mixture": {0: MIX, 25: MIX, 49: MIX, 50: MIX, 69: MIX, 70: MIX, 99: MIX},
+    # replay on 0-based steps with step % 5 == 4: 49, 69, 99 yes; 0, 25, 50, 70 no.
+    "replay_buffer": {0: ON, 25: ON, 49: REPLAY, 50: ON, 69: REPLAY, 70: ON, 99: REPLAY},
+    "kl_anchored": {0: ANCHOR, 25: ANCHOR, 49: ANCHOR, 50: ANCHOR, 69: ANCHOR, 70: ANCHOR, 99: ANCHOR},
+    "reverse_curriculum": {0: ON, 25: ON, 49: ON, 50: ON, 69: ON, 70: OFF, 99: OFF},
+}
+
+
+def test_table_covers_exactly_the_eight_methods():
+    assert set(methods.METHODS) == set(EXPECTED)
+    assert len(methods.METHODS) == 8
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_schedule_table(name):
+    plan = methods.get(name)
+    for step, want in EXPECTED[name].items():
+        got = plan(step)
+        assert isinstance(got, StepPlan)
+        assert got == want, f"{name} step {step}: {got} != {want}"
+        # plain Python numbers, as the trainer expects
+        assert type(got.seed_tokens) is int and type(got.replay) is bool
+        assert isinstance(got.on_weight, float) and isinstance(got.off_weight, float)
+        assert isinstance(got.anchor_beta, float)
+        # the raw schedule function with an explicit config agrees with the bound one
+        assert methods.METHODS[name](step, methods.default_schedule_config()) == want
+
+
+def test_teacher_seeded_full_decay():
+    plan = methods.get("teacher_seeded")
+    got = [plan(s).seed_tokens for s in range(0, 60)]
+    want = [round(20 * (1 - s / 50)) for s in range(50)] + [0] * 10
+    assert got == want
+    assert got[:5] == [20, 20, 19, 19, 18]  # 20, 19.6, 19.2, 18.8, 18.4
+    assert all(a >= b for a, b in zip(got, got[1:]))
+
+
+def test_replay_count_and_mixture_single_update():
+    plan = methods.get("replay_buffer")
+    replay_steps = [s for s in range(100) if plan(s).replay]
+    assert replay_steps == list(range(4, 100, 5)) and len(replay_steps) == 20
+    assert all(plan(s).off_weight == (1.0 if plan(s).replay else 0.0) for s in range(100))
+    mix = methods.get("mixture")(0)
+    assert mix.on_weight + mix.off_weight == pytest.approx(1.0)
+
+
+def test_num_steps():
+    c = methods.default_schedule_config()
+    assert methods.num_steps("extended_on_policy", c) == 200
+    for name in methods.METHODS:
+        if name != "extended_on_policy":
+            assert methods.num_steps(name, c) == 100
+    assert methods.num_steps("hybrid") == 100
+
+
+def test_default_config_values():
+    c = methods.default_schedule_config()
+    assert c.to_dict() == dict(
+        num_steps=100,
+        extended_num_steps=200,
+        hybrid_switch_step=50,
+        seed_max_tokens=20,
+        seed_decay_steps=50,
+        mixture_off_weight=0.3,
+        replay_period=5,
+        replay_weight=1.0,
+        anchor_beta=0.1,
+        reverse_switch_step=70,
+    )
+
+
+def test_config_overrides_are_used():
+    c = methods.default_schedule_config()
+    c.hybrid_switch_step = 10
+    c.mixture_off_weight = 0.5
+    c.replay_period = 1
+    c.anchor_beta = 0.25
+    c.seed_max_tokens = 8
+    c.seed_decay_steps = 4
+    assert methods.get("hybrid", c)(9) == OFF and methods.get("hybrid", c)(10) == ON
+    assert methods.get("mixture", c)(3) == dataclasses.replace(MIX, on_weight=0.5, off_weight=0.5)
+    assert all(methods.get("replay_buffer", c)(s).replay for s in range(5))
+    assert methods.get("kl_anchored", c)(0).anchor_beta == 0.25
+    assert [methods.get("teacher_seeded", c)(s).seed_tokens for s in range(6)] == [8, 6, 4, 2, 0, 0]
+    # the bound plan is a snapshot: editing the config afterwards does not change it
+    plan = methods.get("hybrid", c)
+    c.hybrid_switch_step = 90
+    assert plan(50) == ON
+
+
+def test_step_plan_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ON.on_weight = 0.5  # type: ignore[misc]
+
+
+def test_unknown_method_lists_known_names():
+    with pytest.raises(ValueError) as e:
+        methods.get("on_policy_gdk")
+    msg = str(e.value)
+    assert "'on_policy_gdk'" in msg and "method" in msg
+    for name in methods.METHODS:
+        assert name in msg
+    with pytest.raises(ValueError, match="known methods"):
+        methods.num_steps("nope")
+
+
+def test_negative_step_rejected():
+    with pytest.raises(ValueError, match="step"):
+        methods.get("hybrid")(-1)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_steps", 0),
+        ("num_steps", -5),
+        ("extended_num_steps", -1),
+        ("hybrid_switch_step", 150),
+        ("hybrid_switch_step", -1),
+        ("reverse_switch_step", 101),
+        ("seed_max_tokens", -1),
+        ("seed_decay_steps", 0),
+        ("mixture_off_weight", 1.5),
+        ("mixture_off_weight", -0.1),
+        ("replay_period", 0),
+        ("replay_weight", -1.0),
+        ("anchor_beta", -0.1),
+        ("anchor_beta", float("nan")),
+    ],
+)
+def test_validate_names_the_field(field, value):
+    c = methods.default_schedule_config()
+    c[field] = value
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        methods.validate_schedule_config(c)
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        methods.get("on_policy_gkd", c)
+
+
+def test_validate_missing_field_and_defaults_ok():
+    methods.validate_schedule_config(methods.default_schedule_config())
+    c = methods.default_schedule_config()
+    del c["replay_period"]
+    with pytest.raises(ValueError, match="`replay_period`"):
+        methods.validate_schedule_config(c)
