@@ -26,15 +26,20 @@ from cliffdistill.models.lora import LoraParams
 
 def completion_hidden(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
                       completion: jax.Array, lora: LoraParams | None = None, *,
-                      remat: bool = False, moe_impl: str = "ragged") -> jax.Array:
-    """Hidden states [B, G, D] that predict completion tokens [B, G] after prompt [B, P]."""
-    P = prompt.shape[1]
+                      remat: bool = False, moe_impl: str = "ragged", shift: bool = True) -> jax.Array:
+    """Hidden states [B, G, D] that predict completion tokens [B, G] after prompt [B, P].
+
+    shift=False is the study's off-policy defect, kept only as an ablation: token t is "predicted"
+    from its own position, where the model already sees it, so training teaches copying.
+    """
+    P, G = prompt.shape[1], completion.shape[1]
     tokens = jnp.concatenate([prompt, completion], axis=1)
     # Completion padding sits after the real tokens, so causality keeps it from affecting them.
     mask = jnp.concatenate([prompt_mask, jnp.ones(completion.shape, bool)], axis=1)
     h = transformer.forward_hidden(cfg, params, tokens, lora, mask=mask, remat=remat,
                                    moe_impl=moe_impl)
-    return h[:, P - 1:-1]
+    start = P - 1 if shift else P
+    return h[:, start:start + G]
 
 
 def chunked_token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array,

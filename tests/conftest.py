@@ -24,3 +24,11 @@ def shared_gsm8k() -> Path:
     if not (SHARED_GSM8K / "test.jsonl").exists():
         pytest.skip(f"{SHARED_GSM8K} not present")
     return SHARED_GSM8K
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """Tokenizer + tiny Qwen3 student/teacher checkpoints + synthetic GSM8K-format data, once."""
+    from tests.tiny import make_tiny_pair
+
+    return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))

@@ -158,3 +158,25 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(logical, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def put_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """A host array (identical on every process) as a batch-sharded global array.
+
+    Each process materialises only the shards its own devices hold, so this is also the
+    per-process data feeding of a multi-host run.
+    """
+    x = np.asarray(x)
+    if mesh is None:
+        return jax.device_put(x)
+    sh = batch_sharding(mesh, x.ndim, x.shape[0])
+    return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The full value of a (possibly multi-host) global array on every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -1,0 +1,239 @@
+"""Small, dependency-free statistics for the report: binomial and Student-t intervals, run status.
+
+Why hand-rolled: scipy is not a dependency of this project, and the report needs only three
+things -- a Wilson interval for one evaluation (``correct`` of ``n`` held-out questions), a
+Student-t interval for a mean over seeds (the study's headline numbers are means over 10 seeds),
+and the documented status rule that turns an accuracy curve into ``stable``/``partial``/``collapsed``.
+
+The t quantile is computed exactly (to ~1e-12) for any degrees of freedom by inverting the
+Student-t CDF, which is a regularized incomplete beta function evaluated with the Lentz continued
+fraction (Numerical Recipes §6.4).  A lookup table would be simpler but silently wrong for
+fractional or large df; the inversion is cached, so the cost is paid once per df.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from typing import Optional
+
+import ml_collections
+
+__all__ = [
+    "wilson_interval",
+    "mean_ci",
+    "t_quantile",
+    "t_cdf",
+    "regularized_incomplete_beta",
+    "default_status_thresholds",
+    "classify_status",
+    "STATUSES",
+]
+
+STATUSES = ("stable", "partial", "collapsed")
+
+# Comparisons in classify_status are made with this slack so that an accuracy lying exactly on a
+# threshold (accuracies are ratios of small integers, e.g. 27/100 vs 0.9 * 30/100) lands on the
+# documented side of it instead of on whichever side float rounding picks.
+_EDGE_EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------- binomial
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``correct / n``.
+
+    Used for single evaluations (baselines, per-eval CIs): unlike the normal approximation it
+    stays inside [0, 1] and is sensible at 0 % and 100 %, which is exactly where collapsed runs
+    and strong teachers live.  ``n == 0`` carries no information and returns ``(0.0, 1.0)``.
+    """
+    if isinstance(correct, bool) or isinstance(n, bool):
+        raise ValueError(f"wilson_interval needs integer counts, got correct={correct!r}, n={n!r}.")
+    if int(correct) != correct or int(n) != n:
+        raise ValueError(f"wilson_interval needs integer counts, got correct={correct!r}, n={n!r}.")
+    correct, n = int(correct), int(n)
+    if n < 0 or not 0 <= correct <= n:
+        raise ValueError(f"wilson_interval needs 0 <= correct <= n, got correct={correct}, n={n}.")
+    if not z > 0:
+        raise ValueError(f"wilson_interval needs z > 0, got z={z!r}.")
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2.0 * n)) / denom
+    half = (z / denom) * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    low = 0.0 if correct == 0 else max(0.0, center - half)
+    high = 1.0 if correct == n else min(1.0, center + half)
+    return low, high
+
+
+# ----------------------------------------------------------------------------- Student t
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of I_x(a, b) (modified Lentz), converges fast for x < (a+1)/(a+b+2)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = tiny if abs(d) < tiny else d
+    d = 1.0 / d
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x}).")
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if not (a > 0 and b > 0):
+        raise ValueError(f"incomplete beta needs a, b > 0, got a={a!r}, b={b!r}.")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x!r}.")
+    if x == 0.0 or x == 1.0:
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t with ``df`` degrees of freedom: 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t > 0."""
+    if not df > 0:
+        raise ValueError(f"t distribution needs df > 0, got df={df!r}.")
+    if t == 0.0:
+        return 0.5
+    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+@functools.lru_cache(maxsize=4096)
+def t_quantile(p: float, df: float) -> float:
+    """Inverse CDF of Student's t (e.g. ``t_quantile(0.975, 2) == 4.3027...``), by bisection on t_cdf.
+
+    Bisection (not Newton) because it cannot diverge in the heavy tails at df = 1; 200 halvings of
+    a bracket found by doubling reach float precision.  Cached: the report asks for few distinct df.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile needs 0 < p < 1, got p={p!r}.")
+    if not df > 0:
+        raise ValueError(f"t_quantile needs df > 0, got df={df!r}.")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    hi = 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+        if hi > 1e300:  # pragma: no cover - p astronomically close to 1
+            return math.inf
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval ``(mean, low, high)`` of ``values``.
+
+    This is the across-seed interval of the report: the seeds are the replicates, the per-seed
+    accuracy is one observation (its own binomial noise is part of the between-seed spread).
+    One value gives ``(v, nan, nan)`` (no spread to estimate); no values give three NaNs.
+    Non-finite values are rejected: a NaN accuracy is a bug upstream, not a data point.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"mean_ci needs 0 < confidence < 1, got {confidence!r}.")
+    xs = [float(v) for v in values]
+    for v in xs:
+        if not math.isfinite(v):
+            raise ValueError(f"mean_ci got a non-finite value {v!r}; filter missing values first.")
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return mean, math.nan, math.nan
+    var = math.fsum((v - mean) ** 2 for v in xs) / (n - 1)
+    half = t_quantile(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
+    return mean, mean - half, mean + half
+
+
+# ----------------------------------------------------------------------------- run status
+
+
+def default_status_thresholds() -> ml_collections.ConfigDict:
+    """The thresholds of :func:`classify_status` (fractions of the run's own step-0 accuracy)."""
+    c = ml_collections.ConfigDict()
+    # `collapsed` when final < collapse_frac * start: three quarters of what the student could
+    # already do is gone.
+    c.collapse_frac = 0.25
+    # ... or when final <= collapse_abs although start >= collapse_abs_min_start: "0 %" in the
+    # study's sense (a student that started at 8 %+ and now answers ~nothing).  The min-start guard
+    # keeps a student that never could solve anything from being called collapsed by this rule.
+    c.collapse_abs = 0.02
+    c.collapse_abs_min_start = 0.08
+    # `stable` when final >= stable_frac * start: within 10 % (relative) of the start, or better.
+    c.stable_frac = 0.9
+    return c
+
+
+def classify_status(
+    final_acc: float, start_acc: float, thresholds: Optional[ml_collections.ConfigDict] = None
+) -> str:
+    """Status of a run from its final held-out accuracy and its step-0 (untrained student) accuracy.
+
+    The study called methods "collapsed" by eye; this makes the call a documented rule.  With
+    ``f = final_acc``, ``s = start_acc`` (both in [0, 1]) and the thresholds ``t``
+    (defaults from :func:`default_status_thresholds`):
+
+    * ``collapsed`` if ``f < t.collapse_frac * s``, or if ``s >= t.collapse_abs_min_start`` and
+      ``f <= t.collapse_abs``;
+    * otherwise ``stable`` if ``f >= t.stable_frac * s``;
+    * otherwise ``partial``.
+
+    Values exactly on a threshold fall on the side written above (comparisons allow 1e-9 slack for
+    float rounding).  A student that starts at 0 can only be ``stable``.  Called by the trainer for
+    every evaluation (start = that run's step-0 accuracy) and by the report as a fallback.
+    """
+    t = default_status_thresholds() if thresholds is None else thresholds
+    for name, v in (("final_acc", final_acc), ("start_acc", start_acc)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"classify_status needs a finite number for {name}, got {v!r}.")
+        if not -_EDGE_EPS <= v <= 1.0 + _EDGE_EPS:
+            raise ValueError(f"classify_status needs {name} in [0, 1] (a fraction, not %), got {v!r}.")
+    f, s = float(final_acc), float(start_acc)
+    if f < t.collapse_frac * s - _EDGE_EPS:
+        return "collapsed"
+    if s >= t.collapse_abs_min_start - _EDGE_EPS and f <= t.collapse_abs + _EDGE_EPS:
+        return "collapsed"
+    if f >= t.stable_frac * s - _EDGE_EPS:
+        return "stable"
+    return "partial"

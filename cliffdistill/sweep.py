@@ -1,0 +1,729 @@
+r"""Sweeps: expand a sweep config into runs, run them resumably in-process, then write the report.
+
+    python -m cliffdistill.sweep --config configs/sweeps/toy_quick.py --workdir DIR \
+        [--shard i/n] [--retry_failed] [--dry_run] [--config.product.seed='(0, 1)']
+
+A sweep config (``get_config()`` -> ConfigDict) has
+
+* ``base_config``: path of a run config file (``get_config()``), relative to the repo root unless
+  absolute; ``path.py:arg`` passes ``arg`` to its ``get_config`` (as ``--config`` does).
+* ``base_overrides``: ``{dotted.field: value}`` applied to every run (nested dicts are flattened,
+  so ``{"ablation": {"no_shift": True}}`` and ``{"ablation.no_shift": True}`` mean the same).
+* ``product``: ``{dotted.field: (values...)}``, crossed (cartesian product).  Lists work too, but
+  only tuples can be overridden on the command line (``--config.product.seed='(0, 1)'``).
+* ``zip``: ``{dotted.field: (values...)}``, lists of equal length taken row by row; the rows are
+  crossed with the product (product outer, zip rows inner).  One-hot ablation variants are a zip.
+* ``order`` (optional): dotted fields, outermost loop first; it also orders the fields in run
+  names.  ConfigDict sorts its keys, so without ``order`` the fields go alphabetically.
+* ``baselines``: compute ``DIR/baselines/<setup>.json`` (student, teacher, teacher+context) once
+  per distinct ``setup`` before the runs.
+* ``name`` (optional): the sweep's title in the report.
+
+Runs execute **in this process, one after another**, so jit caches are shared by runs with equal
+shapes.  The runner is resumable and idempotent: ``DIR/runs/<name>/status.json`` with state
+``done`` means skip; a run that raises is recorded as ``failed`` (error + traceback tail) and the
+sweep goes on; failed runs are re-run only with ``--retry_failed``; ``KeyboardInterrupt`` /
+``SystemExit`` stop the sweep and leave the run to be redone next time.  Each run's fully resolved
+config is hashed into ``DIR/sweep.json``; resuming with a config that would change a finished run
+is refused (that run's results would silently be stale).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import ml_collections
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_SUBDIR = "runs"
+BASELINES_SUBDIR = "baselines"
+SWEEP_FILE = "sweep.json"
+DEFAULT_RUN_FN = "cliffdistill.train:run"
+DEFAULT_BASELINE_FN = "cliffdistill.evaluate:run_baselines"
+_NAME_MAX = 180  # run-dir names beyond this are shortened with a hash (filesystems cap at 255 bytes)
+_SWEEP_FIELDS = ("name", "base_config", "base_overrides", "product", "zip", "order", "baselines")
+
+RunFn = Callable[[ml_collections.ConfigDict, Path], None]
+BaselineFn = Callable[[ml_collections.ConfigDict, Path], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its directory name and the ``{dotted.field: value}`` it sets."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What one ``run_sweep`` call did (names, in sweep order)."""
+
+    total: int
+    selected: list[str]
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
+    baselines_ran: list[str]
+    report_written: bool
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def resolve_config_path(spec: str) -> tuple[Path, Optional[str]]:
+    """``"configs/x.py:arg"`` -> (absolute path, "arg"); relative paths are from the repo root."""
+    path, sep, arg = str(spec).partition(".py:")
+    if sep:
+        path = path + ".py"
+    p = Path(path)
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    return p, (arg if sep else None)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Import a config file and return its ``get_config()`` (or ``get_config(arg)`` for ``path:arg``)."""
+    path, arg = resolve_config_path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {path} (from `{spec}`) not found; paths are relative to the repo root {REPO_ROOT}."
+        )
+    mod_name = "_cliffdistill_cfg_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config().")
+    cfg = module.get_config() if arg is None else module.get_config(arg)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ValueError(f"get_config() of {path} returned {type(cfg).__name__}, not a ConfigDict.")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts / tuples -> JSON-able plain values (dicts, lists, scalars)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            pass
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return f"<{type(value).__name__}>"  # never repr(): it may hold a memory address
+
+
+def _flatten(tree: Any, what: str, leaves_are_lists: bool) -> dict[str, Any]:
+    """``{"a": {"b": v}}`` -> ``{"a.b": v}``; with ``leaves_are_lists`` every leaf must be a list."""
+    out: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, (ml_collections.ConfigDict, Mapping)):
+            items = node.items()
+            if not items and prefix:
+                raise ValueError(
+                    f"sweep field `{what}.{prefix}` is an empty dict; give it values or remove it."
+                )
+            for k, v in items:
+                visit(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        if not prefix:
+            raise ValueError(f"sweep field `{what}` must be a dict of dotted fields, got {node!r}.")
+        if leaves_are_lists:
+            if not isinstance(node, (list, tuple)):
+                raise ValueError(f"sweep field `{what}.{prefix}` must be a list of values, got {node!r}.")
+            if len(node) == 0:
+                raise ValueError(
+                    f"sweep field `{what}.{prefix}` is an empty list: the sweep would have no runs."
+                )
+            node = list(node)
+        out[prefix] = node
+
+    if tree is None:
+        return out
+    visit("", tree)
+    return out
+
+
+def _get_field(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise KeyError(part)
+        node = node[part]
+    return node
+
+
+def _set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any, where: str) -> None:
+    """Set ``cfg.<dotted>`` with ConfigDict's type checks; errors name the sweep field."""
+    parts = dotted.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(
+                f"sweep field `{where}.{dotted}`: the base config has no field `{'.'.join(parts[: i + 1])}`."
+            )
+        node = node[part]
+    leaf = parts[-1]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ValueError(f"sweep field `{where}.{dotted}`: the base config has no field `{dotted}`.")
+    if isinstance(value, list):
+        old = node[leaf]
+        value = tuple(value) if isinstance(old, tuple) else value
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sweep field `{where}.{dotted}`: cannot set {value!r}: {e}") from e
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, (list, tuple)):
+        text = "-".join(_format_value(v) for v in value) or "empty"
+    else:
+        text = str(value)
+    return text
+
+
+def safe_name(text: str) -> str:
+    """Filesystem-safe, stable: keep ``[A-Za-z0-9_.=+-]``, map everything else to ``_``."""
+    text = re.sub(r"[^A-Za-z0-9_.=+\-]", "_", text)
+    return text if text not in ("", ".", "..") else "_" + text
+
+
+def _short_keys(fields: Sequence[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each field that is unique among ``fields`` (for run names)."""
+    out = {}
+    for f in fields:
+        parts = f.split(".")
+        for k in range(1, len(parts) + 1):
+            cand = ".".join(parts[-k:])
+            clash = [g for g in fields if g != f and (g == cand or g.endswith("." + cand))]
+            if not clash:
+                out[f] = cand
+                break
+        else:
+            out[f] = f
+    return out
+
+
+def _run_name(overrides: Mapping[str, Any], short: Mapping[str, str]) -> str:
+    """``setup=size.method=hybrid.seed=0``; boolean fields set to False are left out.
+
+    Leaving False switches out keeps the correct implementation's name free of ablation noise
+    (``method=hybrid.seed=0`` next to ``method=hybrid.seed=0.off_policy_no_shift=True``) and is
+    still unique: two runs that differ in a bool differ in whether ``field=True`` is in the name.
+    """
+    parts = [f"{short[k]}={_format_value(v)}" for k, v in overrides.items() if v is not False]
+    if not parts:
+        return "base"
+    name = safe_name(".".join(parts))
+    if len(name) > _NAME_MAX:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name[: _NAME_MAX - 11] + "-" + digest
+    return name
+
+
+def sweep_axes(sweep_cfg: ml_collections.ConfigDict) -> tuple[dict[str, list], dict[str, list], list[str]]:
+    """Validated ``(product, zip, field order)`` of a sweep config (fields dotted, order outer-first)."""
+    for key in sweep_cfg.keys():
+        if key not in _SWEEP_FIELDS:
+            raise ValueError(f"unknown sweep config field `{key}`; known: {', '.join(_SWEEP_FIELDS)}.")
+    if "base_config" not in sweep_cfg or not sweep_cfg.base_config:
+        raise ValueError("sweep config field `base_config` is missing (path of a run config file).")
+    product = _flatten(sweep_cfg.get("product"), "product", leaves_are_lists=True)
+    zipped = _flatten(sweep_cfg.get("zip"), "zip", leaves_are_lists=True)
+    both = sorted(set(product) & set(zipped))
+    if both:
+        raise ValueError(f"sweep field `{both[0]}` is in both `product` and `zip`; keep it in one.")
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"zip.{k} has {n}" for k, n in lengths.items())
+        raise ValueError(f"sweep `zip` lists must have equal length: {desc}.")
+    order = [str(f) for f in (sweep_cfg.get("order") or ())]
+    for f in order:
+        if f not in product and f not in zipped:
+            raise ValueError(f"sweep field `order` names `{f}`, which is in neither `product` nor `zip`.")
+    if len(set(order)) != len(order):
+        raise ValueError("sweep field `order` lists a field twice.")
+    rank = {f: i for i, f in enumerate(order)}
+
+    def ordered(fields: Sequence[str]) -> list[str]:
+        return sorted(fields, key=lambda f: (rank.get(f, len(rank)), f))
+
+    return (
+        {f: product[f] for f in ordered(list(product))},
+        {f: zipped[f] for f in ordered(list(zipped))},
+        ordered(list(product)) + ordered(list(zipped)),
+    )
+
+
+def build_run_config(
+    base: ml_collections.ConfigDict,
+    base_overrides: Mapping[str, Any],
+    spec: RunSpec,
+    sources: Optional[Mapping[str, str]] = None,
+) -> ml_collections.ConfigDict:
+    """A fresh copy of ``base`` with the sweep-wide overrides, the run's overrides and ``name`` set.
+
+    ``sources`` maps a field to the sweep section it came from (``product``/``zip``) for errors.
+    """
+    cfg = copy.deepcopy(base)
+    sources = sources or {}
+    for field, value in base_overrides.items():
+        _set_field(cfg, field, value, "base_overrides")
+    for field, value in spec.overrides.items():
+        _set_field(cfg, field, value, sources.get(field, "product/zip"))
+    with cfg.unlocked():
+        cfg.name = spec.name
+    return cfg
+
+
+def expand(
+    sweep_cfg: ml_collections.ConfigDict, base: Optional[ml_collections.ConfigDict] = None
+) -> list[RunSpec]:
+    """The sweep's runs, in deterministic order; every override is validated against the base config.
+
+    ``base`` defaults to loading ``sweep_cfg.base_config``.  Raises ValueError naming the sweep
+    field for unknown fields, values of the wrong type, unequal zip lengths and duplicate names.
+    """
+    product, zipped, fields = sweep_axes(sweep_cfg)
+    base = load_config_file(sweep_cfg.base_config) if base is None else base
+    base_overrides = _flatten(sweep_cfg.get("base_overrides"), "base_overrides", leaves_are_lists=False)
+    short = _short_keys(fields)
+    sources = {**{f: "product" for f in product}, **{f: "zip" for f in zipped}}
+    zip_rows: list[dict[str, Any]] = [{}]
+    if zipped:
+        n = len(next(iter(zipped.values())))
+        zip_rows = [{f: vals[i] for f, vals in zipped.items()} for i in range(n)]
+    specs: list[RunSpec] = []
+    seen: dict[str, dict] = {}
+    for combo in itertools.product(*product.values()):
+        prod_row = dict(zip(product.keys(), combo, strict=True))
+        for zrow in zip_rows:
+            overrides = {**prod_row, **zrow}
+            spec = RunSpec(name=_run_name(overrides, short), overrides=overrides)
+            if spec.name in seen:
+                raise ValueError(
+                    f"two runs get the same name {spec.name!r} ({seen[spec.name]} and {overrides}); "
+                    "a product/zip list repeats a value."
+                )
+            seen[spec.name] = overrides
+            build_run_config(base, base_overrides, spec, sources)  # validates every field and value
+            specs.append(spec)
+    return specs
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON via a temp file + rename, so a killed process never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    """The JSON object in ``path``; None when missing or unreadable (e.g. a half-written file)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def run_dir(workdir: Path, name: str) -> Path:
+    return Path(workdir) / RUNS_SUBDIR / name
+
+
+def run_state(path: Path) -> str:
+    """``done`` / ``failed`` / ``running`` from a run dir's status.json, ``missing`` without one."""
+    status = read_json(Path(path) / "status.json")
+    if status is None:
+        return "missing"
+    return str(status.get("state", "missing"))
+
+
+def config_hash(cfg: ml_collections.ConfigDict) -> str:
+    """Stable hash of a resolved run config (detects a resumed sweep that would change a run)."""
+    text = json.dumps(_plain(cfg.to_dict()), sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _key_fields(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    def get(field: str, default: Any) -> Any:
+        try:
+            return _plain(_get_field(cfg, field))
+        except KeyError:
+            return default
+
+    return {
+        "setup": get("setup", "default"),
+        "method": get("method", "default"),
+        "seed": get("seed", None),
+        "ablation": get("ablation", {}),
+    }
+
+
+def sweep_manifest(
+    sweep_cfg: ml_collections.ConfigDict,
+    specs: Sequence[RunSpec],
+    configs: Sequence[ml_collections.ConfigDict],
+) -> dict:
+    """The content of ``DIR/sweep.json``: the sweep config and the expanded, ordered run list."""
+    base_path, _ = resolve_config_path(sweep_cfg.base_config)
+    runs = []
+    for spec, cfg in zip(specs, configs, strict=True):
+        runs.append(
+            {
+                "name": spec.name,
+                "overrides": _plain(spec.overrides),
+                "config_hash": config_hash(cfg),
+                **_key_fields(cfg),
+            }
+        )
+    return {
+        "name": str(sweep_cfg.get("name") or base_path.stem),
+        "sweep_config": _plain(sweep_cfg.to_dict()),
+        "runs": runs,
+    }
+
+
+def _check_resume(workdir: Path, manifest: dict) -> None:
+    """Refuse to resume when a finished run's resolved config would now be different."""
+    old = read_json(Path(workdir) / SWEEP_FILE)
+    if old is None:
+        return
+    old_hash = {r["name"]: r.get("config_hash") for r in old.get("runs", [])}
+    for r in manifest["runs"]:
+        prev = old_hash.get(r["name"])
+        if (
+            prev is not None
+            and prev != r["config_hash"]
+            and run_state(run_dir(workdir, r["name"])) in ("done", "failed")
+        ):
+            raise ValueError(
+                f"run {r['name']!r} in {workdir} was run with a different resolved config than this sweep "
+                "config (or base config file) now gives; use a new --workdir, or delete "
+                f"{run_dir(workdir, r['name'])} to redo it."
+            )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}.")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need n >= 1 and 0 <= i < n.")
+    return i, n
+
+
+def shard_indices(total: int, shard: tuple[int, int]) -> list[int]:
+    """Run indices of shard ``(i, n)``: every n-th run starting at i (disjoint, covering)."""
+    i, n = shard
+    return list(range(i, total, n))
+
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def _log(msg: str) -> None:
+    print(f"[sweep] {msg}", file=sys.stderr, flush=True)
+
+
+def _last_metric_step(path: Path) -> Optional[int]:
+    step = None
+    try:
+        with open(path / "metrics.jsonl") as f:
+            for line in f:
+                try:
+                    step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        return None
+    return step
+
+
+def _record_failure(path: Path, exc: BaseException, seconds: float) -> None:
+    status = read_json(path / "status.json") or {}
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+    status.update(
+        state="failed",
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=tail,
+        final_step=status.get("final_step", _last_metric_step(path)),
+        wall_seconds=status.get("wall_seconds", seconds),
+    )
+    status.setdefault("cost", {"device_hours": 0.0, "usd": 0.0})
+    write_json_atomic(path / "status.json", status)
+
+
+def _finish_status(path: Path, seconds: float) -> str:
+    """After ``run_fn`` returned: keep a status the trainer wrote, else record ``done``."""
+    status = read_json(path / "status.json")
+    if status is not None and status.get("state") in ("done", "failed"):
+        return str(status["state"])
+    status = status or {}
+    status.update(state="done", error=None)
+    status.setdefault("final_step", _last_metric_step(path))
+    status.setdefault("wall_seconds", seconds)
+    status.setdefault("cost", {"device_hours": 0.0, "usd": 0.0})
+    write_json_atomic(path / "status.json", status)
+    return "done"
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def run_sweep(
+    sweep_cfg: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    run_fn: RunFn,
+    baseline_fn: Optional[BaselineFn] = None,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    progress: bool = True,
+    base: Optional[ml_collections.ConfigDict] = None,
+) -> SweepResult:
+    """Run (this shard of) a sweep in-process, sequentially; resumable; then write the report.
+
+    ``run_fn(run_config, run_dir)`` trains one run and leaves the run-dir contract behind
+    (config.json, metrics.jsonl, eval.jsonl, status.json).  ``baseline_fn(setup_config, out_path)``
+    writes ``DIR/baselines/<setup>.json``; setup j (in order of first appearance) belongs to shard
+    ``j % n``.  The report is written by shard 0, and by any shard that finds every run finished.
+    ``base`` replaces loading ``sweep_cfg.base_config`` (tests).
+    """
+    workdir = Path(workdir)
+    base = load_config_file(sweep_cfg.base_config) if base is None else base
+    specs = expand(sweep_cfg, base)
+    base_overrides = _flatten(sweep_cfg.get("base_overrides"), "base_overrides", leaves_are_lists=False)
+    configs = [build_run_config(base, base_overrides, s) for s in specs]
+    manifest = sweep_manifest(sweep_cfg, specs, configs)
+    _check_resume(workdir, manifest)
+    write_json_atomic(workdir / SWEEP_FILE, manifest)
+
+    log = _log if progress else (lambda msg: None)
+    baselines_ran = _run_baselines(sweep_cfg, workdir, specs, configs, baseline_fn, shard, retry_failed, log)
+
+    selected = shard_indices(len(specs), shard)
+    ran: list[str] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+    durations: list[float] = []
+    t_start = time.monotonic()
+    for pos, idx in enumerate(selected):
+        spec, cfg = specs[idx], configs[idx]
+        rdir = run_dir(workdir, spec.name)
+        state = run_state(rdir)
+        if state == "done" or (state == "failed" and not retry_failed):
+            skipped.append(spec.name)
+            if state == "failed":
+                failed.append(spec.name)
+            log(f"{pos + 1}/{len(selected)} skip ({state}) {spec.name}")
+            continue
+        rdir.mkdir(parents=True, exist_ok=True)
+        # Mark it running: a retried run must not keep its old "failed" if run_fn writes no status,
+        # and a run killed from outside (preemption) then reads as unfinished, not as failed or done.
+        write_json_atomic(rdir / "status.json", {"state": "running", "error": None})
+        t0 = time.monotonic()
+        try:
+            run_fn(cfg, rdir)
+        except Exception as exc:  # noqa: BLE001 - any run error is recorded; the sweep goes on
+            seconds = time.monotonic() - t0
+            _record_failure(rdir, exc, seconds)
+            outcome = "failed"
+        else:
+            seconds = time.monotonic() - t0
+            outcome = _finish_status(rdir, seconds)
+        ran.append(spec.name)
+        if outcome == "failed":
+            failed.append(spec.name)
+        durations.append(seconds)
+        remaining = sum(
+            1
+            for j in selected[pos + 1 :]
+            if run_state(run_dir(workdir, specs[j].name)) not in ("done", "failed")
+        )
+        eta = (sum(durations) / len(durations)) * remaining
+        finished = sum(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
+        log(
+            f"{pos + 1}/{len(selected)} {outcome} {spec.name} in {_fmt_seconds(seconds)}; "
+            f"elapsed {_fmt_seconds(time.monotonic() - t_start)}, ETA {_fmt_seconds(eta)}; "
+            f"sweep {finished}/{len(specs)} finished" + (f", {len(failed)} failed here" if failed else "")
+        )
+
+    all_finished = all(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
+    report_written = False
+    if shard[0] == 0 or all_finished:
+        from cliffdistill import report  # lazy: matplotlib is only needed here
+
+        try:
+            report.write_report(workdir)
+            report_written = True
+            log(f"report: {workdir / 'REPORT.md'}")
+        except Exception:  # noqa: BLE001 - the runs are safe; the report can be rebuilt alone
+            _log(
+                "writing the report failed (rebuild it with `python -m cliffdistill.report "
+                f"--workdir {workdir}`):\n{traceback.format_exc()}"
+            )
+    return SweepResult(
+        total=len(specs),
+        selected=[specs[i].name for i in selected],
+        ran=ran,
+        skipped=skipped,
+        failed=failed,
+        baselines_ran=baselines_ran,
+        report_written=report_written,
+    )
+
+
+def _run_baselines(
+    sweep_cfg: ml_collections.ConfigDict,
+    workdir: Path,
+    specs: Sequence[RunSpec],
+    configs: Sequence[ml_collections.ConfigDict],
+    baseline_fn: Optional[BaselineFn],
+    shard: tuple[int, int],
+    retry_failed: bool,
+    log: Callable[[str], None],
+) -> list[str]:
+    """Compute the missing ``baselines/<setup>.json`` owned by this shard; failures are recorded."""
+    if not sweep_cfg.get("baselines", False):
+        return []
+    if baseline_fn is None:
+        raise ValueError("sweep config sets `baselines` but no baseline_fn was given.")
+    first_config: dict[str, ml_collections.ConfigDict] = {}
+    for cfg in configs:
+        first_config.setdefault(str(_key_fields(cfg)["setup"]), cfg)
+    done = []
+    for j, (setup, cfg) in enumerate(first_config.items()):
+        if j % shard[1] != shard[0]:
+            continue
+        out = workdir / BASELINES_SUBDIR / f"{safe_name(setup)}.json"
+        failed_marker = out.with_suffix(".failed.json")
+        if out.exists() or (failed_marker.exists() and not retry_failed):
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log(f"baselines for setup {setup!r} -> {out}")
+        try:
+            baseline_fn(cfg, out)
+            if not out.exists():
+                raise FileNotFoundError(f"baseline_fn returned without writing {out}")
+        except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+            write_json_atomic(failed_marker, {"setup": setup, "error": f"{type(exc).__name__}: {exc}"})
+            log(f"baselines for setup {setup!r} failed: {type(exc).__name__}: {exc}")
+            continue
+        failed_marker.unlink(missing_ok=True)
+        done.append(setup)
+    return done
+
+
+def dry_run_lines(sweep_cfg: ml_collections.ConfigDict, workdir: Path, shard: tuple[int, int]) -> list[str]:
+    """One line per run: index, whether this shard runs it, its current state and its name."""
+    specs = expand(sweep_cfg)
+    mine = set(shard_indices(len(specs), shard))
+    lines = [f"{len(specs)} runs; shard {shard[0]}/{shard[1]} runs {len(mine)}"]
+    for i, spec in enumerate(specs):
+        state = run_state(run_dir(workdir, spec.name))
+        lines.append(f"{i:4d} {'*' if i in mine else ' '} {state:8s} {spec.name}")
+    return lines
+
+
+def resolve_callable(spec: str) -> Callable:
+    """``"package.module:function"`` -> the function (imported lazily: jax only when training)."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"expected module:function, got {spec!r}.")
+    module = importlib.import_module(module_name)
+    if not hasattr(module, attr):
+        raise ValueError(f"{module_name} has no `{attr}` (from {spec!r}).")
+    return getattr(module, attr)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Sweep config file (configs/sweeps/*.py).", lock_config=False
+    )
+    flags.DEFINE_string("workdir", None, "Sweep directory (runs/, baselines/, REPORT.md, ...).")
+    flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
+    flags.DEFINE_bool("retry_failed", False, "Re-run runs whose status.json says failed.")
+    flags.DEFINE_bool("dry_run", False, "List the runs and their state; run nothing.")
+    flags.DEFINE_string("run_fn", DEFAULT_RUN_FN, "module:function that trains one run.")
+    flags.DEFINE_string(
+        "baseline_fn", DEFAULT_BASELINE_FN, "module:function that writes a setup's baselines."
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    shard = parse_shard(f.shard)
+    workdir = Path(f.workdir)
+    if f.dry_run:
+        print("\n".join(dry_run_lines(f.config, workdir, shard)))
+        return
+    run_fn = resolve_callable(f.run_fn)
+    baseline_fn = resolve_callable(f.baseline_fn) if f.config.get("baselines", False) else None
+    result = run_sweep(f.config, workdir, run_fn, baseline_fn, shard=shard, retry_failed=f.retry_failed)
+    _log(
+        f"shard {shard[0]}/{shard[1]}: ran {len(result.ran)}, skipped {len(result.skipped)}, "
+        f"failed {len(result.failed)} of {len(result.selected)} (sweep total {result.total})"
+    )
+    if shard[0] == 0 and not result.report_written:
+        raise SystemExit(1)  # the report failed (logged above): make the job status say so
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,110 @@
+"""Base run config: every knob of a distillation run. Experiments override fields of this.
+
+    python -m cliffdistill.train --config configs/qwen_size.py --workdir DIR --config.method=hybrid
+"""
+
+import ml_collections
+
+from cliffdistill import distributed, methods, stats
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = ""  # free-form run name (sweeps set it)
+    c.setup = "size"  # "size": student <- larger teacher; "context": teacher = base model + context
+    c.method = "on_policy_gkd"  # one of cliffdistill.methods.METHODS
+    c.seed = 0  # run seed: rollout randomness, LoRA init, data order
+    c.schedule = methods.default_schedule_config()  # phase lengths, seeding decay, weights, ...
+
+    # ---------------------------------------------------------------- models
+    c.student = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
+    # size: a separate checkpoint. context: leave path "" -> the student's base weights, LoRA off.
+    c.teacher = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
+    c.tokenizer_path = ""  # "" -> the student checkpoint directory
+    c.chat_template = ml_collections.FieldReference(None, field_type=str)  # overrides the tokenizer's
+    c.moe_impl = "ragged"  # "ragged" (lax.ragged_dot) | "dense" (reference)
+    c.lora = ml_collections.ConfigDict(dict(
+        rank=32, alpha=32.0, targets=("q", "k", "v", "o", "gate", "up", "down"),
+        include_experts=False, dtype="float32"))
+
+    # ---------------------------------------------------------------- data and prompt views
+    c.data = ml_collections.ConfigDict(dict(
+        source="jsonl",  # "jsonl" | "hf" | "tfds"
+        path="",  # jsonl: dir with {train,test}.jsonl (or a file); hf: dataset name; tfds: data_dir
+        train_split="train",
+        eval_split="test",  # held-out questions; never the training split
+        n_train=1000,  # training prompts
+        n_fewshot=64,  # few-shot pool (disjoint from train and eval)
+        n_eval=500,
+        split_seed=0,  # fixed across runs so every method/seed sees the same prompts
+        system=ml_collections.FieldReference(None, field_type=str),
+        instruction=ml_collections.FieldReference(None, field_type=str),  # None -> prompts.INSTRUCTION
+        template_kwargs={},  # passed to the chat template, e.g. {"enable_thinking": False} (Qwen3)
+        context="none",  # teacher's extra context: "none" | "fewshot" | "cot8"
+        context_k=10,  # shots in the teacher's context ("fewshot")
+    ))
+
+    # ---------------------------------------------------------------- rollout
+    c.rollout = ml_collections.ConfigDict(dict(
+        batch_size=64,  # prompts per step (global); must divide by the mesh's data axes
+        n_samples=1,  # completions per prompt
+        max_new_tokens=256,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_prompt_len=512,  # prompt budget of the KV cache (student view)
+        max_teacher_prompt_len=4096,  # ... and of the teacher's view (context + question)
+    ))
+
+    # ---------------------------------------------------------------- losses
+    c.loss = ml_collections.ConfigDict(dict(
+        on_policy="sampled_rkl",  # "sampled_rkl" (Tinker recipe) | "jsd" (full-vocab GKD)
+        jsd_beta=1.0,  # for on_policy="jsd": 0 forward KL, 1 reverse KL
+        kl_discount=0.0,  # gamma of the sampled reverse KL advantage
+        off_policy="nll",  # "nll" | "forward_kl" (to the teacher's full distribution)
+        vocab_chunk=16384,  # vocabulary chunk of log-softmax / divergences
+        remat=True,  # rematerialise layers in the update step
+    ))
+
+    # ---------------------------------------------------------------- off-policy data
+    c.off_policy = ml_collections.ConfigDict(dict(
+        temperature=1.0,  # teacher samples y ~ p_T(.|x~), generated once and cached on disk
+        max_new_tokens=256,
+        seed=0,  # fixed: every method and run seed reuses the same teacher samples
+        batch_size=64,  # prompts per off-policy batch
+        cache_dir="",  # "" -> <workdir>/../offpolicy_cache (shared by a sweep's runs)
+        gen_batch_size=64,  # prompts per generation call when building the cache
+    ))
+    c.replay = ml_collections.ConfigDict(dict(capacity=256))  # bounded buffer of teacher samples
+
+    # ---------------------------------------------------------------- the study's defects (off!)
+    c.ablation = ml_collections.ConfigDict(dict(
+        unshifted_off_policy=False,  # off-policy targets not shifted by one (model copies its input)
+        on_policy_no_prompt=False,  # on-policy student forward without the prompt
+        teacher_no_context=False,  # teacher scores without its context (context setup)
+    ))
+
+    # ---------------------------------------------------------------- optimisation
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=3e-4, schedule="constant",  # "constant" | "cosine" | "linear"
+        warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0))
+
+    # ---------------------------------------------------------------- evaluation / checkpoints
+    c.eval = ml_collections.ConfigDict(dict(
+        every=25,  # also at step 0 (the untrained student) and at the last step
+        max_new_tokens=1024,
+        batch_size=64,
+        status=stats.default_status_thresholds(),
+    ))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, async_save=True))
+    c.log_every = 1
+
+    # ---------------------------------------------------------------- parallelism / cost
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1))
+    c.distributed = distributed.config_fields()  # multi-host layout; see docs/LAUNCH.md
+    c.cost = ml_collections.ConfigDict(dict(
+        usd_per_device_hour=0.0,  # your price; reports show device-hours either way
+        peak_flops_per_device=0.0,  # 0 -> looked up from the device kind (MFU left empty if unknown)
+    ))
+    c.hbm_bytes_per_device = 0  # 0 -> the device's reported memory (memory planner check)
+    return c

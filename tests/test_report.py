@@ -1,0 +1,337 @@
+"""cliffdistill.report on hand-built run dirs: every number below is computed by hand in comments."""
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+
+from cliffdistill import report, stats
+
+T2 = 4.302653  # t_{0.975, 2}
+T1 = 12.706205  # t_{0.975, 1}
+
+
+def _write_jsonl(path: Path, records, tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
+def _run(
+    root: Path,
+    name: str,
+    *,
+    setup="size",
+    method="on_policy_gkd",
+    seed=0,
+    ablation=None,
+    state="done",
+    evals=(),
+    metric_steps=3,
+    cost=(0.1, 0.5),
+    error=None,
+    statuses=None,
+    extra_metrics=(),
+):
+    """One run dir. ``evals`` = [(step, accuracy)], n = 100 questions; metrics: ``metric_steps`` steps
+    of 100 sampled / 100 scored / 80 trained tokens, 1 s rollout, 0.5 s score, 0.25 s update, 2 s step,
+    teacher_score = -1 - 0.1 * step - 0.01 * seed."""
+    d = root / "runs" / name
+    d.mkdir(parents=True)
+    ablation = {"no_shift": False} if ablation is None else ablation
+    (d / "config.json").write_text(
+        json.dumps({"name": name, "setup": setup, "method": method, "seed": seed, "ablation": ablation})
+    )
+    statuses = statuses or {}
+    _write_jsonl(
+        d / "eval.jsonl",
+        [
+            {
+                "step": s,
+                "accuracy": a,
+                "n": 100,
+                "correct": round(a * 100),
+                "truncation_rate": 0.1,
+                "empty_rate": 0.0,
+                "repetition_rate": 0.05,
+                "mean_length": 120.0,
+                **({"status": statuses[s]} if s in statuses else {}),
+            }
+            for s, a in evals
+        ],
+    )
+    metrics = [
+        {
+            "step": s,
+            "tokens/sampled": 100,
+            "tokens/scored": 100,
+            "tokens/trained": 80,
+            "time/rollout": 1.0,
+            "time/score": 0.5,
+            "time/update": 0.25,
+            "time/eval": 0.0,
+            "time/step": 2.0,
+            "flops": 1e9,
+            "teacher_score": -1.0 - 0.1 * s - 0.01 * seed,
+        }
+        for s in range(metric_steps)
+    ]
+    _write_jsonl(d / "metrics.jsonl", list(extra_metrics) + metrics)
+    if state != "missing":
+        status = {"state": state, "error": error, "final_step": metric_steps - 1, "wall_seconds": 10.0}
+        if cost is not None:
+            status["cost"] = {"device_hours": cost[0], "usd": cost[1]}
+        (d / "status.json").write_text(json.dumps(status))
+    return {"name": name, "setup": setup, "method": method, "seed": seed, "ablation": ablation}
+
+
+def _baseline(acc_correct):
+    return {"accuracy": acc_correct / 100, "correct": acc_correct, "n": 100, "ci_low": 0.0, "ci_high": 1.0}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    entries = []
+    # size / on_policy_gkd: finals 0.5, 0.6, 0.7 from start 0.5 (seed 1 re-logged step 1 after a resume).
+    for seed, curve in enumerate([[0.5, 0.55, 0.5], [0.5, 0.6, 0.6], [0.5, 0.65, 0.7]]):
+        extra = [{"step": 1, "tokens/sampled": 999, "teacher_score": 5.0}] if seed == 1 else ()
+        entries.append(
+            _run(
+                root,
+                f"gkd{seed}",
+                seed=seed,
+                evals=list(zip([0, 5, 10], curve, strict=True)),
+                extra_metrics=extra,
+            )
+        )
+    # size / hybrid: finals 0.0, 0.3, 0.5 from 0.5 -> collapsed, partial, stable (seed 1 records its status).
+    for seed, curve in enumerate([[0.5, 0.2, 0.0], [0.5, 0.4, 0.3], [0.5, 0.5, 0.5]]):
+        entries.append(
+            _run(
+                root,
+                f"hyb{seed}",
+                method="hybrid",
+                seed=seed,
+                evals=list(zip([0, 5, 10], curve, strict=True)),
+                statuses={10: "partial"} if seed == 1 else None,
+            )
+        )
+    # size / hybrid with the no-shift defect: both seeds at 0.
+    for seed in range(2):
+        entries.append(
+            _run(
+                root,
+                f"hybns{seed}",
+                method="hybrid",
+                seed=seed,
+                ablation={"no_shift": True},
+                evals=[(0, 0.5), (5, 0.1), (10, 0.0)],
+            )
+        )
+    # size / teacher_seeded: one done, one failed, one still running.
+    entries.append(_run(root, "ts0", method="teacher_seeded", evals=[(0, 0.5), (10, 0.6)]))
+    entries.append(
+        _run(
+            root,
+            "ts1",
+            method="teacher_seeded",
+            seed=1,
+            state="failed",
+            evals=[(0, 0.5)],
+            metric_steps=2,
+            cost=(0.05, 0.25),
+            error="RuntimeError: out of memory\nTraceback ...",
+        )
+    )
+    entries.append(
+        _run(
+            root,
+            "ts2",
+            method="teacher_seeded",
+            seed=2,
+            state="running",
+            evals=[(0, 0.5)],
+            metric_steps=1,
+            cost=None,
+        )
+    )
+    # context: one run without a step-0 eval -> its start is the baseline student (0.4).
+    entries.append(_run(root, "ctx0", setup="context", evals=[(5, 0.5), (10, 0.55)]))
+    (root / "sweep.json").write_text(json.dumps({"name": "unit", "runs": entries}))
+    (root / "baselines").mkdir()
+    (root / "baselines" / "size.json").write_text(
+        json.dumps({"student": _baseline(50), "teacher": _baseline(80), "teacher_with_context": None})
+    )
+    (root / "baselines" / "context.json").write_text(
+        json.dumps(
+            {"student": _baseline(40), "teacher": _baseline(70), "teacher_with_context": _baseline(85)}
+        )
+    )
+    return root
+
+
+def _group(agg, setup, method, variant="correct"):
+    [g] = [g for g in agg["groups"] if (g["setup"], g["method"], g["variant"]) == (setup, method, variant)]
+    return g
+
+
+def test_group_statistics_match_hand_computation(sweep_dir):
+    agg = report.aggregate(sweep_dir)
+    assert agg["counts"] == {"runs": 12, "done": 10, "failed": 1, "pending": 1}
+    assert [(g["setup"], g["method"], g["variant"]) for g in agg["groups"]] == [
+        ("context", "on_policy_gkd", "correct"),
+        ("size", "on_policy_gkd", "correct"),
+        ("size", "hybrid", "correct"),
+        ("size", "hybrid", "no_shift"),
+        ("size", "teacher_seeded", "correct"),
+    ]
+
+    g = _group(agg, "size", "on_policy_gkd")
+    # finals 0.5, 0.6, 0.7: mean 0.6, s = 0.1, half = T2 * 0.1 / sqrt(3) = 0.2484138
+    assert g["final_per_seed"] == [0.5, 0.6, 0.7]
+    assert g["final_mean"] == pytest.approx(0.6)
+    assert g["final_ci_low"] == pytest.approx(0.6 - 0.2484138, abs=1e-6)
+    assert g["final_ci_high"] == pytest.approx(0.6 + 0.2484138, abs=1e-6)
+    assert g["status_counts"] == {"stable": 3, "partial": 0, "collapsed": 0}
+    assert g["delta_mean"] == pytest.approx(0.1)  # (0 + 0.1 + 0.2) / 3
+    assert g["best_mean"] == pytest.approx((0.55 + 0.6 + 0.7) / 3)
+    assert (g["n_done"], g["n_failed"], g["n_pending"]) == (3, 0, 0)
+    # accuracy curve at step 5: 0.55, 0.6, 0.65 -> mean 0.6, s = 0.05, half = T2 * 0.05 / sqrt(3) = 0.1242069
+    acc = g["curves"]["accuracy"]
+    assert acc["steps"] == [0, 5, 10] and acc["n"] == [3, 3, 3]
+    assert acc["mean"][1] == pytest.approx(0.6)
+    assert acc["ci_high"][1] - 0.6 == pytest.approx(0.1242069, abs=1e-6)
+    # teacher score at step 1: -1.1 - 0.01 * seed -> mean -1.11 (the duplicate step-1 line with 5.0 was replaced)
+    ts = g["curves"]["teacher_score"]
+    assert ts["steps"] == [0, 1, 2] and ts["mean"][1] == pytest.approx(-1.11)
+
+    g = _group(agg, "size", "hybrid")
+    # finals 0.0, 0.3, 0.5: mean 0.2666667; squared deviations .0711111 + .0011111 + .0544444 = .1266667,
+    # s^2 = .0633333, se = sqrt(.0633333 / 3) = .1452966, half = T2 * se = .6251613
+    assert g["final_mean"] == pytest.approx(0.2666667, abs=1e-6)
+    assert g["final_ci_low"] == pytest.approx(0.2666667 - 0.6251613, abs=1e-5)
+    assert g["final_ci_high"] == pytest.approx(0.2666667 + 0.6251613, abs=1e-5)
+    assert g["status_counts"] == {"stable": 1, "partial": 1, "collapsed": 1}
+    assert g["delta_mean"] == pytest.approx((-0.5 - 0.2 + 0.0) / 3)
+
+    g = _group(agg, "size", "hybrid", "no_shift")
+    assert (g["final_mean"], g["final_ci_low"], g["final_ci_high"]) == (0.0, 0.0, 0.0)
+    assert g["status_counts"]["collapsed"] == 2
+
+    g = _group(agg, "size", "teacher_seeded")
+    assert (g["n_done"], g["n_failed"], g["n_pending"]) == (1, 1, 1)
+    assert g["final_mean"] == 0.6 and math.isnan(g["final_ci_low"])
+
+    g = _group(agg, "context", "on_policy_gkd")
+    assert g["delta_mean"] == pytest.approx(0.55 - 0.4)  # start from the baseline student
+    assert g["status_counts"]["stable"] == 1  # 0.55 >= 0.9 * 0.4
+
+
+def test_costs_baselines_and_failures(sweep_dir):
+    agg = report.aggregate(sweep_dir)
+    gkd = agg["cost"]["by_setup_method"]["size"]["on_policy_gkd"]
+    # 3 runs x 3 steps x 100 tokens (the resumed run's duplicate step counts once)
+    assert (gkd["tokens_sampled"], gkd["tokens_trained"], gkd["runs"]) == (900, 720, 3)
+    assert gkd["seconds_rollout"] == 9.0 and gkd["device_hours"] == pytest.approx(0.3)
+    ts = agg["cost"]["by_setup_method"]["size"]["teacher_seeded"]
+    # done 3 steps + failed 2 + running 1 = 6 steps; device-hours 0.1 + 0.05 + 0
+    assert (
+        ts["tokens_sampled"] == 600
+        and ts["device_hours"] == pytest.approx(0.15)
+        and ts["usd"] == pytest.approx(0.75)
+    )
+    assert agg["cost"]["by_setup"]["size"]["runs"] == 11
+    assert agg["cost"]["total"]["tokens_sampled"] == 100 * (9 + 9 + 6 + 6 + 3)
+
+    student = agg["baselines"]["size"]["student"]
+    assert (student["ci_low"], student["ci_high"]) == stats.wilson_interval(50, 100)
+    assert agg["baselines"]["size"]["teacher_with_context"] is None
+    assert agg["baselines"]["context"]["teacher_with_context"]["accuracy"] == 0.85
+
+    [failed] = [r for r in agg["runs"] if r["state"] == "failed"]
+    assert failed["name"] == "ts1" and failed["error"] == "RuntimeError: out of memory"
+
+
+def test_recorded_status_wins_over_recomputed(tmp_path):
+    root = tmp_path / "s"
+    # final 0.5 from 0.5 is "stable" by the rule, but the trainer recorded "collapsed" with its thresholds.
+    _run(root, "r0", evals=[(0, 0.5), (10, 0.5)], statuses={10: "collapsed"})
+    g = report.aggregate(root)["groups"][0]  # no sweep.json: runs/ is scanned
+    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 1}
+
+
+def test_jsonl_reading_is_robust(tmp_path):
+    p = tmp_path / "m.jsonl"
+    _write_jsonl(p, [{"step": 2, "x": 1}, {"step": 1, "x": 2}, {"step": 2, "x": 3}], tail='{"step": 3, "x"')
+    assert report.by_step(report.read_jsonl(p)) == [{"step": 1, "x": 2}, {"step": 2, "x": 3}]
+    assert report.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_variant_names():
+    assert report.variant_name({}) == "correct"
+    assert report.variant_name({"b": False, "a": False}) == "correct"
+    assert report.variant_name({"b": True, "a": True, "c": False}) == "a+b"
+    assert report.variant_name(None) == "correct"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_write_report_files_tables_plots_and_determinism(sweep_dir):
+    paths = report.write_report(sweep_dir)
+    for setup in ("size", "context"):
+        for kind in ("accuracy", "teacher_score", "bars"):
+            w, h = _png_size(sweep_dir / "plots" / f"{kind}_{setup}.png")
+            assert w > 300 and h > 200
+    _png_size(sweep_dir / "plots" / "accuracy_size_ablations.png")
+    assert not (sweep_dir / "plots" / "accuracy_context_ablations.png").exists()
+
+    md = paths["md"].read_text()
+    for row in (
+        "| on_policy_gkd |",
+        "| hybrid |",
+        "| teacher_seeded |",
+        "| student (step 0) |",
+        "| teacher |",
+        "| teacher + context |",
+        "| **total** |",
+    ):
+        assert row in md, row
+    assert "| on_policy_gkd | 60.0 ± 24.8 | 3 / 0 / 0 | +10.0 pp |" in md
+    assert "| hybrid | 26.7 ± 62.5 | 1 / 1 / 1 | -23.3 pp |" in md
+    assert "| method | correct | no_shift |" in md  # ablations side by side
+    assert "![accuracy_size](plots/accuracy_size.png)" in md and "plots/bars_context.png" in md
+    assert "| ts1 | RuntimeError: out of memory |" in md
+    assert "Generated at" not in md and str(sweep_dir) not in md
+
+    rows = paths["csv"].read_text().splitlines()
+    assert len(rows) == 1 + 5 and rows[0].startswith("setup,method,variant,")
+    assert rows[2].startswith("size,on_policy_gkd,correct,3,0,0,0.6,")
+    results = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
+    assert results["groups"][4]["final_ci_low"] is None
+
+    before = {p: p.read_bytes() for p in paths.values()}
+    paths2 = report.write_report(sweep_dir)
+    assert paths2 == paths and all(p.read_bytes() == b for p, b in before.items())
+    md = report.write_report(sweep_dir, generated_at="2025-01-01T00:00Z", plots=False)["md"].read_text()
+    assert "Generated at 2025-01-01T00:00Z." in md
+
+
+def test_accuracy_plot_image(sweep_dir, tmp_path):
+    """Renders the accuracy plot alone (the PNG a reviewer looks at for the cliff)."""
+    agg = report.aggregate(sweep_dir)
+    out = tmp_path / "acc.png"
+    report.plot_accuracy(agg, "size", out)
+    assert _png_size(out)[0] > 300
+
+
+def test_out_of_range_accuracy_is_reported_invalid_not_crashing(tmp_path):
+    root = tmp_path / "s"
+    _run(root, "pct", evals=[(0, 50.0), (10, 58.0)])  # a trainer that logged percentages
+    g = report.aggregate(root)["groups"][0]
+    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 0, "invalid": 1}
+    assert "0 / 0 / 0, invalid: 1" in report.write_report(root, plots=False)["md"].read_text()

@@ -1,0 +1,155 @@
+"""cliffdistill.stats against values computed by hand (formulas and t tables written out below)."""
+
+import math
+
+import pytest
+
+from cliffdistill import stats
+
+
+# ----------------------------------------------------------------------------- Wilson
+
+
+def test_wilson_half_of_ten():
+    # z = 1.96, z^2 = 3.8416, 1 + z^2/n = 1.38416; p = 0.5:
+    # center = (0.5 + 0.19208) / 1.38416 = 0.5
+    # half = 1.96 / 1.38416 * sqrt(0.025 + 0.009604) = 1.4160213 * 0.1860215 = 0.2634104
+    low, high = stats.wilson_interval(5, 10)
+    assert low == pytest.approx(0.2365896, abs=1e-6)
+    assert high == pytest.approx(0.7634104, abs=1e-6)
+
+
+def test_wilson_eight_of_ten():
+    # center = (0.8 + 0.19208) / 1.38416 = 0.7167379
+    # half = 1.4160213 * sqrt(0.016 + 0.009604) = 1.4160213 * 0.1600125 = 0.2265811
+    low, high = stats.wilson_interval(8, 10)
+    assert low == pytest.approx(0.4901568, abs=1e-6)
+    assert high == pytest.approx(0.9433190, abs=1e-6)
+
+
+def test_wilson_extremes_stay_in_unit_interval():
+    # 0/10: center = 0.19208 / 1.38416 = 0.1387701 = half -> [0, 0.2775402]
+    assert stats.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775402, abs=1e-6))
+    low, high = stats.wilson_interval(10, 10)
+    assert low == pytest.approx(1 - 0.2775402, abs=1e-6) and high == 1.0
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_z_and_validation():
+    # z = 1: 1 + 1/4 = 1.25; center = (0.5 + 0.125)/1.25 = 0.5; half = 0.8 * sqrt(1/16 + 1/64) = 0.2236068
+    low, high = stats.wilson_interval(2, 4, z=1.0)
+    assert (low, high) == (pytest.approx(0.2763932), pytest.approx(0.7236068))
+    for bad in [(-1, 10), (11, 10), (1.5, 10), (True, 10)]:
+        with pytest.raises(ValueError):
+            stats.wilson_interval(*bad)
+
+
+# ----------------------------------------------------------------------------- Student t
+
+
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [  # standard t-table values
+        (0.975, 1, 12.706),
+        (0.975, 2, 4.303),
+        (0.975, 4, 2.776),
+        (0.975, 9, 2.262),
+        (0.975, 29, 2.045),
+        (0.975, 10**6, 1.960),
+        (0.95, 10, 1.812),
+        (0.995, 5, 4.032),
+        (0.025, 2, -4.303),
+    ],
+)
+def test_t_quantile_matches_table(p, df, expected):
+    assert stats.t_quantile(p, df) == pytest.approx(expected, abs=6e-4)
+
+
+def test_t_cdf_and_incomplete_beta_closed_forms():
+    # df = 1 is Cauchy: F(t) = 1/2 + atan(t)/pi; df = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)).
+    for t in (-3.0, -0.5, 0.0, 0.7, 5.0):
+        assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+    # I_x(a, 1) = x^a; I_x(1, 1) = x; I_{1/2}(a, a) = 1/2.
+    assert stats.regularized_incomplete_beta(3.0, 1.0, 0.6) == pytest.approx(0.216, abs=1e-12)
+    assert stats.regularized_incomplete_beta(1.0, 1.0, 0.3) == pytest.approx(0.3, abs=1e-12)
+    assert stats.regularized_incomplete_beta(7.5, 7.5, 0.5) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_mean_ci_three_values():
+    # mean 0.6, s = 0.1, se = 0.1/sqrt(3) = 0.0577350, t_{0.975,2} = 4.302653 -> half = 0.2484138
+    mean, low, high = stats.mean_ci([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert low == pytest.approx(0.6 - 0.2484138, abs=1e-6)
+    assert high == pytest.approx(0.6 + 0.2484138, abs=1e-6)
+
+
+def test_mean_ci_two_values_and_other_confidence():
+    # mean 0.3, s = 0.1414214, se = 0.1, t_{0.975,1} = 12.706205 -> [-0.9706205, 1.5706205]
+    assert stats.mean_ci([0.2, 0.4]) == (
+        pytest.approx(0.3),
+        pytest.approx(-0.9706205, abs=1e-6),
+        pytest.approx(1.5706205, abs=1e-6),
+    )
+    # 90 %: t_{0.95,9} = 1.833113; values 0..9: mean 4.5, s = 3.0276504, se = 0.9574271 -> half 1.7550718
+    mean, low, high = stats.mean_ci(range(10), confidence=0.90)
+    assert (mean, low, high) == (
+        4.5,
+        pytest.approx(4.5 - 1.7550718, abs=1e-5),
+        pytest.approx(4.5 + 1.7550718, abs=1e-5),
+    )
+
+
+def test_mean_ci_degenerate_inputs():
+    mean, low, high = stats.mean_ci([0.42])
+    assert mean == 0.42 and math.isnan(low) and math.isnan(high)
+    assert all(math.isnan(v) for v in stats.mean_ci([]))
+    assert stats.mean_ci([0.3, 0.3, 0.3]) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.mean_ci([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        stats.mean_ci([0.1, 0.2], confidence=95)
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@pytest.mark.parametrize(
+    "final, start, expected",
+    [
+        # start 0.5: collapse below 0.125, stable from 0.45
+        (0.124, 0.5, "collapsed"),
+        (0.125, 0.5, "partial"),  # exactly collapse_frac * start is not "< ..."
+        (0.449, 0.5, "partial"),
+        (0.45, 0.5, "stable"),  # exactly stable_frac * start is stable
+        (0.8, 0.5, "stable"),
+        # ratios of small integers that float rounding puts on the wrong side without the slack
+        (0.27, 0.3, "stable"),  # 0.9 * 0.3 = 0.27000000000000002
+        (0.075, 0.3, "partial"),  # 0.25 * 0.3 = 0.075
+        # absolute rule: needs start >= 0.08 and final <= 0.02
+        (0.02, 0.08, "collapsed"),
+        (0.021, 0.08, "partial"),
+        (0.02, 0.079, "partial"),  # start below the guard; 0.02 >= 0.25*0.079, < 0.9*0.079
+        (0.0, 0.079, "collapsed"),  # 0 < 0.25 * 0.079 (relative rule)
+        (0.0, 0.0, "stable"),  # a student at 0 cannot collapse
+        (0.02, 0.9, "collapsed"),
+    ],
+)
+def test_classify_status_edges(final, start, expected):
+    assert stats.classify_status(final, start) == expected
+
+
+def test_classify_status_custom_thresholds_and_validation():
+    t = stats.default_status_thresholds()
+    assert (t.collapse_frac, t.collapse_abs, t.collapse_abs_min_start, t.stable_frac) == (
+        0.25,
+        0.02,
+        0.08,
+        0.9,
+    )
+    t.stable_frac = 1.0
+    assert stats.classify_status(0.45, 0.5, t) == "partial"
+    assert stats.classify_status(0.5, 0.5, t) == "stable"
+    for bad in [(float("nan"), 0.5), (58.6, 60.0), (0.5, None), (True, 0.5)]:
+        with pytest.raises(ValueError):
+            stats.classify_status(*bad)

@@ -1,0 +1,234 @@
+"""The distillation engine end to end on tiny models (CPU)."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cliffdistill import losses, methods, sampling, scoring, train
+from cliffdistill.models import lora as lora_lib
+from tests.tiny import tiny_run_config
+
+ALL = sorted(methods.METHODS)
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _no_time(records):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "mfu", "seconds"))}
+            for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["size", "context"])
+def test_every_method_runs_end_to_end(tiny_pair, tmp_path, setup):
+    for method in ALL:
+        cfg = tiny_run_config(tiny_pair, method, setup, steps=4)
+        run_dir = tmp_path / setup / method
+        summary = train.run(cfg, run_dir, progress=False)
+        assert summary["state"] == "done", method
+        records = _metrics(run_dir)
+        assert [r["step"] for r in records] == list(range(methods.num_steps(method, cfg.schedule)))
+        for r in records:
+            assert np.isfinite(r["loss/total"]), (method, r)
+            plan = methods.get(method, cfg.schedule)(r["step"])
+            assert ("loss/on" in r) == (plan.on_weight > 0), (method, r["step"])
+            assert ("loss/off" in r) == (plan.off_weight > 0), (method, r["step"])
+            assert r["seed_tokens"] == plan.seed_tokens
+        evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines()]
+        n = len(records)
+        expected = sorted({0, n} | set(range(cfg.eval.every, n + 1, cfg.eval.every)))
+        assert [e["step"] for e in evals] == expected
+        assert all(e["status"] in ("stable", "partial", "collapsed") for e in evals)
+        assert (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+
+
+def test_mixture_is_one_update_on_the_weighted_sum(tiny_pair, tmp_path):
+    cfg = tiny_run_config(tiny_pair, "mixture", steps=2)
+    train.run(cfg, tmp_path / "m", progress=False)
+    for r in _metrics(tmp_path / "m"):
+        assert r["loss/total"] == pytest.approx(0.7 * r["loss/on"] + 0.3 * r["loss/off"], rel=1e-5)
+
+
+def test_teacher_samples_are_cached_and_shared(tiny_pair, tmp_path):
+    for method, seed in (("hybrid", 0), ("mixture", 1)):
+        cfg = tiny_run_config(tiny_pair, method, steps=1)
+        cfg.seed = seed
+        train.run(cfg, tmp_path / "runs" / f"{method}{seed}", progress=False)
+    cached = list((tmp_path / "runs" / "offpolicy_cache").glob("teacher_samples_*.npz"))
+    assert len(cached) == 1  # one teacher-sample set for both methods and seeds
+
+
+def _train_loss_pieces(tiny_pair, shift):
+    """The trainer's off-policy loss term vs the dense reference `losses.off_policy_nll`."""
+    cfg = tiny_run_config(tiny_pair, "hybrid", steps=1)
+    s = train.setup(cfg)
+    prompt, pmask = s.train.student[:3], s.train.student_mask[:3]
+    rng = np.random.default_rng(0)
+    comp = rng.integers(5, s.student_cfg.vocab_size, (3, 6)).astype(np.int32)
+    cmask = np.ones((3, 6), bool)
+    cmask[1, 4:] = False
+    spec = train.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=False,
+                            has_off=True, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
+                            shift_off=shift, on_with_prompt=True, vocab_chunk=7, remat=False,
+                            moe_impl="ragged", optim=(), num_steps=1)
+    lcfg = lora_lib.LoraConfig(rank=2, alpha=4.0)
+    lora = lora_lib.init_lora(s.student_cfg, lcfg, jax.random.key(0), s.student_params)
+    layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)
+    batch = {"off": {"prompt": prompt, "prompt_mask": pmask, "completion": comp, "loss_mask": cmask}}
+    plan = {"on_weight": 0.0, "off_weight": 1.0, "anchor_beta": 0.0, "kl_discount": 0.0,
+            "jsd_beta": 1.0}
+    got, _ = train._loss_terms(spec, layers, s.student_params, None, batch, plan)
+    seq = np.concatenate([prompt, comp], 1)
+    logits = train.transformer.apply(s.student_cfg, s.student_params, seq,
+                                     lora_lib.LoraParams(layers, 2.0),
+                                     mask=np.concatenate([pmask, np.ones_like(cmask)], 1))
+    full_mask = np.concatenate([np.zeros_like(pmask), cmask], 1)
+    ref = losses.off_policy_nll(logits, seq, full_mask, shift=shift)
+    return float(got), float(ref)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_trainer_off_policy_loss_equals_reference_nll(tiny_pair, shift):
+    got, ref = _train_loss_pieces(tiny_pair, shift)
+    assert got == pytest.approx(ref, abs=1e-5)
+
+
+def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=30)
+    cfg.optim.lr = 3e-2
+    cfg.lora.rank, cfg.lora.alpha = 8, 16.0
+    cfg.rollout.batch_size = 8
+    cfg.eval.every = 1000
+    s = train.setup(cfg)
+
+    def held_out_kl(lora):
+        """Sampled KL(student || teacher) on held-out (eval) prompts, fixed key."""
+        out = sampling.generate_arrays(
+            s.student_cfg, s.student_params, lora, s.eval.student, s.eval.student_mask,
+            jax.random.key(123), jnp.arange(s.eval.student.shape[0]), jnp.asarray(8),
+            jnp.asarray(1.0), jnp.asarray(0), jnp.asarray(1.0), gen_len=8, eos_ids=s.eos_ids,
+            pad_id=s.pad_id)
+        lp_t = scoring.score(s.teacher_cfg, s.teacher_params, s.eval.teacher, s.eval.teacher_mask,
+                             out.tokens, out.mask)
+        m = np.asarray(out.mask)
+        return float(((np.asarray(out.logprobs) - np.asarray(lp_t)) * m).sum() / m.sum())
+
+    before = held_out_kl(None)
+    train.run(cfg, tmp_path / "r", setup_obj=s, progress=False)
+    state = train.init_state(s, train.make_optimizer(cfg.optim, 30), 30)
+    restored = train._Checkpoints(tmp_path / "r", cfg).restore(state)
+    after = held_out_kl(lora_lib.LoraParams(restored["lora"], train.lora_scale(cfg)))
+    assert after < 0.7 * before, (before, after)
+
+
+def test_resume_after_sigterm_is_exact(tiny_pair, tmp_path):
+    cfg = tiny_run_config(tiny_pair, "mixture", steps=6)
+    cfg.checkpoint.every, cfg.eval.every = 100, 2
+    train.run(cfg, tmp_path / "straight", progress=False)
+
+    def preempt(step, _):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(train.Preempted, match="step 3"):
+        train.run(cfg, tmp_path / "resumed", step_hook=preempt, progress=False)
+    status = json.loads((tmp_path / "resumed" / "status.json").read_text())
+    assert status["state"] == "preempted" and status["final_step"] == 3
+    train.run(cfg, tmp_path / "resumed", progress=False)
+
+    def final_state(d):
+        s = train.init_state(train.setup(cfg), train.make_optimizer(cfg.optim, 6), 6)
+        return train._Checkpoints(d, cfg).restore(s)
+
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _no_time(_metrics(tmp_path / "straight")) == _no_time(_metrics(tmp_path / "resumed"))
+    evals = lambda d: _no_time([json.loads(x) for x in (d / "eval.jsonl").read_text().splitlines()])  # noqa: E731
+    assert evals(tmp_path / "straight") == evals(tmp_path / "resumed")
+
+
+def test_sharded_update_equals_single_device(tiny_pair, tmp_path):
+    assert len(jax.devices()) == 8
+    finals = {}
+    for name, mesh in (("single", dict(data=1, fsdp=1, tensor=1)),
+                       ("sharded", dict(data=2, fsdp=2, tensor=2))):
+        cfg = tiny_run_config(tiny_pair, "mixture", steps=2)
+        cfg.mesh.update(mesh)
+        train.run(cfg, tmp_path / name, progress=False)
+        s = train.setup(cfg)
+        st = train._Checkpoints(tmp_path / name, cfg).restore(
+            train.init_state(s, train.make_optimizer(cfg.optim, 2), 2))
+        finals[name] = st
+        if name == "sharded":
+            q = s.student_params["layers"]["q_proj"]
+            assert len(q.sharding.device_set) == 8
+    for x, y in zip(jax.tree_util.tree_leaves(finals["single"]["lora"]),
+                    jax.tree_util.tree_leaves(finals["sharded"]["lora"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+    m1, m2 = _metrics(tmp_path / "single"), _metrics(tmp_path / "sharded")
+    for a, b in zip(m1, m2):
+        assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad config
+
+
+def _expect(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        train.validate_config(cfg)
+        train.setup(cfg)
+
+
+def test_error_unknown_method(tiny_pair):
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd")
+    cfg.method = "on_policy_gdk"
+    _expect(cfg, r"on_policy_gdk.*`method`.*hybrid")
+
+
+def test_error_vocab_mismatch(tiny_pair, tmp_path):
+    import shutil
+
+    bad = tmp_path / "teacher"
+    shutil.copytree(tiny_pair["teacher"], bad)
+    hf = json.loads((bad / "config.json").read_text())
+    hf["vocab_size"] += 1
+    (bad / "config.json").write_text(json.dumps(hf))
+    cfg = tiny_run_config(tiny_pair)
+    cfg.teacher.path = str(bad)
+    _expect(cfg, "teacher/student vocab mismatch")
+
+
+def test_error_mesh_bigger_than_devices(tiny_pair):
+    cfg = tiny_run_config(tiny_pair)
+    cfg.mesh.data, cfg.mesh.tensor = 4, 4
+    _expect(cfg, r"`mesh`.*needs 16 devices")
+
+
+def test_error_batch_not_divisible(tiny_pair):
+    cfg = tiny_run_config(tiny_pair)
+    cfg.mesh.data = 8
+    _expect(cfg, r"`rollout.batch_size`=4 is not divisible")
+
+
+def test_error_prompt_longer_than_cache(tiny_pair):
+    cfg = tiny_run_config(tiny_pair)
+    cfg.rollout.max_prompt_len = 5
+    _expect(cfg, r"longer than the KV cache.*`rollout.max_prompt_len`")
+
+
+def test_nan_loss_halts_with_step_and_diagnostics(tiny_pair, tmp_path):
+    cfg = tiny_run_config(tiny_pair, "hybrid", steps=4)
+    cfg.optim.lr = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite values at step 1 .*loss/total"):
+        train.run(cfg, tmp_path / "nan", progress=False)
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["state"] == "failed" and "step 1" in status["error"]
