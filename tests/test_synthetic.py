@@ -15,7 +15,7 @@ SETTINGS = [(v, d) for v in synthetic.VARIANTS for d in range(1, synthetic.MAX_S
 _EQUATION = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
 
 
-# ----------------------------------------------------------------------------- an independent solver
+# --------------------------------------------------------------------- an independent solver
 
 
 def solve_question(question: str, rule_value: int | None) -> int:
@@ -128,7 +128,8 @@ def test_varied_and_small():
 def test_difficulty_controls_steps():
     for d in range(1, 5):
         for v in synthetic.VARIANTS:
-            assert {p.steps for p in synthetic.generate(100, seed=1, difficulty=d, variant=v)} == {d}
+            problems = synthetic.generate(100, seed=1, difficulty=d, variant=v)
+            assert {p.steps for p in problems} == {d}
     mixed = synthetic.generate(600, seed=2, difficulty=range(1, 3))
     counts = collections.Counter(p.steps for p in mixed)
     assert set(counts) == {1, 2} and min(counts.values()) > 200
@@ -189,7 +190,8 @@ def test_context_rule_used_and_never_stated():
 def test_episodes():
     episodes = synthetic.make_episodes(200, seed=1, k=3, difficulty=range(1, 3))
     assert episodes == synthetic.make_episodes(200, seed=1, k=3, difficulty=range(1, 3))
-    assert {e.rule_value for e in episodes} == set(range(CONTEXT_RULE_RANGE[0], CONTEXT_RULE_RANGE[1] + 1))
+    lo, hi = CONTEXT_RULE_RANGE
+    assert {e.rule_value for e in episodes} == set(range(lo, hi + 1))
     for e in episodes:
         assert len(e.shots) == 3
         assert all(p.rule_value == e.rule_value for p in (*e.shots, e.query))
@@ -214,7 +216,8 @@ def test_formats_and_jsonl(tmp_path):
     assert synthetic.format_example(p) == (
         f"{toy_tokenizer.USER}{p.question}{toy_tokenizer.END}"
         f"{toy_tokenizer.ASSISTANT}{p.solution}{toy_tokenizer.END}")
-    assert synthetic.prompt_text(p) == f"{toy_tokenizer.USER}{p.question}{toy_tokenizer.END}{toy_tokenizer.ASSISTANT}"
+    assert synthetic.prompt_text(p) == (
+        f"{toy_tokenizer.USER}{p.question}{toy_tokenizer.END}{toy_tokenizer.ASSISTANT}")
     full = synthetic.format_example(p, shots, system="Solve.")
     assert full.startswith(f"{toy_tokenizer.SYSTEM}Solve.{toy_tokenizer.END}")
     assert full.startswith(synthetic.prompt_text(p, shots, system="Solve."))
@@ -283,7 +286,8 @@ def test_chat_template_few_shot(tok):
     ids = _ids(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
     assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
     assert ids[-1] == tok.convert_tokens_to_ids("<|assistant|>")
-    assert ids.count(tok.eos_token_id) == 8 and ids.count(tok.convert_tokens_to_ids("<|user|>")) == 4
+    assert ids.count(tok.eos_token_id) == 8
+    assert ids.count(tok.convert_tokens_to_ids("<|user|>")) == 4
     no_gen = _ids(tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True))
     assert no_gen == ids[:-1]
     # the assistant mask covers exactly the solutions and their <|end|>

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Union
 
 from cliffdistill.data.toy_tokenizer import render_chat
 
@@ -81,7 +81,7 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 _HALF_TEMPLATE = "{P} gives away half of them."  # the "/" template for k == 2 only
 
-Difficulty = Union[int, Iterable[int], Mapping[int, float]]
+Difficulty = int | Iterable[int] | Mapping[int, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +119,14 @@ def _difficulty_sampler(difficulty: Difficulty) -> Callable[[random.Random], int
     -> uniform over its values."""
 
     def check(d) -> int:
-        if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_STEPS:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 1 <= d <= MAX_STEPS:
             raise ValueError(
                 f"difficulty: step counts must be ints in 1..{MAX_STEPS}, got {d!r} "
                 f"(pass an int, a range/list of ints, or a {{steps: weight}} dict)"
             )
-        return d
+        return int(d)
 
-    if isinstance(difficulty, int) and not isinstance(difficulty, bool):
+    if isinstance(difficulty, numbers.Integral) and not isinstance(difficulty, bool):
         d = check(difficulty)
         return lambda rng: d
     if isinstance(difficulty, Mapping):
@@ -151,9 +151,13 @@ def _difficulty_sampler(difficulty: Difficulty) -> Callable[[random.Random], int
 
 def _check_rule_value(rule_value: int) -> int:
     lo, hi = CONTEXT_RULE_RANGE
-    if isinstance(rule_value, bool) or not isinstance(rule_value, int) or not lo <= rule_value <= hi:
-        raise ValueError(f"rule_value must be an int in {lo}..{hi} (CONTEXT_RULE_RANGE), got {rule_value!r}")
-    return rule_value
+    if isinstance(rule_value, bool) or not isinstance(rule_value, numbers.Integral) or not (
+        lo <= rule_value <= hi
+    ):
+        raise ValueError(
+            f"rule_value must be an int in {lo}..{hi} (CONTEXT_RULE_RANGE), got {rule_value!r}"
+        )
+    return int(rule_value)
 
 
 def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int | None) -> Problem:
@@ -253,7 +257,7 @@ def generate(
     if rule_value is not None:
         if variant != "context":
             raise ValueError(f"rule_value={rule_value!r} is only meaningful with variant='context'")
-        _check_rule_value(rule_value)
+        rule_value = _check_rule_value(rule_value)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     sample_steps = _difficulty_sampler(difficulty)
@@ -293,7 +297,7 @@ def make_episodes(
     if k < 0:
         raise ValueError(f"k (shots per episode) must be >= 0, got {k}")
     if rule_value is not None:
-        _check_rule_value(rule_value)
+        rule_value = _check_rule_value(rule_value)
     sample_steps = _difficulty_sampler(difficulty)
     rng = random.Random(f"{seed}:episodes")
     out = []
@@ -331,13 +335,18 @@ def chat_messages(
     return msgs
 
 
-def prompt_text(problem: Problem, shots: Sequence[Problem] = (), system: str | None = None) -> str:
+def prompt_text(
+    problem: Problem, shots: Sequence[Problem] = (), system: str | None = None
+) -> str:
     """The inference prompt, ending with the assistant marker (a prefix of
     :func:`format_example` with the same arguments)."""
-    return render_chat(chat_messages(problem, shots, system, with_answer=False), add_generation_prompt=True)
+    messages = chat_messages(problem, shots, system, with_answer=False)
+    return render_chat(messages, add_generation_prompt=True)
 
 
-def format_example(problem: Problem, shots: Sequence[Problem] = (), system: str | None = None) -> str:
+def format_example(
+    problem: Problem, shots: Sequence[Problem] = (), system: str | None = None
+) -> str:
     """A problem and its solution as pretraining text, in the inference chat format::
 
         <|user|>QUESTION<|end|><|assistant|>SOLUTION<|end|>
@@ -367,8 +376,7 @@ def write_jsonl(problems: Iterable[Problem], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for rec in to_gsm8k_records(problems):
-            f.write(json.dumps(rec) + "\n")
+        f.writelines(json.dumps(rec) + "\n" for rec in to_gsm8k_records(problems))
     return path
 
 

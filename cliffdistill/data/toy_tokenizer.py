@@ -54,7 +54,8 @@ MODEL_MAX_LENGTH = 4096
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{ raise_exception('toy chat template: role must be system, user or assistant, got ' + message['role']) }}"
+    "{{ raise_exception('toy chat template: role must be system, user or assistant, got '"
+    " + message['role']) }}"
     "{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '<|assistant|>' }}{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
@@ -185,12 +186,14 @@ def build_toy_tokenizer(
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> None:
-    """``tokenizer.save_pretrained(path)``; :func:`load_tokenizer` (or ``AutoTokenizer``) reads it back."""
+    """``tokenizer.save_pretrained(path)``; :func:`load_tokenizer` (or ``AutoTokenizer``) reads
+    it back."""
     tokenizer.save_pretrained(os.fspath(path))
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """``AutoTokenizer.from_pretrained(path)`` with a clear error when ``path`` holds no tokenizer."""
+    """``AutoTokenizer.from_pretrained(path)``, with a clear error when ``path`` holds no
+    tokenizer."""
     from transformers import AutoTokenizer
 
     path = os.fspath(path)

@@ -1,0 +1,181 @@
+"""benchmarks/throughput.py: the CPU smoke run end to end, and the formulas it reports with.
+
+No timing is asserted: only that every section exists and holds positive numbers.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cliffdistill.models import transformer
+from cliffdistill.models.config import preset
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "throughput.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("cliffdistill_bench_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_bench()
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_section_and_prints_the_table(tmp_path):
+    out = tmp_path / "r.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "cliffdistill throughput" in proc.stdout and "SMOKE" in proc.stdout
+    assert "measurement" in proc.stdout and "estimate: 100-step teacher_seeded" in proc.stdout
+    r = json.loads(out.read_text())
+    assert "errors" not in r, r.get("errors")
+    assert r["partial"] is False
+
+    meta = r["meta"]
+    assert meta["smoke"] is True and meta["platform"] == "cpu"
+    assert _positive(meta["student_weight_bytes"]) and _positive(meta["teacher_weight_bytes"])
+    assert _positive(r["bandwidth"]["copy_bandwidth_bytes_per_s"])
+
+    for name in ("b64", "b256", "b64_lora"):
+        roll = r["rollout"][name]
+        assert roll["ran_full_length"] and roll["min_length"] == roll["G"], name
+        for k in ("new_tokens_per_s", "decode_ms_per_step", "median_s", "prefill_median_s",
+                  "warmup_s"):
+            assert _positive(roll[k]), (name, k, roll[k])
+    assert r["rollout"]["b64_lora"]["lora"] is True and r["rollout"]["b64"]["lora"] is False
+    for name in ("b64", "b256"):
+        rf = r["roofline"][name]
+        for k in ("floor_ms_per_step", "floor_new_tokens_per_s", "ours_ms_per_step",
+                  "pct_of_floor", "weights_bytes", "kv_bytes_mean_ctx"):
+            assert _positive(rf[k]), (name, k)
+
+    for role in ("student", "teacher", "teacher_study"):
+        s = r["score"][role]
+        assert s["finite"] and _positive(s["tokens_per_s"]), role
+    assert _positive(r["teacher_decode"]["decode_ms_per_step"])
+
+    up = r["update"]
+    assert up["impl"] in ("train", "local") and up["loss_finite"]
+    assert up["lora_rank"] == 32 and len(up["lora_targets"]) == 7
+    for k in ("tokens_per_s", "trained_tokens_per_s", "model_flops", "achieved_flops_per_s"):
+        assert _positive(up[k]), k
+    assert up["mfu"] is None and up["peak_flops_per_s"] is None  # CPU: no peak, no MFU
+
+    hf = r["hf"]
+    assert hf["device"] == "cpu" and hf["torch"] and hf["transformers"]
+    for name in ("generate_b64", "generate_b256"):
+        assert hf[name]["new_tokens_per_row"] == hf[name]["G"], name
+        assert _positive(hf[name]["new_tokens_per_s"]), name
+    for name in ("score_student", "score_teacher"):
+        assert hf[name]["finite"] and _positive(hf[name]["tokens_per_s"]), name
+
+    for k in ("rollout_b64_vs_hf", "rollout_b256_vs_hf", "score_student_vs_hf",
+              "score_teacher_vs_hf", "rollout_b64_pct_of_floor", "estimate_min"):
+        assert _positive(r["ratios"][k]), k
+
+    est = r["estimate"]
+    assert est["settings"]["steps"] == 100 and est["evals"] == 5
+    assert _positive(est["total_s"]) and _positive(est["eval_s"])
+    assert all(_positive(v) for v in est["per_phase_s"].values())
+    assert est["total_s"] == pytest.approx(est["train_s"] + est["eval_s"])
+    assert set(r["warmup_s"]) >= {"rollout.b64", "rollout.b256", "score.student", "update",
+                                  "score.teacher", "teacher_decode"}
+
+
+def test_formulas_agree_with_the_trainer():
+    train = pytest.importorskip("cliffdistill.train")
+    methods = pytest.importorskip("cliffdistill.methods")
+    assert bench.PEAK_FLOPS_FALLBACK == train.PEAK_FLOPS
+    for name in ("qwen3_4b", "qwen3_30b_a3b", "llama31_8b"):
+        assert bench.active_params(preset(name)) == train.active_params(preset(name))
+    schedule = methods.get("teacher_seeded")
+    assert [bench.seed_schedule(s) for s in range(100)] == [schedule(s).seed_tokens
+                                                           for s in range(100)]
+
+
+def test_peak_flops_lookup():
+    assert bench.peak_flops("NVIDIA H200", None) == 989e12
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
+    assert bench.peak_flops("cpu", None) is None
+    assert bench.peak_flops("cpu", 1e12) == 1e12
+
+
+def test_decode_floor_matches_the_design_figure():
+    """DESIGN §2: Qwen3-4B bf16 at B=64 on ~4.3 TB/s has a floor of ~2.7 ms/step (~24k tok/s)."""
+    cfg = preset("qwen3_4b")
+    W = 2 * transformer.count_params(transformer.param_shapes(cfg))
+    roll = {"b64": {"B": 64, "P": 128, "G": 256, "decode_ms_per_step": 5.0}}
+    rf = bench.roofline(cfg, W, 4.3e12, roll)["b64"]
+    assert 2.0 < rf["floor_ms_per_step"] < 3.0
+    assert 20e3 < rf["floor_new_tokens_per_s"] < 32e3
+    assert rf["pct_of_floor"] == pytest.approx(100 * rf["floor_ms_per_step"] / 5.0)
+    assert rf["kv_bytes_full_cache"] > rf["kv_bytes_mean_ctx"]
+
+
+def test_update_flops_are_at_least_the_4n_rule():
+    cfg = preset("qwen3_4b")
+    B, P, G = 64, 128, 256
+    fl = bench.update_flops(cfg, B, P, G, rank=32)
+    n_body = bench.active_params(cfg) - cfg.hidden_size * cfg.vocab_size
+    assert fl["model_flops"] > 4 * n_body * B * (P + G)
+    assert fl["lora_fwd"] < 0.1 * fl["linear_fwd"]  # rank 32 adapters are a small extra
+    assert fl["remat_recompute_flops"] < fl["model_flops"]
+
+
+def test_init_on_device_has_the_param_tree_and_scale():
+    cfg = bench.SMOKE_TEACHER
+    params = bench.init_params_on_device(cfg, seed=0, dtype=jnp.float32)
+    ref = transformer.param_shapes(cfg, jnp.float32)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref)
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.all(np.asarray(params["layers"]["attn_norm"]) == 1.0)
+    gate = np.asarray(params["layers"]["gate_proj"])  # [L, E, D, F], generated layer by layer
+    assert abs(gate.std() - 0.02) < 0.002
+    assert not np.allclose(gate[0], gate[1])  # layers differ
+
+
+def test_local_update_equals_the_trainers_update():
+    pytest.importorskip("ml_collections")
+    from cliffdistill.models import lora as lora_lib
+
+    cfg = bench.SMOKE_STUDENT
+    params = transformer.init_params(cfg, jax.random.key(0), jnp.float32)
+    shapes = transformer.param_shapes(cfg)
+    results = []
+    for impl in ("train", "local"):
+        if impl == "train":
+            fn, opt = bench.make_train_update(cfg, bench.SMOKE_TEACHER, bench.LORA.scale)
+        else:
+            fn, opt = bench.make_local_update(cfg, bench.LORA.scale)
+        lora = lora_lib.init_lora(cfg, bench.LORA, jax.random.key(1), shapes)
+        # a non-zero `b` so the adapters matter in the forward pass too
+        layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)
+        batch, plan = bench.update_batch(cfg, 2, 8, 8)
+        new, _, aux = fn(layers, jax.jit(opt.init)(layers), params, batch, plan)
+        results.append((jax.device_get(new), float(aux["loss/total"])))
+    (new_t, loss_t), (new_l, loss_l) = results
+    assert loss_t == pytest.approx(loss_l, rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(new_t), jax.tree_util.tree_leaves(new_l)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
