@@ -15,6 +15,8 @@ A sweep config (``get_config()`` -> ConfigDict) has
   crossed with the product (product outer, zip rows inner).  One-hot ablation variants are a zip.
 * ``order`` (optional): dotted fields, outermost loop first; it also orders the fields in run
   names.  ConfigDict sorts its keys, so without ``order`` the fields go alphabetically.
+* ``name_fields`` (optional): only these fields make up run names (e.g. leave model paths out);
+  names must still be unique.
 * ``baselines``: compute ``DIR/baselines/<setup>.json`` (student, teacher, teacher+context) once
   per distinct ``setup`` before the runs.
 * ``name`` (optional): the sweep's title in the report.
@@ -56,7 +58,8 @@ SWEEP_FILE = "sweep.json"
 DEFAULT_RUN_FN = "cliffdistill.train:run"
 DEFAULT_BASELINE_FN = "cliffdistill.evaluate:run_baselines"
 _NAME_MAX = 180  # run-dir names beyond this are shortened with a hash (filesystems cap at 255 bytes)
-_SWEEP_FIELDS = ("name", "base_config", "base_overrides", "product", "zip", "order", "baselines")
+_SWEEP_FIELDS = ("name", "base_config", "base_overrides", "product", "zip", "order", "name_fields",
+                 "baselines")
 
 RunFn = Callable[[ml_collections.ConfigDict, Path], None]
 BaselineFn = Callable[[ml_collections.ConfigDict, Path], None]
@@ -318,7 +321,11 @@ def expand(
     product, zipped, fields = sweep_axes(sweep_cfg)
     base = load_config_file(sweep_cfg.base_config) if base is None else base
     base_overrides = _flatten(sweep_cfg.get("base_overrides"), "base_overrides", leaves_are_lists=False)
-    short = _short_keys(fields)
+    named = [str(f) for f in (sweep_cfg.get("name_fields") or fields)]
+    unknown = [f for f in named if f not in fields]
+    if unknown:
+        raise ValueError(f"sweep field `name_fields` names {unknown}, not in `product` or `zip`.")
+    short = _short_keys(named)
     sources = {**{f: "product" for f in product}, **{f: "zip" for f in zipped}}
     zip_rows: list[dict[str, Any]] = [{}]
     if zipped:
@@ -330,7 +337,8 @@ def expand(
         prod_row = dict(zip(product.keys(), combo, strict=True))
         for zrow in zip_rows:
             overrides = {**prod_row, **zrow}
-            spec = RunSpec(name=_run_name(overrides, short), overrides=overrides)
+            spec = RunSpec(name=_run_name({f: overrides[f] for f in named}, short),
+                           overrides=overrides)
             if spec.name in seen:
                 raise ValueError(
                     f"two runs get the same name {spec.name!r} ({seen[spec.name]} and {overrides}); "

@@ -113,6 +113,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
     for field in ("rollout.max_new_tokens", "off_policy.max_new_tokens", "eval.max_new_tokens"):
         if cfg[field.split(".")[0]][field.split(".")[1]] < 1:
             raise ValueError(f"config field `{field}` must be >= 1")
+    # memory plan vs per-device HBM, before any weight is loaded (no-op without an HBM size)
+    from cliffdistill.plan import check_fits
+
+    check_fits(cfg, student, teacher)
     return student, teacher
 
 
@@ -545,6 +549,14 @@ class _Checkpoints:
         self.mngr.close()
 
 
+def _prior_wall_seconds(workdir: Path) -> float:
+    """Wall seconds an earlier (preempted, failed, or finished) run in `workdir` recorded."""
+    try:
+        return float(json.loads((workdir / "status.json").read_text()).get("wall_seconds") or 0.0)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -563,6 +575,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    prior_seconds = _prior_wall_seconds(workdir)  # earlier segments of a resumed run
     main_proc = jax.process_index() == 0
     schedule = methods.get(cfg.method, cfg.schedule)
     num_steps = methods.num_steps(cfg.method, cfg.schedule)
@@ -606,6 +619,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                        if "jsd" == cfg.loss.on_policy or cfg.loss.off_policy == "forward_kl" else None)
     peak = peak_flops(cfg)
     n_devices = s.mesh.devices.size
+
+    def wall_and_cost() -> dict[str, Any]:
+        """Wall time of the run over all its segments (resumes), priced per device-hour."""
+        wall = prior_seconds + time.time() - t_start
+        hours = wall * n_devices / 3600
+        return {"wall_seconds": wall, "cost": {
+            "device_hours": hours, "usd": hours * float(cfg.cost.usd_per_device_hour)}}
+
     flops_s, flops_t = 2 * active_params(s.student_cfg), 2 * active_params(s.teacher_cfg)
     put = functools.partial(sharding.put_batch, mesh=s.mesh)
     start_acc = next((e["accuracy"] for e in evals if e["step"] == 0), None)
@@ -797,24 +818,22 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                 if preempt["flag"]:
                     raise Preempted(f"SIGTERM at step {step + 1}: checkpoint saved in {workdir}")
         summary = {"state": "done", "error": None, "final_step": num_steps,
-                   "wall_seconds": time.time() - t_start,
-                   "final_eval": evals[-1] if evals else None}
-        device_hours = summary["wall_seconds"] * n_devices / 3600
-        summary["cost"] = {"device_hours": device_hours,
-                           "usd": device_hours * float(cfg.cost.usd_per_device_hour)}
+                   "final_eval": evals[-1] if evals else None, **wall_and_cost()}
         if main_proc:
             _write_json(workdir / "status.json", summary)
         return summary
     except Preempted as e:
         if main_proc:
             _write_json(workdir / "status.json", {"state": "preempted", "error": str(e),
-                                                   "final_step": int(state["step"])})
+                                                   "final_step": int(state["step"]),
+                                                   **wall_and_cost()})
         raise
     except BaseException as e:
         if main_proc:
             _write_json(workdir / "status.json", {
                 "state": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:], "final_step": int(state["step"])})
+                "traceback": traceback.format_exc()[-4000:], "final_step": int(state["step"]),
+                **wall_and_cost()})
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,61 @@
+"""The embedded default: toy Qwen3 teacher/student on the synthetic task, CPU-sized.
+
+    python -m cliffdistill.train --config configs/toy.py:size --workdir /tmp/toy_size
+    python -m cliffdistill.train --config configs/toy.py:context --workdir /tmp/toy_ctx
+
+The argument picks the setup; model and data paths point into the toy testbed that
+`python -m cliffdistill.main` (or `cliffdistill.toy.prepare`) builds in `TOY_CACHE`. The study's
+100-step schedule is scaled to 40 steps with every phase boundary at the same fraction
+(switch at 50%, seeding decays over the first 50%, reverse curriculum switches at 70%).
+"""
+
+import os
+
+import ml_collections
+
+from configs import base
+
+TOY_CACHE = os.environ.get("CLIFFDISTILL_CACHE", os.path.expanduser("~/.cache/cliffdistill"))
+STEPS = 40
+
+
+def toy_paths(root: str, setup: str) -> dict:
+    """Overrides that point a run at a prepared toy testbed (see cliffdistill.toy.prepare)."""
+    if setup == "size":
+        return {"student.path": f"{root}/student", "teacher.path": f"{root}/teacher",
+                "data.path": f"{root}/plain", "data.context": "none"}
+    if setup == "context":  # teacher = the toy teacher's base weights WITH k solved examples
+        return {"student.path": f"{root}/teacher", "teacher.path": "",
+                "data.path": f"{root}/context", "data.context": "fewshot"}
+    raise ValueError(f"configs/toy.py:<setup> needs 'size' or 'context', got {setup!r}")
+
+
+def get_config(arg: str = "size") -> ml_collections.ConfigDict:
+    c = base.get_config()
+    c.setup = arg
+    root = ""
+    if os.path.isdir(TOY_CACHE):  # the newest prepared testbed, if any
+        roots = sorted((e for e in os.scandir(TOY_CACHE) if e.name.startswith("toy-")),
+                       key=lambda e: e.stat().st_mtime)
+        root = roots[-1].path if roots else ""
+    for field, value in toy_paths(root or f"{TOY_CACHE}/<run cliffdistill.main first>", arg).items():
+        section, key = field.split(".")
+        c[section][key] = value
+    c.student.dtype = c.teacher.dtype = "float32"
+    c.lora.update(rank=8, alpha=16.0)
+    c.data.update(n_train=256, n_fewshot=64, n_eval=128, instruction="", context_k=3)
+    c.rollout.update(batch_size=32, max_new_tokens=32, max_prompt_len=64,
+                     max_teacher_prompt_len=256)
+    c.off_policy.update(max_new_tokens=32, gen_batch_size=64)
+    c.replay.capacity = 128
+    c.loss.update(vocab_chunk=4096, remat=False)
+    c.optim.update(lr=3e-3)
+    c.eval.update(every=10, max_new_tokens=48, batch_size=128)
+    c.checkpoint.update(every=20, keep=2, async_save=False)
+    s = c.schedule
+    s.num_steps, s.extended_num_steps = STEPS, 2 * STEPS
+    s.hybrid_switch_step = STEPS // 2
+    s.seed_max_tokens, s.seed_decay_steps = 8, STEPS // 2
+    s.replay_period = 5
+    s.reverse_switch_step = int(0.7 * STEPS)
+    return c
