@@ -44,7 +44,9 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sweep_config(root: Path, quick: bool) -> ml_collections.ConfigDict:
+def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
+                 steps: int | None = None, overrides: dict[str, Any] | None = None
+                 ) -> ml_collections.ConfigDict:
     """Methods (product) x rows (zip) of (setup, seed, implementation).
 
     The correct implementation runs every seed; the study's defects (all switched on together,
@@ -64,15 +66,15 @@ def sweep_config(root: Path, quick: bool) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "toy study (quick)" if quick else "toy study"
     c.base_config = "configs/toy.py"
-    steps = toy.STEPS // 2 if quick else toy.STEPS
+    steps = steps or (toy.STEPS // 2 if quick else toy.STEPS)
     c.base_overrides = _nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
         "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // (2 if quick else 4),
-        "checkpoint.every": steps})
+        "checkpoint.every": steps, **(overrides or {})})
     c.order = ("setup", "ablation.unshifted_off_policy", "method", "seed")
     c.name_fields = ("setup", "method", "seed", "ablation.unshifted_off_policy")
-    c.product = {"method": METHODS}
+    c.product = {"method": tuple(methods)}
     c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
@@ -128,6 +130,36 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
     return path
 
 
+def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
+             prepare_cfg: ml_collections.ConfigDict | None = None,
+             methods: tuple[str, ...] = METHODS, steps: int | None = None,
+             overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
+    """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
+    import jax
+
+    from cliffdistill import evaluate, sweep, toy, train
+
+    # Compiled programs persist across invocations: a re-run (or --quick after the full job)
+    # skips most XLA compilation, which dominates the toy runs' time on CPU.
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    t0 = time.time()
+    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
+    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
+    t_prep = time.time() - t0
+    cfg = sweep_config(prepared.root, quick, methods, steps, overrides)
+    print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
+    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
+                             baseline_fn=evaluate.run_baselines)
+    t_sweep = time.time() - t0 - t_prep
+    print("[3/3] report", flush=True)
+    timings = {"prepare": t_prep, "sweep": t_sweep, "total": time.time() - t0}
+    path = write_results(workdir, prepared, timings, quick, cfg)
+    print(f"done in {timings['total']:.0f} s: {path} ({len(result.failed)} failed runs)")
+    print("\n".join(toy_claims_summary(workdir)))
+    return path, result
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -145,31 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))  # configs/ lives at the repo root
     from configs import toy as toy_config
-    from cliffdistill import evaluate, sweep, toy, train
 
     workdir = Path(args.workdir or ("runs/main_quick" if args.quick else "runs/main"))
     cache_dir = Path(args.cache_dir or toy_config.TOY_CACHE)
-    import jax
-
-    # Compiled programs persist across invocations: a re-run (or --quick after the full job)
-    # skips most XLA compilation, which dominates the toy runs' time on CPU.
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    t0 = time.time()
-    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
-    prepared = toy.prepare(cache_dir, say=lambda s: print(s, flush=True))
-    t_prep = time.time() - t0
-    cfg = sweep_config(prepared.root, args.quick)
-    n_runs = len(sweep.expand(cfg))
-    print(f"[2/3] sweep: {n_runs} runs -> {workdir}", flush=True)
-    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
-                             baseline_fn=evaluate.run_baselines)
-    t_sweep = time.time() - t0 - t_prep
-    print("[3/3] report", flush=True)
-    timings = {"prepare": t_prep, "sweep": t_sweep, "total": time.time() - t0}
-    path = write_results(workdir, prepared, timings, args.quick, cfg)
-    print(f"done in {timings['total']:.0f} s: {path} ({len(result.failed)} failed runs)")
-    print("\n".join(toy_claims_summary(workdir)))
+    _, result = run_main(workdir, cache_dir, args.quick)
     return 1 if result.failed else 0
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 import traceback
@@ -31,6 +30,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 import numpy as np
 import optax
 
@@ -258,7 +258,7 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
                   s.cfg.moe_impl)
     file = cache_dir / f"teacher_samples_{key}.npz"
     if file.exists():
-        with np.load(file) as z:
+        with file.open("rb") as f, np.load(f) as z:
             return z["tokens"], z["mask"]
     gen_len = prompts.bucket_length(c.max_new_tokens, 1)
     N, B = s.train.teacher.shape[0], c.gen_batch_size
@@ -278,8 +278,9 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     if jax.process_index() == 0:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp.npz")
-        np.savez(tmp, tokens=tokens, mask=mask)
-        os.replace(tmp, file)
+        with tmp.open("wb") as f:
+            np.savez(f, tokens=tokens, mask=mask)
+        tmp.replace(file)
     return tokens, mask
 
 
@@ -471,6 +472,10 @@ class MetricsWriter:
             kept = [line for line in self.file.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] < resume_step]
             self.file.write_text("".join(line + "\n" for line in kept))
+        if "://" in str(workdir):  # tensorboardX writes local files only
+            log.warning("remote workdir %s: TensorBoard events are not written "
+                        "(metrics.jsonl is)", workdir)
+            return
         try:
             from tensorboardX import SummaryWriter
 
@@ -527,8 +532,7 @@ class _Checkpoints:
         self.ocp = ocp
         opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep, create=True,
                                             enable_async_checkpointing=cfg.checkpoint.async_save)
-        path = workdir / "checkpoints" if "://" not in str(workdir) else f"{workdir}/checkpoints"
-        self.mngr = ocp.CheckpointManager(path, options=opts)
+        self.mngr = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=opts)
 
     def latest(self) -> int | None:
         return self.mngr.latest_step()
@@ -560,7 +564,7 @@ def _prior_wall_seconds(workdir: Path) -> float:
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _uses(schedule: Callable[[int], methods.StepPlan], num_steps: int) -> dict[str, bool]:
@@ -572,7 +576,7 @@ def _uses(schedule: Callable[[int], methods.StepPlan], num_steps: int) -> dict[s
 def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup | None = None,
         step_hook: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Trains one run into `workdir` (resuming from its latest checkpoint) and returns its summary."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)  # a local path or gs://... (orbax, metrics and status alike)
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     prior_seconds = _prior_wall_seconds(workdir)  # earlier segments of a resumed run
@@ -586,7 +590,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
     uses = _uses(schedule, num_steps)
     off_tokens = off_mask = None
     if uses["off"]:
-        cache_dir = Path(cfg.off_policy.cache_dir or (workdir.parent / "offpolicy_cache"))
+        cache_dir = epath.Path(cfg.off_policy.cache_dir or (workdir.parent / "offpolicy_cache"))
         t0 = time.time()
         off_tokens, off_mask = teacher_samples(s, cache_dir)
         log.info("teacher samples ready (%d, %.1fs)", len(off_tokens), time.time() - t0)

@@ -335,3 +335,44 @@ def test_out_of_range_accuracy_is_reported_invalid_not_crashing(tmp_path):
     g = report.aggregate(root)["groups"][0]
     assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 0, "invalid": 1}
     assert "0 / 0 / 0, invalid: 1" in report.write_report(root, plots=False)["md"].read_text()
+
+
+# ----------------------------------------------------------------------------- study claims
+
+
+def _claim_group(method, finals, start, statuses, setup="size", variant="correct"):
+    counts = {s: statuses.count(s) for s in ("stable", "partial", "collapsed")}
+    mean, low, high = stats.mean_ci(finals)
+    return {"setup": setup, "method": method, "variant": variant, "n_done": len(finals),
+            "final_mean": mean, "final_ci_low": low, "final_ci_high": high,
+            "status_counts": counts, "start_mean": start,
+            "delta_per_seed": [f - start for f in finals]}
+
+
+def test_study_claims_verdicts_follow_the_documented_rules():
+    from cliffdistill import report as rep
+
+    off = ("hybrid", "mixture", "replay_buffer", "kl_anchored", "reverse_curriculum")
+    groups = [_claim_group("on_policy_gkd", [0.5, 0.55, 0.6], 0.3, ["stable"] * 3),
+              _claim_group("extended_on_policy", [0.6, 0.62, 0.58], 0.3, ["stable"] * 3),
+              _claim_group("teacher_seeded", [0.9, 0.91, 0.92], 0.3, ["stable"] * 3)]
+    groups += [_claim_group(m, [0.4, 0.42, 0.41], 0.3, ["stable"] * 3) for m in off]
+    groups += [_claim_group(m, [0.0, 0.0, 0.01], 0.3, ["collapsed"] * 3, variant="defects") for m in off]
+    agg = {"setups": ["size"], "groups": groups}
+    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
+    assert verdicts["Every method with an off-policy part collapses"] == "contradicted"
+    assert verdicts["Pure on-policy distillation works"] == "supported"
+    assert verdicts["Teacher seeding is the best method"] == "supported"
+    assert verdicts["The collapse is produced by the study's implementation defects"] == "supported"
+    # the study's world: off-policy collapses even when implemented correctly
+    for g in groups:
+        if g["method"] in off and g["variant"] == "correct":
+            g.update(_claim_group(g["method"], [0.0, 0.01, 0.0], 0.3, ["collapsed"] * 3))
+    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
+    assert verdicts["Every method with an off-policy part collapses"] == "supported"
+    assert verdicts["The collapse is produced by the study's implementation defects"] == "contradicted"
+    # on-policy losing accuracy with a CI below zero
+    groups[0].update(_claim_group("on_policy_gkd", [0.1, 0.12, 0.11], 0.3, ["partial"] * 3))
+    groups[1].update(_claim_group("extended_on_policy", [0.1, 0.1, 0.12], 0.3, ["partial"] * 3))
+    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
+    assert verdicts["Pure on-policy distillation works"] == "contradicted"
