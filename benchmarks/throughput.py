@@ -230,14 +230,10 @@ import jax.numpy as jnp  # noqa: E402
 from cliffdistill import losses, sampling, scoring  # noqa: E402
 from cliffdistill.models import lora as lora_lib  # noqa: E402
 from cliffdistill.models import transformer  # noqa: E402
+from cliffdistill.models.flops import active_params, peak_flops  # noqa: E402
 from cliffdistill.models.config import ModelConfig, preset, to_hf_config  # noqa: E402
 
 # ============================================================================ settings
-
-# bf16 dense peak FLOP/s per chip; a copy of cliffdistill.train.PEAK_FLOPS (used when train, which
-# needs ml_collections, cannot be imported). tests/test_benchmark.py checks they agree.
-PEAK_FLOPS_FALLBACK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v6": 918e12,
-                       "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
 
 # The optimiser of configs/base.py (constant lr 3e-4, AdamW, clip 1.0).
 OPTIM = dict(lr=3e-4, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999,
@@ -292,35 +288,6 @@ def log(msg: str) -> None:
 
 
 # ============================================================================ helpers
-
-
-def peak_flops_table() -> dict[str, float]:
-    try:
-        from cliffdistill import train
-        return dict(train.PEAK_FLOPS)
-    except ImportError:
-        return dict(PEAK_FLOPS_FALLBACK)
-
-
-def peak_flops(device_kind: str, override: float | None) -> float | None:
-    if override:
-        return float(override)
-    for name, flops in peak_flops_table().items():
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
-
-
-def active_params(cfg: ModelConfig) -> int:
-    """Params touched per token (MoE: the k routed experts), embedding lookup excluded, unembedding
-    included. The same formula as cliffdistill.train.active_params (checked by the tests)."""
-    D, L, hd = cfg.hidden_size, cfg.num_layers, cfg.head_dim
-    attn = D * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-    if cfg.is_moe:
-        mlp = 3 * D * cfg.moe_intermediate_size * cfg.num_experts_per_tok + D * cfg.num_experts
-    else:
-        mlp = 3 * D * cfg.intermediate_size
-    return L * (attn + mlp) + D * cfg.vocab_size
 
 
 def update_flops(cfg: ModelConfig, B: int, P: int, G: int, rank: int) -> dict[str, float]:

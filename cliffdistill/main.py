@@ -27,8 +27,9 @@ from typing import Any
 
 import ml_collections
 
-METHODS = ("on_policy_gkd", "extended_on_policy", "hybrid", "teacher_seeded", "mixture",
-           "replay_buffer", "kl_anchored", "reverse_curriculum")
+from cliffdistill import methods as methods_lib
+
+METHODS = tuple(methods_lib.METHODS)  # the study's table order
 STUDY_DEFECTS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context")
 
 
@@ -88,6 +89,22 @@ def machine() -> dict[str, Any]:
             "devices": [d.device_kind for d in jax.devices()][:1]}
 
 
+def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The sweep's knobs without machine-specific paths, plus the toy run config's key values."""
+    from configs import toy
+
+    base = toy.get_config("size")
+    zipped = {k: v for k, v in sweep_cfg.zip.to_dict().items() if k not in ("student", "teacher", "data")}
+    return {
+        "base_overrides": sweep_cfg.base_overrides.to_dict(), "product": sweep_cfg.product.to_dict(),
+        "zip": zipped,
+        "toy_run_config": {"lora": base.lora.to_dict(), "optim": base.optim.to_dict(),
+                           "rollout": base.rollout.to_dict(), "loss": base.loss.to_dict(),
+                           "data": {k: base.data[k] for k in ("n_train", "n_eval", "context_k")},
+                           "eval": {k: base.eval[k] for k in ("max_new_tokens", "batch_size")}},
+    }
+
+
 def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick: bool,
                   sweep_cfg: ml_collections.ConfigDict) -> Path:
     """RESULTS.md: when/where/how it ran, the toy models' capabilities, the verdicts, the report."""
@@ -109,7 +126,8 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         "| model | params | accuracy |", "|---|---|---|",
         f"| teacher (size setup) | {prepared.report['teacher']['params']:,} | "
         f"{prepared.report['teacher']['plain_accuracy']:.1%} |",
-        f"| student (size setup) | {prepared.report['student']['params']:,} | "
+        f"| student (size setup): the teacher's snapshot at pretraining step "
+        f"{prepared.report['student']['snapshot_step']} | {prepared.report['student']['params']:,} | "
         f"{prepared.report['student']['plain_accuracy']:.1%} |",
         f"| base with {prepared.report['config']['context_k']}-shot context (context teacher) | "
         f"{prepared.report['teacher']['params']:,} | "
@@ -118,8 +136,15 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         f"{prepared.report['teacher']['context_accuracy_without_context']:.1%} |",
         "", "## The study's claims on this testbed", "",
         *report.render_claims(verdicts), "",
-        "The testbed is a miniature: toy models, a synthetic task and 40-step runs. A verdict "
+        f"The testbed is a miniature: toy models, a synthetic task and "
+        f"{sweep_cfg.base_overrides.schedule.num_steps}-step runs. A verdict "
         "here says whether the *mechanism* reproduces, not what happens at 4B-70B scale.", "",
+        "## Configuration", "",
+        "Toy testbed (`cliffdistill.toy.default_prepare_config`):", "",
+        "```json", json.dumps(prepared.report["config"], indent=1, sort_keys=True), "```", "",
+        "Run config: `configs/toy.py` with these sweep settings (model paths point into the "
+        "testbed):", "",
+        "```json", json.dumps(_config_summary(sweep_cfg), indent=1, sort_keys=True), "```", "",
         "## Full report", "",
     ]
     report_md = (workdir / "REPORT.md").read_text()

@@ -37,6 +37,7 @@ import optax
 from cliffdistill import evaluate, losses, methods, sampling, scoring, stats
 from cliffdistill.data import gsm8k, prompts
 from cliffdistill.models import config as model_config
+from cliffdistill.models import flops as flops_lib
 from cliffdistill.models import hf_io, lora as lora_lib, sharding, transformer
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
@@ -433,32 +434,6 @@ def teacher_hidden(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask
 
 # ============================================================================ metrics and cost
 
-# bf16 dense peak FLOP/s per chip (vendor figures), for MFU. Unknown devices (CPU) report none.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v6": 918e12,
-              "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
-
-
-def peak_flops(cfg: ml_collections.ConfigDict) -> float | None:
-    if cfg.cost.peak_flops_per_device:
-        return float(cfg.cost.peak_flops_per_device)
-    kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return flops
-    return None
-
-
-def active_params(mcfg: ModelConfig) -> int:
-    """Parameters touched per token (MoE: only the k routed experts), excluding the embedding."""
-    D, L, hd = mcfg.hidden_size, mcfg.num_layers, mcfg.head_dim
-    attn = D * hd * (2 * mcfg.num_heads + 2 * mcfg.num_kv_heads)
-    if mcfg.is_moe:
-        mlp = 3 * D * mcfg.moe_intermediate_size * mcfg.num_experts_per_tok + D * mcfg.num_experts
-    else:
-        mlp = 3 * D * mcfg.intermediate_size
-    return L * (attn + mlp) + D * mcfg.vocab_size  # + the unembedding matmul
-
-
 class MetricsWriter:
     """metrics.jsonl (+ TensorBoard) on process 0; on resume, drops lines past the checkpoint."""
 
@@ -576,7 +551,8 @@ def _uses(schedule: Callable[[int], methods.StepPlan], num_steps: int) -> dict[s
 def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup | None = None,
         step_hook: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Trains one run into `workdir` (resuming from its latest checkpoint) and returns its summary."""
-    workdir = epath.Path(workdir)  # a local path or gs://... (orbax, metrics and status alike)
+    # A local path (made absolute: orbax requires it) or gs://... for checkpoints, metrics, status.
+    workdir = epath.Path(workdir if "://" in str(workdir) else Path(workdir).resolve())
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     prior_seconds = _prior_wall_seconds(workdir)  # earlier segments of a resumed run
@@ -621,7 +597,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
     run_key = jax.random.wrap_key_data(jnp.asarray(state["rng"]))
     teacher_unembed = (transformer.unembed_matrix(s.teacher_cfg, s.teacher_params)
                        if "jsd" == cfg.loss.on_policy or cfg.loss.off_policy == "forward_kl" else None)
-    peak = peak_flops(cfg)
+    peak = flops_lib.peak_flops(jax.devices()[0].device_kind, cfg.cost.peak_flops_per_device)
     n_devices = s.mesh.devices.size
 
     def wall_and_cost() -> dict[str, Any]:
@@ -631,7 +607,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
         return {"wall_seconds": wall, "cost": {
             "device_hours": hours, "usd": hours * float(cfg.cost.usd_per_device_hour)}}
 
-    flops_s, flops_t = 2 * active_params(s.student_cfg), 2 * active_params(s.teacher_cfg)
+    flops_s = 2 * flops_lib.active_params(s.student_cfg)
+    flops_t = 2 * flops_lib.active_params(s.teacher_cfg)
     put = functools.partial(sharding.put_batch, mesh=s.mesh)
     start_acc = next((e["accuracy"] for e in evals if e["step"] == 0), None)
 

@@ -236,3 +236,38 @@ def test_transformer_module_has_no_torch():
 
     assert "torch" not in getattr(transformer, "__dict__")
     assert all("torch" not in m for m in dir(sys.modules["cliffdistill.models"]))
+
+
+def test_blocked_attention_equals_dense_value_and_grad():
+    """Query-blocked attention (long prompts) gives the dense result, forward and backward."""
+    base = models.from_hf_config(make_hf_model("qwen3").config.to_dict())
+    params = models.init_params(base, jax.random.key(0))
+    tokens = jnp.asarray(_tokens(7, (2, 48)))  # 48 = 3 blocks of 16
+    mask = np.ones((2, 48), bool)
+    mask[1, :5] = False  # left padding crosses the first block
+    dense, blocked = base.replace(attention_block=4096), base.replace(attention_block=16)
+
+    def loss(p, cfg):
+        return jnp.sum(jnp.tanh(models.apply(cfg, p, tokens, mask=mask)))
+
+    np.testing.assert_allclose(models.apply(blocked, params, tokens, mask=mask),
+                               models.apply(dense, params, tokens, mask=mask), atol=1e-5, rtol=0)
+    g_dense = jax.grad(loss)(params, dense)
+    g_blocked = jax.grad(loss)(params, blocked)
+    for a, b in zip(jax.tree_util.tree_leaves(g_dense), jax.tree_util.tree_leaves(g_blocked)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_params_track_fp32(tmp_path, family):
+    """bf16 weights (the real runs' dtype): logits stay finite and close to the fp32 model's."""
+    save_hf_model(family, tmp_path)
+    cfg, p32 = models.load_hf(tmp_path, dtype=jnp.float32)
+    _, p16 = models.load_hf(tmp_path, dtype=jnp.bfloat16)
+    assert p16["layers"]["q_proj"].dtype == jnp.bfloat16
+    tokens = _tokens(8)
+    l32 = np.asarray(models.apply(cfg, p32, tokens))
+    l16 = models.apply(cfg, p16, tokens)
+    assert l16.dtype == jnp.float32  # logits (and everything after them) in fp32
+    err = np.abs(np.asarray(l16) - l32).max()
+    assert np.isfinite(err) and err < 0.05 * np.abs(l32).max(), err

@@ -232,3 +232,10 @@ def test_nan_loss_halts_with_step_and_diagnostics(tiny_pair, tmp_path):
         train.run(cfg, tmp_path / "nan", progress=False)
     status = json.loads((tmp_path / "nan" / "status.json").read_text())
     assert status["state"] == "failed" and "step 1" in status["error"]
+
+
+def test_relative_workdir(tiny_pair, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=2)
+    assert train.run(cfg, "relative/run", progress=False)["state"] == "done"
+    assert (tmp_path / "relative" / "run" / "checkpoints").is_dir()

@@ -52,6 +52,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Implementation knob, not architecture: full-sequence attention runs in query blocks of
+    # this many tokens once a sequence is longer (memory [B, H, block, T] instead of [B, H, T, T]).
+    attention_block: int = 1024
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:

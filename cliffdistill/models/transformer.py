@@ -136,20 +136,31 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     k = rope(k, positions, inv_freq)
     inv_sqrt = 1.0 / np.sqrt(hd)
 
-    def scores(keys):  # [B, S, Hkv, hd] -> [B, Hkv, G, T, S], fp32
+    def scores(q, keys):  # q [B, Tq, Hkv, G, hd], keys [B, S, Hkv, hd] -> [B, Hkv, G, Tq, S] fp32
         s = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
         return s * inv_sqrt
 
     if cache is None:
-        s = scores(k)
-        allowed = jnp.tril(jnp.ones((T, T), bool))[None]  # [1, T, T] causal
-        if mask is not None:
-            allowed = allowed & mask[:, None, :]  # keys must be real tokens
-        s = jnp.where(allowed[:, None, None], s, _MASK_BIAS)
-        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", p, v)
+        def attend(q_blk, start):
+            """Queries [start, start + Tq) against all T keys: causal, pad keys masked."""
+            allowed = (start + jnp.arange(q_blk.shape[1]))[:, None] >= jnp.arange(T)[None]
+            allowed = allowed[None] if mask is None else allowed[None] & mask[:, None, :]
+            s = jnp.where(allowed[:, None, None], scores(q_blk, k), _MASK_BIAS)
+            p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+            return jnp.einsum("bkgts,bskd->btkgd", p, v)
+
+        blk = min(cfg.attention_block, T & -T)  # the largest power of two dividing T, capped
+        if T <= cfg.attention_block:
+            out = attend(q, 0)
+        else:
+            # Long sequences (a 10-shot teacher prompt): query blocks under lax.map, each
+            # rematerialised in the backward pass, so [B, H, T, T] scores never exist at once.
+            q_blocks = jnp.moveaxis(q.reshape(B, T // blk, blk, Hkv, G, hd), 1, 0)
+            out = jax.lax.map(lambda a: jax.checkpoint(attend)(*a),
+                              (q_blocks, jnp.arange(T // blk) * blk))
+            out = jnp.moveaxis(out, 0, 1).reshape(B, T, Hkv, G, hd)
     else:
-        s_cache = jnp.where(cache.valid[:, None, None, None, :], scores(cache.k), _MASK_BIAS)
+        s_cache = jnp.where(cache.valid[:, None, None, None, :], scores(q, cache.k), _MASK_BIAS)
         s_self = jnp.einsum("btkgd,btkd->bkgt", q, k, preferred_element_type=jnp.float32)[..., None]
         p = jax.nn.softmax(jnp.concatenate([s_cache, s_self * inv_sqrt], axis=-1), axis=-1)
         p_cache, p_self = p[..., :-1].astype(v.dtype), p[..., -1:].astype(v.dtype)

@@ -17,16 +17,9 @@ Size: 8 methods x 10 seeds x (1 + number of ablations) variants; trim with e.g.
 
 import ml_collections
 
-METHODS = (
-    "on_policy_gkd",
-    "extended_on_policy",
-    "hybrid",
-    "teacher_seeded",
-    "mixture",
-    "replay_buffer",
-    "kl_anchored",
-    "reverse_curriculum",
-)
+from cliffdistill import methods
+
+METHODS = tuple(methods.METHODS)  # the study's table order
 
 # The study's defects (DESIGN.md §1) that the run configs expose as `config.ablation.<name>`
 # switches (configs/base.py); the sweep refuses to start if the base config lacks one.

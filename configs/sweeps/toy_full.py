@@ -9,16 +9,9 @@ Runs go setup-major so that runs with equal shapes follow each other and share j
 
 import ml_collections
 
-METHODS = (
-    "on_policy_gkd",
-    "extended_on_policy",
-    "hybrid",
-    "teacher_seeded",
-    "mixture",
-    "replay_buffer",
-    "kl_anchored",
-    "reverse_curriculum",
-)
+from cliffdistill import methods
+
+METHODS = tuple(methods.METHODS)  # the study's table order
 
 
 def get_config() -> ml_collections.ConfigDict:
