@@ -28,28 +28,8 @@ COMMAND defaults to the smoke test: python -m cliffdistill.distributed --check
 EOF
 }
 
-die() {
-  printf 'local_multiprocess.sh: %s\n' "$*" >&2
-  exit 2
-}
-
-# Shell-quote one word only when needed (same rules as Python's shlex.quote).
-quote() {
-  local s=$1
-  if [[ -n $s && $s != *[!A-Za-z0-9_@%+=:,./-]* ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/\'\"\'\"\'}"
-  fi
-}
-
-join_quoted() {
-  local out="" w
-  for w in "$@"; do
-    out+="${out:+ }$(quote "$w")"
-  done
-  printf '%s' "$out"
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 num=2
 per=1

