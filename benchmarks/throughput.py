@@ -500,7 +500,7 @@ def make_train_update(student: ModelConfig, teacher: ModelConfig,
     spec = train.UpdateSpec(
         student=student, teacher=teacher, scale=scale, has_on=True, has_off=False,
         has_anchor=False, on_loss="sampled_rkl", off_loss="nll", shift_off=True,
-        on_with_prompt=True, vocab_chunk=VOCAB_CHUNK, remat=True, moe_impl="ragged",
+        vocab_chunk=VOCAB_CHUNK, remat=True, moe_impl="ragged",
         optim=tuple(sorted(OPTIM.items())), num_steps=0)
     fn = train.update_fn(spec)
     optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(OPTIM)), 1)

@@ -346,7 +346,6 @@ class UpdateSpec:
     on_loss: str
     off_loss: str
     shift_off: bool
-    on_with_prompt: bool
     vocab_chunk: int
     remat: bool
     moe_impl: str
@@ -752,7 +751,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                     has_anchor=plan.anchor_beta > 0 and bool(batch),
                     on_loss=cfg.loss.on_policy, off_loss=cfg.loss.off_policy,
                     shift_off=not cfg.ablation.unshifted_off_policy,
-                    on_with_prompt=not cfg.ablation.on_policy_no_prompt,
                     vocab_chunk=cfg.loss.vocab_chunk, remat=cfg.loss.remat, moe_impl=cfg.moe_impl,
                     # a constant schedule does not depend on the run length: share the compile
                     optim=optimizer_items,

@@ -152,7 +152,7 @@ class Compiled:
         spec = train.UpdateSpec(
             student=self.s, teacher=self.t, scale=train.lora_scale(cfg), has_on=True,
             has_off=False, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
-            shift_off=True, on_with_prompt=True, vocab_chunk=cfg.loss.vocab_chunk,
+            shift_off=True, vocab_chunk=cfg.loss.vocab_chunk,
             remat=cfg.loss.remat, moe_impl=cfg.moe_impl,
             optim=tuple(sorted(cfg.optim.to_dict().items())), num_steps=0)
         i32, f32, B, P, G = jnp.int32, jnp.float32, self.B, self.P, self.G

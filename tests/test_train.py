@@ -77,7 +77,7 @@ def _train_loss_pieces(tiny_pair, shift):
     cmask[1, 4:] = False
     spec = train.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=False,
                             has_off=True, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
-                            shift_off=shift, on_with_prompt=True, vocab_chunk=7, remat=False,
+                            shift_off=shift, vocab_chunk=7, remat=False,
                             moe_impl="ragged", optim=(), num_steps=1)
     lcfg = lora_lib.LoraConfig(rank=2, alpha=4.0)
     lora = lora_lib.init_lora(s.student_cfg, lcfg, jax.random.key(0), s.student_params)
