@@ -628,7 +628,8 @@ def check_fits(cfg: Any, student: ModelConfig | None = None, teacher: ModelConfi
     raise ValueError(
         f"memory plan: the run needs {p.total / GiB:.2f} GiB per device at its peak "
         f"({p.peak_phase}) but a device has {hbm / GiB:.2f} GiB (config field "
-        f"`hbm_bytes_per_device`, or the device's limit); {hint}. Set "
+        f"`hbm_bytes_per_device`, or the device's limit); {hint}. On GPUs JAX claims only 75% "
+        f"of memory by default: XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 raises the limit. Set "
         f"`hbm_bytes_per_device=-1` to skip this check.\n{p.table()}")
 
 
