@@ -2,6 +2,7 @@
 
     python -m cliffdistill.main            # both setups x 8 methods x 3 seeds + the study's defects
     python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
+    python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
 
 1. prepare: train a toy tokenizer, a toy teacher and student (cached under --cache_dir);
 2. sweep: every method x seed on the size setup (toy student <- toy teacher) and the context setup
@@ -79,6 +80,32 @@ def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
     c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
+
+
+def smoke_prepare_config() -> ml_collections.ConfigDict:
+    """A micro testbed (2-layer teacher, 30 pretraining steps): exercises every stage in ~1 min.
+
+    Its numbers mean nothing; it exists so that CI (and a user checking an install) runs the
+    real prepare -> sweep -> report path in a runtime-only environment.
+    """
+    from cliffdistill import toy
+
+    c = toy.default_prepare_config()
+    c.n_eval, c.n_train_prompts, c.context_k, c.eval_max_new_tokens = 16, 32, 2, 16
+    c.teacher.update(layers=2, hidden=32, heads=4, kv_heads=2, head_dim=8, mlp=64, steps=30,
+                     batch=16, episode_every=3)
+    c.student.update(snapshots=(10, 20), max_accuracy=1.0)
+    return c
+
+
+# Run-config overrides that shrink every run of the smoke job to match its micro testbed.
+SMOKE_OVERRIDES = {
+    "data.n_train": 32, "data.n_fewshot": 16, "data.n_eval": 16, "data.context_k": 2,
+    "rollout.batch_size": 8, "rollout.max_new_tokens": 8, "off_policy.max_new_tokens": 8,
+    "eval.max_new_tokens": 8, "eval.batch_size": 16, "schedule.seed_max_tokens": 2,
+}
+SMOKE_METHODS = ("on_policy_gkd", "hybrid")
+SMOKE_STEPS = 4
 
 
 def machine() -> dict[str, Any]:
@@ -190,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m cliffdistill.main", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 seed, 20-step runs")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="1 seed, 20-step runs")
+    mode.add_argument("--smoke", action="store_true",
+                      help="micro testbed, 2 methods x 4 steps (~1-2 min): checks an install")
     p.add_argument("--workdir", default=None, help="default: runs/main (runs/main_quick)")
     p.add_argument("--cache_dir", default=None,
                    help="toy testbed cache (default $CLIFFDISTILL_CACHE or ~/.cache/cliffdistill)")
@@ -203,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(repo))  # configs/ lives at the repo root
     from configs import toy as toy_config
 
-    workdir = Path(args.workdir or ("runs/main_quick" if args.quick else "runs/main"))
+    default_workdir = ("runs/main_smoke" if args.smoke else
+                       "runs/main_quick" if args.quick else "runs/main")
+    workdir = Path(args.workdir or default_workdir)
     cache_dir = Path(args.cache_dir or toy_config.TOY_CACHE)
-    _, result = run_main(workdir, cache_dir, args.quick)
+    if args.smoke:
+        _, result = run_main(workdir, cache_dir, quick=True, prepare_cfg=smoke_prepare_config(),
+                             methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)
+    else:
+        _, result = run_main(workdir, cache_dir, args.quick)
     return 1 if result.failed else 0
 
 

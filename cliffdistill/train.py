@@ -832,6 +832,8 @@ def main(argv: list[str]) -> None:
     cfg = _CONFIG.value
     distributed.initialize_from_config(cfg.distributed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save/restore at INFO
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         summary = run(cfg, _WORKDIR.value)
     except Preempted as e:
@@ -844,6 +846,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import app, flags
+    from absl import logging as absl_logging
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file", lock_config=True)
