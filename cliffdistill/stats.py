@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
-from typing import Optional
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 import ml_collections
+import numpy as np
 
 __all__ = [
     "wilson_interval",
@@ -28,10 +29,14 @@ __all__ = [
     "regularized_incomplete_beta",
     "default_status_thresholds",
     "classify_status",
+    "classify_curve",
+    "bootstrap_ci",
+    "paired_bootstrap",
+    "holm",
     "STATUSES",
 ]
 
-STATUSES = ("stable", "partial", "collapsed")
+STATUSES = ("stable", "partial", "collapsed", "transient_collapse")
 
 # Comparisons in classify_status are made with this slack so that an accuracy lying exactly on a
 # threshold (accuracies are ratios of small integers, e.g. 27/100 vs 0.9 * 30/100) lands on the
@@ -237,3 +242,111 @@ def classify_status(
     if f >= t.stable_frac * s - _EDGE_EPS:
         return "stable"
     return "partial"
+
+
+# ----------------------------------------------------------------------------- whole curves
+
+TRANSIENT = "transient_collapse"
+
+
+def classify_curve(accuracies: Sequence[float], thresholds: Optional[ml_collections.ConfigDict] = None
+                   ) -> str:
+    """Status of a run from its whole accuracy curve (step 0 first, the final eval last).
+
+    The final status is :func:`classify_status` of the last point against the first; a run that is
+    not ``collapsed`` at the end but was ``collapsed`` at some intermediate evaluation is
+    ``transient_collapse`` -- a final-only status would call a run that fell from 49 % to 8 % and
+    recovered ``stable``.
+    """
+    accs = [float(a) for a in accuracies]
+    if not accs:
+        raise ValueError("classify_curve needs at least one accuracy (the step-0 evaluation).")
+    start, final = accs[0], accs[-1]
+    status = classify_status(final, start, thresholds)
+    if status != "collapsed" and any(classify_status(a, start, thresholds) == "collapsed"
+                                     for a in accs[1:-1]):
+        return TRANSIENT
+    return status
+
+
+# ----------------------------------------------------------------------------- seeds x questions
+#
+# Every run of a setup is scored on the same held-out questions, so an accuracy has two sources of
+# noise: the training run (seed) and the finite question sample. Treating the per-seed accuracy as
+# one observation (mean_ci) ignores the second and cannot pair two methods on the same questions.
+# These functions take the 0/1 correctness matrix [S seeds, Q questions] of a method and resample
+# seeds and questions independently (a two-way bootstrap). Two methods are paired by using the same
+# resampled seed and question indices for both, so shared question difficulty cancels.
+
+
+def _resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] multiplicities of a bootstrap resample of n items (each row sums to n)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def _check_matrix(x: Any, name: str) -> np.ndarray:
+    m = np.asarray(x, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise ValueError(f"{name} must be a [seeds, questions] matrix, got shape {m.shape}.")
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{name} has non-finite entries.")
+    return m
+
+
+def bootstrap_means(x: Any, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+    """[n_boot] means of a [S, Q] matrix over two-way (seed x question) bootstrap resamples."""
+    m = _check_matrix(x, "x")
+    rng = np.random.default_rng(seed)
+    s, q = m.shape
+    ws, wq = _resample_weights(s, n_boot, rng), _resample_weights(q, n_boot, rng)
+    return np.einsum("bs,sq,bq->b", ws, m, wq) / (s * q)
+
+
+def bootstrap_ci(x: Any, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+                 ) -> tuple[float, float, float]:
+    """(mean, low, high): percentile interval of the two-way bootstrap of a [S, Q] matrix."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"bootstrap_ci needs 0 < confidence < 1, got {confidence!r}.")
+    m = _check_matrix(x, "x")
+    means = bootstrap_means(m, n_boot, seed)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(m.mean()), float(lo), float(hi)
+
+
+def paired_bootstrap(a: Any, b: Any, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+                     ) -> dict[str, float]:
+    """Paired two-way bootstrap of mean(a) - mean(b) for two [S, Q] matrices on the same questions.
+
+    Returns the observed difference, its percentile interval and a two-sided p-value for "no
+    difference": twice the smaller tail mass of the resampled differences at 0, with the +1
+    correction that keeps p > 0 for a finite number of resamples.
+    """
+    ma, mb = _check_matrix(a, "a"), _check_matrix(b, "b")
+    if ma.shape != mb.shape:
+        raise ValueError(f"paired_bootstrap needs matrices of one shape (same seeds, same questions), "
+                         f"got {ma.shape} and {mb.shape}.")
+    d = bootstrap_means(ma - mb, n_boot, seed)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(d, [alpha, 1.0 - alpha])
+    tail = min(np.sum(d <= 0.0), np.sum(d >= 0.0))
+    p = min(1.0, 2.0 * (tail + 1) / (n_boot + 1))
+    return {"diff": float(ma.mean() - mb.mean()), "low": float(lo), "high": float(hi), "p": p}
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given): reject H_i at level a iff adj_i <= a.
+
+    Sorted ascending, p_(k) is multiplied by (m - k + 1) (k from 1), made monotone with a running
+    maximum and capped at 1; this controls the family-wise error rate without independence.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
+        raise ValueError(f"holm needs a 1-D sequence of p-values in [0, 1], got {pvalues!r}.")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (m - np.arange(m))
+    adjusted_sorted = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted_sorted
+    return out

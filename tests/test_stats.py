@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from cliffdistill import stats
@@ -153,3 +154,87 @@ def test_classify_status_custom_thresholds_and_validation():
     for bad in [(float("nan"), 0.5), (58.6, 60.0), (0.5, None), (True, 0.5)]:
         with pytest.raises(ValueError):
             stats.classify_status(*bad)
+
+
+# ----------------------------------------------------------------------------- whole curves
+
+
+def test_transient_collapse_on_a_constructed_curve():
+    # the context teacher_seeded run of the old report: 49% -> 8% at step 10 -> recovered
+    assert stats.classify_curve([0.49, 0.08, 0.45, 0.48]) == "transient_collapse"
+    assert stats.classify_curve([0.49, 0.45, 0.48]) == "stable"
+    assert stats.classify_curve([0.49, 0.08, 0.01]) == "collapsed"  # collapsed at the end wins
+    assert stats.classify_curve([0.49, 0.30, 0.40]) == "partial"
+    assert stats.classify_curve([0.49]) == "stable"  # only step 0
+    with pytest.raises(ValueError, match="at least one"):
+        stats.classify_curve([])
+
+
+# ----------------------------------------------------------------------------- seeds x questions
+
+
+def _exact_two_way_bootstrap(m):
+    """Exact distribution of the two-way bootstrap mean, by enumerating every resample."""
+    import itertools
+
+    s, q = m.shape
+    out = []
+    for rows in itertools.product(range(s), repeat=s):
+        for cols in itertools.product(range(q), repeat=q):
+            out.append(m[np.ix_(rows, cols)].mean())
+    return np.array(out)  # equally likely outcomes
+
+
+def test_bootstrap_matches_the_exact_resampling_distribution():
+    m = np.array([[1, 0, 1], [0, 0, 1]], dtype=float)
+    exact = _exact_two_way_bootstrap(m)
+    draws = stats.bootstrap_means(m, n_boot=200_000, seed=1)
+    assert abs(draws.mean() - exact.mean()) < 3e-3
+    assert abs(draws.std() - exact.std()) < 3e-3
+    for q in (0.025, 0.5, 0.975):
+        assert abs(np.quantile(draws, q) - np.quantile(exact, q)) <= 1 / 6 + 1e-9  # grid of 1/6
+
+
+def test_bootstrap_ci_of_one_seed_is_the_binomial_normal_interval():
+    rng = np.random.default_rng(0)
+    x = (rng.random((1, 2000)) < 0.3).astype(float)
+    mean, lo, hi = stats.bootstrap_ci(x, n_boot=20_000)
+    half = 1.96 * np.sqrt(mean * (1 - mean) / x.shape[1])
+    assert abs((hi - lo) / 2 - half) < 0.1 * half
+
+
+def test_bootstrap_ci_widens_with_seed_noise():
+    rng = np.random.default_rng(0)
+    q = 512
+    same = np.repeat((rng.random((1, q)) < 0.5).astype(float), 5, axis=0)  # seeds agree
+    differ = (rng.random((5, q)) < rng.uniform(0.2, 0.8, size=(5, 1))).astype(float)
+    w_same = np.subtract(*stats.bootstrap_ci(same)[2:0:-1])
+    w_differ = np.subtract(*stats.bootstrap_ci(differ)[2:0:-1])
+    assert w_differ > 2 * w_same
+
+
+def test_paired_bootstrap_cancels_shared_question_difficulty():
+    rng = np.random.default_rng(0)
+    easy = rng.random(400) < 0.5  # shared per-question difficulty
+    a = np.tile(easy, (3, 1)).astype(float)
+    b = a.copy()
+    flip = rng.choice(400, size=12, replace=False)
+    b[:, flip] = 0.0
+    a[:, flip] = 1.0  # a is better on 12 questions, equal elsewhere
+    paired = stats.paired_bootstrap(a, b, n_boot=5000)
+    assert paired["diff"] == pytest.approx(a.mean() - b.mean())
+    assert paired["low"] > 0 and paired["p"] < 0.01
+    null = stats.paired_bootstrap(a, a, n_boot=5000)
+    assert null["diff"] == 0.0 and null["p"] == 1.0
+    with pytest.raises(ValueError, match="one shape"):
+        stats.paired_bootstrap(a, b[:2])
+
+
+def test_holm_against_hand_computed_values():
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.02 0.03 0.06 0.06
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    np.testing.assert_allclose(stats.holm([0.02]), [0.02])
+    with pytest.raises(ValueError):
+        stats.holm([1.2])
