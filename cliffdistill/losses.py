@@ -14,7 +14,9 @@ Conventions shared by every function here:
 Losses:
 
 * :func:`sampled_reverse_kl` -- on-policy loss (Tinker-style importance-weighted sampled reverse KL),
-  with an optional KL discount; :func:`sampled_reverse_kl_stats` for metrics.
+  with an optional KL discount and optional per-sequence weights (:func:`teacher_confidence_weights`
+  for ``reward_weighted_gkd``); :func:`sampled_reverse_kl_stats` for metrics.
+* :func:`dpo_loss` -- DPO on teacher-ranked pairs of student completions (``dpo_teacher``).
 * :func:`generalized_jsd` -- full-vocab generalized JSD(beta) (GKD paper); beta=0 forward KL(T||S),
   beta=1 reverse KL(S||T).  :func:`generalized_jsd_chunked` computes the same value from hidden
   states and unembedding matrices without ever materialising ``[B, T, V]`` logits.
@@ -139,6 +141,7 @@ def sampled_reverse_kl(
     lp_teacher: ArrayLike,
     mask: ArrayLike,
     discount: ArrayLike = 0.0,
+    seq_weights: ArrayLike | None = None,
 ) -> jax.Array:
     """On-policy loss: importance-weighted sampled reverse KL (policy gradient with reward lp_T).
 
@@ -151,6 +154,10 @@ def sampled_reverse_kl(
     under stop_gradient (gamma = 0: ``A_t = -(lp_old_t - lp_T_t)``); ratio
     ``r_t = exp(lp_theta_t - lp_old_t)``; loss ``-sum_t mask_t r_t A_t / N_tokens``.
     At r = 1 the gradient w.r.t. lp_student is ``-mask * A / N``, i.e. ``-mean(A_t grad log pi)``.
+
+    ``seq_weights`` [B] (optional, no gradient) scales each row's terms: the loss becomes
+    ``-sum_{b,t} w_b mask r A / N_tokens`` (``reward_weighted_gkd`` passes
+    :func:`teacher_confidence_weights`); None is w = 1.
     """
     m = jnp.asarray(mask).astype(_F32)
     on = m > 0
@@ -166,7 +173,47 @@ def sampled_reverse_kl(
     adv = lax.stop_gradient(adv)
     log_ratio = jnp.where(on, lp_s - lp_old, 0.0)  # keeps exp() finite at padding
     ratio = jnp.exp(log_ratio)
+    if seq_weights is not None:
+        w = lax.stop_gradient(jnp.asarray(seq_weights).astype(_F32))[:, None]  # [B, 1]
+        return -jnp.sum(jnp.where(on, w * ratio * adv, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
     return -_masked_mean(ratio * adv, m)
+
+
+def teacher_confidence_weights(lp_teacher: ArrayLike, mask: ArrayLike,
+                               temperature: ArrayLike = 1.0) -> jax.Array:
+    """Per-sequence weights [B] from the teacher's confidence, normalised within the batch.
+
+    confidence ``c_b`` = mean teacher log-prob per student-written token of row b (the teacher's
+    own prompt view); ``w = B * softmax(c / temperature)`` -- positive, mean 1 over the batch, so
+    the loss keeps the scale of the unweighted one and only redistributes it towards completions
+    the teacher finds likely. Rows without tokens get confidence 0 before the softmax (they add no
+    loss terms anyway). Large temperature -> uniform weights (the plain on-policy loss).
+    """
+    m = jnp.asarray(mask).astype(_F32)
+    lp_t = jnp.where(m > 0, jnp.asarray(lp_teacher).astype(_F32), 0.0)
+    conf = jnp.sum(lp_t * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)  # [B]
+    w = jax.nn.softmax(conf / jnp.asarray(temperature, _F32))
+    return lax.stop_gradient(w * conf.shape[0])
+
+
+def dpo_loss(lp_chosen: ArrayLike, lp_rejected: ArrayLike, ref_chosen: ArrayLike,
+             ref_rejected: ArrayLike, mask_chosen: ArrayLike, mask_rejected: ArrayLike,
+             beta: ArrayLike) -> jax.Array:
+    """Direct preference optimisation on (chosen, rejected) completions of the same prompts.
+
+    lp_* [B, T]: per-token log-probs under the policy (differentiated); ref_* [B, T]: under the
+    reference policy (``dpo_teacher``: the LoRA-off base; no gradient); mask_* [B, T]:
+    student-written tokens. With sequence log-probs ``S = sum_t mask lp``:
+    ``loss = mean_b -log sigmoid(beta * ((S_c - R_c) - (S_r - R_r)))``, computed as softplus(-z).
+    """
+    def seq(lp: ArrayLike, mask: ArrayLike) -> jax.Array:  # [B, T] -> [B]
+        m = jnp.asarray(mask).astype(_F32)
+        return jnp.sum(jnp.where(m > 0, jnp.asarray(lp).astype(_F32), 0.0) * m, axis=-1)
+
+    ref_margin = lax.stop_gradient(seq(ref_chosen, mask_chosen) - seq(ref_rejected, mask_rejected))
+    margin = seq(lp_chosen, mask_chosen) - seq(lp_rejected, mask_rejected)
+    z = jnp.asarray(beta, _F32) * (margin - ref_margin)
+    return jnp.mean(jax.nn.softplus(-z))
 
 
 def sampled_reverse_kl_stats(

@@ -371,3 +371,72 @@ def test_kl_anchor_matches_numpy_and_jsd_beta_one():
     np.testing.assert_allclose(float(got), float(v_jsd), **TOL)
     np.testing.assert_allclose(np.asarray(g_anchor), np.asarray(g_jsd), **TOL)
     assert abs(float(anchor_vg(s, s, mask)[0])) < 1e-6
+
+
+# ----------------------------------------------------------------------------- alternative objectives
+
+
+def np_confidence_weights(lp_t, mask, temperature):
+    B = lp_t.shape[0]
+    conf = np.array([np.mean(lp_t[b][mask[b]]) if mask[b].any() else 0.0 for b in range(B)],
+                    dtype=np.float64)
+    e = np.exp((conf - conf.max()) / temperature)
+    return B * e / e.sum()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_reward_weighted_sampled_reverse_kl_matches_numpy(gamma):
+    lp_s, lp_old, lp_t, mask = _rl_inputs()
+    lp_t = np.where(mask, lp_t, 0.0).astype(np.float32)  # the weights read only masked tokens
+    w_np = np_confidence_weights(lp_t, mask, 0.7)
+    w = losses.teacher_confidence_weights(lp_t, mask, 0.7)
+    np.testing.assert_allclose(np.asarray(w), w_np, rtol=1e-5)
+    assert abs(float(np.mean(w)) - 1.0) < 1e-6  # normalised within the batch
+    adv = np_advantage(lp_old, lp_t, mask, gamma)
+    ratio = np.where(mask, np.exp(np.where(mask, lp_s - lp_old, 0.0)), 0.0)
+    want = -(w_np[:, None] * mask * ratio * adv).sum() / mask.sum()
+    got = losses.sampled_reverse_kl(lp_s, lp_old, lp_t, mask, discount=gamma, seq_weights=w)
+    np.testing.assert_allclose(float(got), want, **TOL)
+    # uniform weights are the plain loss
+    ones = losses.sampled_reverse_kl(lp_s, lp_old, lp_t, mask, discount=gamma,
+                                     seq_weights=np.ones(3, np.float32))
+    plain = losses.sampled_reverse_kl(lp_s, lp_old, lp_t, mask, discount=gamma)
+    np.testing.assert_allclose(float(ones), float(plain), **TOL)
+
+
+def test_confidence_weights_favour_the_teachers_likely_rows():
+    lp_t = np.array([[-0.1, -0.2], [-3.0, -2.0], [-1.0, -1.0]], np.float32)
+    w = np.asarray(losses.teacher_confidence_weights(lp_t, np.ones_like(lp_t, bool)))
+    assert w[0] > w[2] > w[1]
+    flat = np.asarray(losses.teacher_confidence_weights(lp_t, np.ones_like(lp_t, bool), 1e6))
+    np.testing.assert_allclose(flat, 1.0, rtol=1e-4)
+
+
+def np_dpo(lp_c, lp_r, ref_c, ref_r, m_c, m_r, beta):
+    s = lambda lp, m: np.where(m, lp, 0.0).sum(-1)  # noqa: E731
+    z = beta * ((s(lp_c, m_c) - s(ref_c, m_c)) - (s(lp_r, m_r) - s(ref_r, m_r)))
+    return float(np.mean(np.log1p(np.exp(-z)))), z
+
+
+def test_dpo_loss_matches_numpy_and_its_gradient():
+    rng = np.random.default_rng(3)
+    B, T = 4, 6
+    lp_c, lp_r, ref_c, ref_r = (_logprobs(rng, (B, T)) for _ in range(4))
+    m_c = rng.random((B, T)) < 0.8
+    m_r = rng.random((B, T)) < 0.8
+    lp_c[~m_c] = -np.inf  # padding garbage is ignored
+    for beta in (0.1, 1.0):
+        want, z = np_dpo(lp_c, lp_r, ref_c, ref_r, m_c, m_r, beta)
+        got = losses.dpo_loss(lp_c, lp_r, ref_c, ref_r, m_c, m_r, beta)
+        np.testing.assert_allclose(float(got), want, **TOL)
+    # d loss / d lp_chosen[b, t] = -beta * sigmoid(-z_b) * m_c / B (and + for rejected)
+    beta = 0.5
+    _, z = np_dpo(np.where(m_c, lp_c, 0), lp_r, ref_c, ref_r, m_c, m_r, beta)
+    g_c, g_r = jax.grad(losses.dpo_loss, argnums=(0, 1))(
+        np.where(m_c, lp_c, 0).astype(np.float32), lp_r, ref_c, ref_r, m_c, m_r, beta)
+    sig = 1 / (1 + np.exp(z))
+    np.testing.assert_allclose(np.asarray(g_c), -beta * sig[:, None] * m_c / B, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_r), beta * sig[:, None] * m_r / B, rtol=1e-4, atol=1e-7)
+    # the reference gets no gradient
+    g_ref = jax.grad(losses.dpo_loss, argnums=2)(lp_c, lp_r, ref_c, ref_r, m_c, m_r, beta)
+    assert not np.any(np.asarray(g_ref))
