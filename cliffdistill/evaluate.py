@@ -141,10 +141,7 @@ EVAL_SUBDIR = "eval"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "curve.json"
 BASELINES_FILE = "baselines.json"
-# role -> title in tables (evaluate's and the sweep report's)
-BASELINE_TITLES = {"student": "student (step 0)", "teacher": "teacher",
-                   "teacher_with_context": "teacher + context"}
-BASELINE_ROLES = tuple(BASELINE_TITLES)
+BASELINE_ROLES = tuple(rundir.BASELINE_TITLES)
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -441,7 +438,7 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
     rows: list[tuple[str, dict | None]] = []
     if base is not None:
         note = "" if all(same_eval(e) for e in base.values() if e) else " (other budget)"
-        for role, title in BASELINE_TITLES.items():
+        for role, title in rundir.BASELINE_TITLES.items():
             if base.get(role) is not None or role != "teacher_with_context":
                 rows.append((f"baseline: {title}{note}", base.get(role)))
     rows += [(f"step {n}" + (f" [{results[n]['status']}]" if "status" in results[n] else ""),

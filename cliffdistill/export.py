@@ -54,7 +54,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 def hf_module(name: str) -> str:
     """Our LoRA target (`q_proj`) -> its HF module path under `model.layers.{i}.`."""
-    key, _ = hf_io._LAYER_KEYS[name]
+    key, _ = hf_io.LAYER_KEYS[name]
     return key[: -len(".weight")]
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -34,6 +35,21 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tb"
+# A sweep directory: SWEEP/sweep.json (the run list), SWEEP/runs/<name>/ (run directories),
+# SWEEP/baselines/<setup>.json (step-0 baselines).
+SWEEP_FILE = "sweep.json"
+RUNS_SUBDIR = "runs"
+BASELINES_SUBDIR = "baselines"
+# The roles of a baselines file (`evaluate.run_baselines`) -> their titles in tables.
+BASELINE_TITLES = {"student": "student (step 0)", "teacher": "teacher",
+                   "teacher_with_context": "teacher + context"}
+
+
+def safe_name(text: str) -> str:
+    """Filesystem-safe, stable: keep `[A-Za-z0-9_.=+-]`, map everything else to `_`."""
+    text = re.sub(r"[^A-Za-z0-9_.=+\-]", "_", text)
+    return text if text not in ("", ".", "..") else "_" + text
+
 
 # ============================================================================ writers
 
