@@ -13,7 +13,7 @@ update `cliffdistill.update`, the teacher-sample cache and replay buffer
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import logging
 import math
 import signal

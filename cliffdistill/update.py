@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cliffdistill import losses, methods, scoring
+from cliffdistill import losses, scoring
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models import sharding, transformer
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
+
+if TYPE_CHECKING:  # a StepPlan is plain numbers; importing methods would pull in ml_collections
+    from cliffdistill.methods import StepPlan
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -82,7 +85,7 @@ def init_state(student_cfg: ModelConfig, student_params: Any, lcfg: lora_lib.Lor
     }
 
 
-def plan_arrays(plan: methods.StepPlan, *, kl_discount: float, jsd_beta: float
+def plan_arrays(plan: StepPlan, *, kl_discount: float, jsd_beta: float
                 ) -> dict[str, jax.Array]:
     """A step's plan numbers as f32 scalars: changing them never recompiles the update."""
     return {"on_weight": jnp.float32(plan.on_weight), "off_weight": jnp.float32(plan.off_weight),

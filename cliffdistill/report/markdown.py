@@ -6,6 +6,7 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 from cliffdistill import stats
@@ -83,13 +84,12 @@ def student_step0(agg: Mapping, setup: str) -> tuple[Optional[float], str]:
     return (mean_of(starts), "runs") if starts else (None, "")
 
 
-def render_markdown(
-    agg: Mapping, plots: Mapping[str, Sequence[str]], generated_at: Optional[str] = None
-) -> str:
-    """REPORT.md: per setup baselines, the study's table, ablations side by side, cost, plots."""
+def _intro(agg: Mapping, generated_at: Optional[str]) -> list[str]:
+    """Title, run counts and how accuracy, CIs and status are defined."""
+    out: list[str] = []
     th = agg["status_thresholds"]
     c = agg["counts"]
-    out = [f"# Sweep report: {agg['name']}", ""]
+    out += [f"# Sweep report: {agg['name']}", ""]
     if generated_at:
         out += [f"Generated at {generated_at}.", ""]
     out += [
@@ -102,123 +102,158 @@ def render_markdown(
         f"f ≥ {th['stable_frac']}·s; otherwise **partial** (the trainer's recorded status wins when present).",
         "",
     ]
-    for setup in agg["setups"]:
-        groups = setup_groups(agg, setup)
-        out += [f"## Setup `{setup}`", "", "### Baselines", ""]
-        base = agg["baselines"].get(setup) or {}
-        rows = []
-        for role, title in BASELINE_TITLES.items():
-            rec = base.get(role)
-            if rec:
-                ci = f"[{pct(rec['ci_low'])}, {pct(rec['ci_high'])}]"
-                n = rec["n"] if rec["n"] is not None else "n/a"
-                rows.append([title, pct(rec["accuracy"]), ci, n])
-        if "student" not in base or not base.get("student"):
-            s0, src = student_step0(agg, setup)
-            if src == "runs":
-                rows.insert(0, ["student (step 0, mean of runs)", pct(s0), "n/a", "n/a"])
-        if setup in agg["baseline_errors"]:
-            out += [f"Baselines failed: {_cell(agg['baseline_errors'][setup])}", ""]
-        out += table(["model", "accuracy (%)", "95% CI (Wilson)", "n"], rows) if rows else ["No baselines."]
-        out.append("")
+    return out
 
-        main = main_groups(groups)
-        out += [
-            "### Results"
-            + (" (correct implementation)" if any(g["variant"] == CORRECT for g in groups) else ""),
-            "",
+
+def _baselines_section(agg: Mapping, setup: str) -> list[str]:
+    """The step-0 baselines of one setup (student, teacher, teacher + context)."""
+    out: list[str] = []
+    out += ["### Baselines", ""]
+    base = agg["baselines"].get(setup) or {}
+    rows = []
+    for role, title in BASELINE_TITLES.items():
+        rec = base.get(role)
+        if rec:
+            ci = f"[{pct(rec['ci_low'])}, {pct(rec['ci_high'])}]"
+            n = rec["n"] if rec["n"] is not None else "n/a"
+            rows.append([title, pct(rec["accuracy"]), ci, n])
+    if "student" not in base or not base.get("student"):
+        s0, src = student_step0(agg, setup)
+        if src == "runs":
+            rows.insert(0, ["student (step 0, mean of runs)", pct(s0), "n/a", "n/a"])
+    if setup in agg["baseline_errors"]:
+        out += [f"Baselines failed: {_cell(agg['baseline_errors'][setup])}", ""]
+    out += table(["model", "accuracy (%)", "95% CI (Wilson)", "n"], rows) if rows else ["No baselines."]
+    out.append("")
+    return out
+
+
+def _results_section(agg: Mapping, groups: Sequence[Mapping]) -> list[str]:
+    """The study's table: the correct implementation of every method."""
+    out: list[str] = []
+    c = agg["counts"]
+    main = main_groups(groups)
+    out += [
+        "### Results"
+        + (" (correct implementation)" if any(g["variant"] == CORRECT for g in groups) else ""),
+        "",
+    ]
+    rows = []
+    for g in main:
+        row = [
+            label(g),
+            _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"]),
+            _status_counts(g),
+            pp(g["delta_mean"]),
+            pct(g["best_mean"]),
+            g["n_done"],
+            g["n_failed"],
         ]
+        if c["pending"]:
+            row.append(g["n_pending"])
+        rows.append(row)
+    header = [
+        "method",
+        "accuracy (%) ± 95% CI",
+        "stable / partial / collapsed",
+        "Δ vs student step 0",
+        "best (%)",
+        "seeds",
+        "failed",
+    ]
+    out += table(header + (["unfinished"] if c["pending"] else []), rows) if rows else ["No runs."]
+    out.append("")
+    return out
+
+
+def _ablations_section(groups: Sequence[Mapping]) -> list[str]:
+    """Every variant (study defects on) next to the correct one; empty without variants."""
+    out: list[str] = []
+    variants = sorted({g["variant"] for g in groups}, key=lambda v: (v != CORRECT, v))
+    if len(variants) > 1:
+        out += ["### Ablations (study defects switched on) side by side", ""]
+        index = {(g["method"], g["variant"]): g for g in groups}
+        methods = sorted({g["method"] for g in groups}, key=method_rank)
         rows = []
-        for g in main:
-            row = [
-                label(g),
-                _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"]),
-                _status_counts(g),
-                pp(g["delta_mean"]),
-                pct(g["best_mean"]),
-                g["n_done"],
-                g["n_failed"],
-            ]
-            if c["pending"]:
-                row.append(g["n_pending"])
+        for m in methods:
+            row = [m]
+            for v in variants:
+                g = index.get((m, v))
+                if g is None:
+                    row.append("–")
+                    continue
+                acc = _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"])
+                row.append(f"{acc} ({_status_counts(g)})")
             rows.append(row)
-        header = [
-            "method",
-            "accuracy (%) ± 95% CI",
-            "stable / partial / collapsed",
-            "Δ vs student step 0",
-            "best (%)",
-            "seeds",
-            "failed",
-        ]
-        out += table(header + (["unfinished"] if c["pending"] else []), rows) if rows else ["No runs."]
+        out += table(["method"] + variants, rows)
+        out += ["", "Cells: accuracy (%) ± 95% CI (stable / partial / collapsed).", ""]
+    return out
+
+
+def _diagnostics_section(groups: Sequence[Mapping]) -> list[str]:
+    """Degeneration signals of the final evals (a cliff usually shows here first)."""
+    out: list[str] = []
+    # Degeneration signals of the final evals (a cliff usually shows here first); skipped
+    # when the trainer logged none of them.
+    diag = [g for g in groups if any(v is not None for v in g["final_diagnostics"].values())]
+    if diag:
+        out += ["### Final-eval diagnostics (mean over seeds)", ""]
+        rows = []
+        for g in diag:
+            d = g["final_diagnostics"]
+            length = f"{d['mean_length']:.1f}" if finite(d["mean_length"]) else "n/a"
+            rows.append([label(g), length] + [pct(d[f]) for f in DIAG_FIELDS[1:]])
+        out += table(["method", "mean length", "truncated (%)", "empty (%)", "repetitive (%)"], rows)
         out.append("")
+    return out
 
-        variants = sorted({g["variant"] for g in groups}, key=lambda v: (v != CORRECT, v))
-        if len(variants) > 1:
-            out += ["### Ablations (study defects switched on) side by side", ""]
-            index = {(g["method"], g["variant"]): g for g in groups}
-            methods = sorted({g["method"] for g in groups}, key=method_rank)
-            rows = []
-            for m in methods:
-                row = [m]
-                for v in variants:
-                    g = index.get((m, v))
-                    if g is None:
-                        row.append("–")
-                        continue
-                    acc = _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"])
-                    row.append(f"{acc} ({_status_counts(g)})")
-                rows.append(row)
-            out += table(["method"] + variants, rows)
-            out += ["", "Cells: accuracy (%) ± 95% CI (stable / partial / collapsed).", ""]
 
-        # Degeneration signals of the final evals (a cliff usually shows here first); skipped
-        # when the trainer logged none of them.
-        diag = [g for g in groups if any(v is not None for v in g["final_diagnostics"].values())]
-        if diag:
-            out += ["### Final-eval diagnostics (mean over seeds)", ""]
-            rows = []
-            for g in diag:
-                d = g["final_diagnostics"]
-                length = f"{d['mean_length']:.1f}" if finite(d["mean_length"]) else "n/a"
-                rows.append([label(g), length] + [pct(d[f]) for f in DIAG_FIELDS[1:]])
-            out += table(["method", "mean length", "truncated (%)", "empty (%)", "repetitive (%)"], rows)
-            out.append("")
-
-        out += ["### Cost", ""]
-        cost = agg["cost"]["by_setup_method"].get(setup, {})
-        rows = [_cost_row(m, cm) for m, cm in cost.items()]
-        if rows:
-            rows.append(_cost_row("**total**", agg["cost"]["by_setup"][setup]))
-        out += (
-            table(
-                [
-                    "method",
-                    "runs",
-                    "tokens sampled",
-                    "tokens scored",
-                    "tokens trained",
-                    "rollout s",
-                    "score s",
-                    "update s",
-                    "eval s",
-                    "step s",
-                    "device-h",
-                    "USD",
-                ],
-                rows,
-            )
-            if rows
-            else ["No runs."]
+def _cost_section(agg: Mapping, setup: str) -> list[str]:
+    """Tokens, seconds per phase and device-hours per method of one setup."""
+    out: list[str] = []
+    out += ["### Cost", ""]
+    cost = agg["cost"]["by_setup_method"].get(setup, {})
+    rows = [_cost_row(m, cm) for m, cm in cost.items()]
+    if rows:
+        rows.append(_cost_row("**total**", agg["cost"]["by_setup"][setup]))
+    out += (
+        table(
+            [
+                "method",
+                "runs",
+                "tokens sampled",
+                "tokens scored",
+                "tokens trained",
+                "rollout s",
+                "score s",
+                "update s",
+                "eval s",
+                "step s",
+                "device-h",
+                "USD",
+            ],
+            rows,
         )
-        out.append("")
+        if rows
+        else ["No runs."]
+    )
+    out.append("")
+    return out
 
-        if plots.get(setup):
-            out += ["### Plots", ""]
-            for rel in plots[setup]:
-                out += [f"![{Path(rel).stem}]({rel})", ""]
 
+def _plots_section(plots: Mapping[str, Sequence[str]], setup: str) -> list[str]:
+    """The setup's plot images."""
+    out: list[str] = []
+    if plots.get(setup):
+        out += ["### Plots", ""]
+        for rel in plots[setup]:
+            out += [f"![{Path(rel).stem}]({rel})", ""]
+    return out
+
+
+def _closing(agg: Mapping) -> list[str]:
+    """Failed runs and the total cost of the sweep."""
+    out: list[str] = []
     failed = [r for r in agg["runs"] if r["state"] == "failed"]
     if failed:
         out += ["## Failed runs", ""]
@@ -233,6 +268,24 @@ def render_markdown(
         f"{total['device_hours']:.3f} device-hours, ${total['usd']:.2f}.",
         "",
     ]
+    return out
+
+
+def render_markdown(
+    agg: Mapping, plots: Mapping[str, Sequence[str]], generated_at: Optional[str] = None
+) -> str:
+    """REPORT.md: per setup baselines, the study's table, ablations side by side, cost, plots."""
+    out = _intro(agg, generated_at)
+    for setup in agg["setups"]:
+        groups = setup_groups(agg, setup)
+        out += [f"## Setup `{setup}`", ""]
+        out += _baselines_section(agg, setup)
+        out += _results_section(agg, groups)
+        out += _ablations_section(groups)
+        out += _diagnostics_section(groups)
+        out += _cost_section(agg, setup)
+        out += _plots_section(plots, setup)
+    out += _closing(agg)
     return "\n".join(out)
 
 
