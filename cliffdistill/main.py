@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cliffdistill import evaluate, report, sweep, toy, train
+from cliffdistill import evaluate, report, rundir, sweep, toy, train
 from cliffdistill import methods as methods_lib
 from cliffdistill.setup import ABLATIONS
 
@@ -149,8 +149,8 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
     report_md = (workdir / report.REPORT_MD).read_text()
     body = report_md.replace("](plots/", "](plots/")
     path = workdir / "RESULTS.md"
-    path.write_text("\n".join(lines) + "\n" + body)
-    (workdir / CLAIMS_FILE).write_text(json.dumps(verdicts, indent=2, sort_keys=True))
+    rundir.write_text(path, "\n".join(lines) + "\n" + body)
+    rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
     return path
 
 

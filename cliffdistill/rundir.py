@@ -66,23 +66,24 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON via a temp file + rename, so a killed process never leaves half a file."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Temp file (per process) + rename: a killed process, or two sweep shards finishing
+    together, never leave a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1, default=_json_default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, sort_keys=True, indent=1, default=_json_default) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     """Replaces a JSONL file atomically with `records` (one sorted-key object per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
-                           for r in records))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+                             for r in records))
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:

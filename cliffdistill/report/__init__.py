@@ -29,7 +29,6 @@ timestamp unless ``generated_at`` is passed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -39,19 +38,12 @@ from cliffdistill.report.aggregate import (CORRECT, PLOTS_DIR, REPORT_MD, RESULT
 from cliffdistill.report.claims import VERDICTS, render_claims, study_claims
 from cliffdistill.report.markdown import render_csv, render_markdown
 from cliffdistill.report.plots import plot_accuracy, write_plots
-from cliffdistill.rundir import read_jsonl
+from cliffdistill.rundir import read_jsonl, write_text
 
 __all__ = ["CORRECT", "PLOTS_DIR", "REPORT_MD", "RESULTS_CSV", "RESULTS_JSON", "VERDICTS",
            "aggregate", "by_step", "plot_accuracy", "read_jsonl", "render_claims", "render_csv",
            "render_markdown", "run_entries", "study_claims", "variant_name", "write_plots",
            "write_report"]
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Temp file + rename: concurrent shards finishing together never leave a torn report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_report(
@@ -62,9 +54,9 @@ def write_report(
     agg = aggregate(sweep_dir)
     plot_paths = write_plots(agg, sweep_dir) if plots else {}
     paths = {"json": sweep_dir / RESULTS_JSON, "csv": sweep_dir / RESULTS_CSV, "md": sweep_dir / REPORT_MD}
-    _write_text(paths["json"], json.dumps(jsonable(agg), sort_keys=True, indent=1, allow_nan=False) + "\n")
-    _write_text(paths["csv"], render_csv(agg))
-    _write_text(paths["md"], render_markdown(agg, plot_paths, generated_at))
+    write_text(paths["json"], json.dumps(jsonable(agg), sort_keys=True, indent=1, allow_nan=False) + "\n")
+    write_text(paths["csv"], render_csv(agg))
+    write_text(paths["md"], render_markdown(agg, plot_paths, generated_at))
     for rels in plot_paths.values():
         for rel in rels:
             paths[Path(rel).stem] = sweep_dir / rel
