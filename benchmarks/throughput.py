@@ -15,8 +15,9 @@ What runs (docs/PERFORMANCE.md explains every number):
              memory-bandwidth floor (weights + KV cache at the mean context, over the bandwidth);
 * score:     `scoring.score`, B=32 x 512 tokens (256 prompt + 256 completion), for the
              Qwen3-4B student and the Qwen3-30B-A3B teacher;
-* update:    one LoRA (rank 32, all seven projections, fp32 adapters, AdamW) on-policy
-             sampled-reverse-KL update at the 4B preset, B=64 x (128 + 256): tokens/s and MFU;
+* update:    the trainer's own update step (`update.update_fn`): one LoRA (rank 32, all seven
+             projections, fp32 adapters, AdamW) on-policy sampled-reverse-KL step at the 4B
+             preset, B=64 x (128 + 256): tokens/s and MFU;
 * hf:        HF transformers (PyTorch) `generate` at the rollout shapes and forward scoring at
              the scoring shapes, in a child process that exits before JAX touches the GPU (the
              two frameworks' allocators never share it);
@@ -28,10 +29,9 @@ are never resident together. Every timing is a median over `--reps` runs after a
 (compile + one run, reported separately). A failing phase is recorded in the JSON (`errors`) and
 the rest still runs; the exit status is then 1. No timing is asserted anywhere.
 
-Imports are kept lean for GPU hosts with their own JAX/torch stack: jax, numpy, optax (a flax
-dependency) and cliffdistill's models/sampling/scoring/losses. `cliffdistill.train` (which pulls
-ml_collections) is used for the update when importable, else an equivalent local update is
-built from the same pieces (`--update-impl`). torch/transformers are imported only in the child.
+What it times is what trains: the update step, the optimizer defaults (`update.OptimConfig`),
+the teacher-seeding schedule (`methods`) and the KV-cache byte formula (`memplan`) come from
+the library, never a copy. torch/transformers are imported only in the HF child process.
 """
 
 from __future__ import annotations
@@ -56,163 +56,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-# ============================================================================ HF baseline (child)
-# This section needs only the standard library, numpy, torch and transformers: it runs in a child
-# process, before this file's JAX imports.
-
-
-def _hf_build(hf_cfg: dict[str, Any], dtype: Any, device: str) -> Any:
-    import torch
-    import transformers
-
-    hf_cfg = dict(hf_cfg)
-    hf_cfg.pop("torch_dtype", None)
-    hf_cfg.pop("architectures", None)
-    config = transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
-    with torch.device(device):
-        try:
-            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        except TypeError:  # transformers < 4.56 spells it torch_dtype
-            model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
-    model = model.to(device=device, dtype=dtype).eval()
-    with torch.no_grad():  # defined values whatever the init path did (norms 1, weights N(0, .02))
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
-    return model
-
-
-def _hf_generate(model: Any, job: dict[str, Any], device: str, sync: Callable) -> dict[str, Any]:
-    import torch
-
-    B, P, G, V = job["B"], job["P"], job["G"], model.config.vocab_size
-    ids = torch.randint(0, V, (B, P), device=device)
-    mask = torch.ones_like(ids)
-    eos = model.config.eos_token_id
-
-    def run(new: int) -> Any:
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
-                                 min_new_tokens=new, pad_token_id=0, eos_token_id=eos)
-        sync()
-        return out
-
-    t0 = time.perf_counter()
-    run(min(G, 4))  # kernels, cuBLAS handles, allocator
-    warmup = time.perf_counter() - t0
-    times = []
-    for _ in range(job["reps"]):
-        t0 = time.perf_counter()
-        out = run(G)
-        times.append(time.perf_counter() - t0)
-    new_tokens = int(out.shape[1]) - P
-    t = statistics.median(times)
-    return {"B": B, "P": P, "G": G, "new_tokens_per_row": new_tokens, "warmup_s": warmup,
-            "times_s": times, "median_s": t, "new_tokens_per_s": B * new_tokens / t,
-            "cache_implementation": getattr(model.generation_config, "cache_implementation", None)
-            or "dynamic (default)"}
-
-
-def _hf_score(model: Any, job: dict[str, Any], device: str, sync: Callable) -> dict[str, Any]:
-    import torch
-
-    B, P, G, V = job["B"], job["P"], job["G"], model.config.vocab_size
-    ids = torch.randint(0, V, (B, P + G), device=device)
-    mask = torch.ones_like(ids)
-    target = ids[:, P:]
-    keep = {"used": True}
-
-    def run() -> Any:
-        with torch.inference_mode():
-            try:  # unembed only the positions that predict the completion (as ours does)
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=G + 1).logits
-            except TypeError:
-                keep["used"] = False
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, -(G + 1):]
-            logits = logits[:, :-1]  # position P-1+t predicts completion token t
-            out = [torch.log_softmax(logits[i:i + 4].float(), dim=-1)
-                   .gather(-1, target[i:i + 4, :, None])[..., 0] for i in range(0, B, 4)]
-            lp = torch.cat(out)
-        sync()
-        return lp
-
-    t0 = time.perf_counter()
-    lp = run()
-    warmup = time.perf_counter() - t0
-    times = []
-    for _ in range(job["reps"]):
-        t0 = time.perf_counter()
-        lp = run()
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
-    return {"B": B, "P": P, "G": G, "warmup_s": warmup, "times_s": times, "median_s": t,
-            "tokens_per_s": B * (P + G) / t, "logits_to_keep": keep["used"],
-            "finite": bool(torch.isfinite(lp).all())}
-
-
-def hf_child_main(spec_path: str, out_path: str) -> int:
-    import torch
-    import transformers
-
-    spec = json.loads(Path(spec_path).read_text())
-    device = spec["device"]
-    res: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "device": device}
-    if device == "cuda" and not torch.cuda.is_available():
-        res["error"] = "torch has no CUDA device (CPU-only torch build?): HF baseline skipped"
-        Path(out_path).write_text(json.dumps(res))
-        return 3
-    if device == "cuda":
-        res["device_name"] = torch.cuda.get_device_name()
-        sync = torch.cuda.synchronize
-    else:
-        res["device_name"] = platform.processor() or platform.machine()
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        sync = lambda: None  # noqa: E731
-    torch.manual_seed(0)
-    dtype = getattr(torch, spec["dtype"])
-    for role in ("student", "teacher"):
-        jobs = [j for j in spec["jobs"] if j["model"] == role]
-        if not jobs:
-            continue
-        t0 = time.perf_counter()
-        try:
-            model = _hf_build(spec[f"{role}_hf"], dtype, device)
-        except Exception as e:  # noqa: BLE001 - recorded, the other model still runs
-            for j in jobs:
-                res[j["name"]] = {"error": f"building the HF {role}: {type(e).__name__}: {e}"}
-            continue
-        res[f"{role}_model"] = {
-            "init_s": time.perf_counter() - t0,
-            "params": int(sum(p.numel() for p in model.parameters())),
-            "attn_implementation": getattr(model.config, "_attn_implementation", None),
-            "experts_implementation": getattr(model.config, "_experts_implementation", None)}
-        for j in jobs:
-            print(f"[hf] {j['name']} ...", file=sys.stderr, flush=True)
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                fn = _hf_generate if j["kind"] == "generate" else _hf_score
-                res[j["name"]] = fn(model, j, device, sync)
-            except Exception as e:  # noqa: BLE001
-                res[j["name"]] = {"error": f"{type(e).__name__}: {e}"}
-            if device == "cuda":
-                res[j["name"]]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        del model
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    Path(out_path).write_text(json.dumps(res))
-    return 0
-
-
-if __name__ == "__main__" and "--hf-child" in sys.argv:
-    _i = sys.argv.index("--hf-child")
-    raise SystemExit(hf_child_main(sys.argv[_i + 1], sys.argv[_i + 2]))
+HF_BASELINE = Path(__file__).resolve().with_name("hf_baseline.py")  # the HF child process
 
 if __name__ == "__main__":
     # Before JAX initialises: smoke runs on CPU; on a GPU let JAX take the card (the HF child has
@@ -227,7 +71,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from cliffdistill import losses, sampling, scoring  # noqa: E402
+from cliffdistill import memplan, methods, sampling, scoring, update  # noqa: E402
 from cliffdistill.models import lora as lora_lib  # noqa: E402
 from cliffdistill.models import transformer  # noqa: E402
 from cliffdistill.models.flops import active_params, peak_flops  # noqa: E402
@@ -235,16 +79,12 @@ from cliffdistill.models.config import ModelConfig, preset, to_hf_config  # noqa
 
 # ============================================================================ settings
 
-# The optimiser of configs/base.py (constant lr 3e-4, AdamW, clip 1.0).
-OPTIM = dict(lr=3e-4, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999,
-             eps=1e-8, grad_clip=1.0)
 LORA = lora_lib.LoraConfig(rank=32, alpha=32.0)
 VOCAB_CHUNK = 16384  # configs/base.py loss.vocab_chunk
 
 # The study's teacher_seeded run (DESIGN §1, configs/base.py defaults) that --estimate prices.
 STUDY = dict(steps=100, prompts_per_step=64, samples_per_prompt=1, prompt_len=128,
-             max_new_tokens=256, seed_max_tokens=20, seed_decay_steps=50, seed_bucket=32,
-             lora_rank=32, eval_every=25, n_eval=500, eval_batch=64, eval_max_new_tokens=1024)
+             max_new_tokens=256, seed_bucket=32, lora_rank=32, eval_every=25, n_eval=500, eval_batch=64, eval_max_new_tokens=1024)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,8 +154,9 @@ def update_flops(cfg: ModelConfig, B: int, P: int, G: int, rank: int) -> dict[st
             "remat_recompute_flops": lin + attn + lora_fwd}
 
 
-def kv_bytes(cfg: ModelConfig, B: int, ctx: float, itemsize: int = 2) -> float:
-    return 2.0 * cfg.num_layers * B * ctx * cfg.num_kv_heads * cfg.head_dim * itemsize
+def kv_bytes(cfg: ModelConfig, B: int, ctx: float) -> float:
+    """bf16 KV cache of B rows x ctx positions on one device (the memory planner's formula)."""
+    return memplan.kv_cache_bytes(cfg, B, ctx, memplan.MeshShape(), 2)
 
 
 def tree_bytes(tree: Any) -> int:
@@ -425,9 +266,8 @@ def bench_generate(cfg: ModelConfig, params: Any, lora: Any, B: int, P: int, G: 
 
     def call(new: int) -> Any:
         return sampling.generate_arrays(
-            cfg, params, lora, prompt, mask, key, rows, jnp.asarray(new, jnp.int32),
-            jnp.asarray(1.0, jnp.float32), jnp.asarray(0, jnp.int32),
-            jnp.asarray(1.0, jnp.float32), gen_len=G, eos_ids=eos, pad_id=0, moe_impl=moe_impl)
+            cfg, params, lora, prompt, mask, key, rows, sampling.SamplingParams.of(new),
+            gen_len=G, eos_ids=eos, pad_id=0, moe_impl=moe_impl)
 
     warm, times, out = timed(lambda: call(G), reps)
     lengths = np.asarray(out.lengths)
@@ -456,55 +296,18 @@ def bench_score(cfg: ModelConfig, params: Any, B: int, P: int, G: int, reps: int
             "device_peak_gib_so_far": device_peak_gib()}
 
 
-def make_local_update(cfg: ModelConfig, scale: float, remat: bool = True) -> tuple[Callable, Any]:
-    """The trainer's on-policy sampled-reverse-KL update (one AdamW step on the adapters) built
-    from the same pieces as cliffdistill.train._loss_terms/update_fn, without ml_collections.
-    Returns (jitted update(lora_layers, opt_state, base, batch, plan), optimizer)."""
-    import optax
-
-    o = OPTIM
-    optimizer = optax.chain(optax.clip_by_global_norm(o["grad_clip"]),
-                            optax.adamw(o["lr"], b1=o["b1"], b2=o["b2"], eps=o["eps"],
-                                        weight_decay=o["weight_decay"]))
-
-    def loss_fn(lora_layers, base, batch, plan):
-        b = batch["on"]
-        lora = lora_lib.LoraParams(layers=lora_layers, scale=scale)
-        h = scoring.completion_hidden(cfg, base, b["prompt"], b["prompt_mask"], b["completion"],
-                                      lora, remat=remat, moe_impl="ragged")
-        lp = scoring.chunked_token_logprobs(h, transformer.unembed_matrix(cfg, base),
-                                            b["completion"], VOCAB_CHUNK)
-        l_on = losses.sampled_reverse_kl(lp, b["lp_old"], b["lp_teacher"], b["loss_mask"],
-                                         plan["kl_discount"])
-        total = plan["on_weight"] * l_on
-        return total, {"loss/on": l_on, "loss/total": total}
-
-    def update(lora_layers, opt_state, base, batch, plan):
-        grads, aux = jax.grad(loss_fn, has_aux=True)(lora_layers, base, batch, plan)
-        updates, opt_state = optimizer.update(grads, opt_state, lora_layers)
-        tree = getattr(optax, "tree", None)  # optax >= 0.2.4 moved it to optax.tree.norm
-        aux["grad_norm"] = tree.norm(grads) if hasattr(tree, "norm") else optax.global_norm(grads)
-        return optax.apply_updates(lora_layers, updates), opt_state, aux
-
-    return jax.jit(update, donate_argnums=(0, 1)), optimizer
-
-
-def make_train_update(student: ModelConfig, teacher: ModelConfig,
-                      scale: float) -> tuple[Callable, Any]:
-    """cliffdistill.train.update_fn for an on-policy sampled-reverse-KL step (needs
-    ml_collections)."""
-    import ml_collections
-
-    from cliffdistill import train
-
-    spec = train.UpdateSpec(
+def make_update(student: ModelConfig, teacher: ModelConfig, scale: float
+                ) -> tuple[Callable, Any]:
+    """The trainer's jitted update for an on-policy sampled-reverse-KL step, with the default
+    optimizer (configs/base.py `optim`). Returns (update(lora, opt, base, batch, plan), optimizer)."""
+    optim = update.OptimConfig()
+    spec = update.UpdateSpec(
         student=student, teacher=teacher, scale=scale, has_on=True, has_off=False,
         has_anchor=False, on_loss="sampled_rkl", off_loss="nll", shift_off=True,
-        vocab_chunk=VOCAB_CHUNK, remat=True, moe_impl="ragged",
-        optim=tuple(sorted(OPTIM.items())), num_steps=0)
-    fn = train.update_fn(spec)
-    optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(OPTIM)), 1)
-    return (lambda lora, opt, base, batch, plan: fn(lora, opt, base, None, batch, plan)), optimizer
+        vocab_chunk=VOCAB_CHUNK, remat=True, moe_impl="ragged", optim=optim, num_steps=0)
+    fn = update.update_fn(spec)
+    return (lambda lora, opt, base, batch, plan: fn(lora, opt, base, None, batch, plan),
+            update.make_optimizer(optim, 1))
 
 
 def update_batch(cfg: ModelConfig, B: int, P: int, G: int, seed: int = 2) -> tuple[dict, dict]:
@@ -515,30 +318,13 @@ def update_batch(cfg: ModelConfig, B: int, P: int, G: int, seed: int = 2) -> tup
           "loss_mask": jnp.ones((B, G), bool),
           "lp_old": jnp.asarray(-rng.uniform(0.5, 3.0, (B, G)), jnp.float32),
           "lp_teacher": jnp.asarray(-rng.uniform(0.5, 3.0, (B, G)), jnp.float32)}
-    plan = {k: jnp.float32(v) for k, v in dict(on_weight=1.0, off_weight=0.0, anchor_beta=0.0,
-                                                 kl_discount=0.0, jsd_beta=1.0).items()}
+    plan = update.plan_arrays(methods.ON_POLICY, kl_discount=0.0, jsd_beta=1.0)
     return {"on": on}, plan
 
 
-def resolve_update_impl(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    try:
-        import ml_collections  # noqa: F401
-
-        from cliffdistill import train  # noqa: F401
-        return "train"
-    except ImportError:
-        return "local"
-
-
 def bench_update(student: ModelConfig, teacher: ModelConfig, params: Any, B: int, P: int, G: int,
-                 reps: int, impl: str, peak: float | None) -> dict[str, Any]:
-    scale = LORA.scale
-    if impl == "train":
-        fn, optimizer = make_train_update(student, teacher, scale)
-    else:
-        fn, optimizer = make_local_update(student, scale)
+                 reps: int, peak: float | None) -> dict[str, Any]:
+    fn, optimizer = make_update(student, teacher, LORA.scale)
     lora = lora_lib.init_lora(student, LORA, jax.random.key(3), transformer.param_shapes(student))
     state = {"lora": lora.layers, "opt": jax.jit(optimizer.init)(lora.layers)}
     batch, plan = update_batch(student, B, P, G)
@@ -553,7 +339,7 @@ def bench_update(student: ModelConfig, teacher: ModelConfig, params: Any, B: int
     t = statistics.median(times)
     fl = update_flops(student, B, P, G, LORA.rank)
     loss = float(aux_box["aux"]["loss/total"])
-    res = {"B": B, "P": P, "G": G, "impl": impl, "lora_rank": LORA.rank,
+    res = {"B": B, "P": P, "G": G, "lora_rank": LORA.rank,
            "lora_targets": list(LORA.target_names(student)),
            "lora_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state["lora"]))),
            "warmup_s": warm, "times_s": times, "median_s": t,
@@ -593,9 +379,8 @@ def run_hf_child(student: ModelConfig, teacher: ModelConfig, shapes: Shapes, smo
         env.pop("JAX_PLATFORMS", None)
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--hf-child",
-                                   str(spec_path), str(out_path)], env=env, timeout=timeout,
-                                  check=False)
+            proc = subprocess.run([sys.executable, str(HF_BASELINE), str(spec_path),
+                                   str(out_path)], env=env, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return {"error": f"HF child timed out after {timeout} s (--hf-timeout)"}
         res = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -627,13 +412,6 @@ def roofline(student: ModelConfig, weight_bytes: int, bw: float | None,
     return out
 
 
-def seed_schedule(step: int) -> int:
-    """methods.teacher_seeded with the default schedule (N = round(20 (1 - step/50)), 0 after)."""
-    if step >= STUDY["seed_decay_steps"]:
-        return 0
-    return round(STUDY["seed_max_tokens"] * (1.0 - step / STUDY["seed_decay_steps"]))
-
-
 def estimate(res: dict[str, Any], student: ModelConfig) -> dict[str, Any]:
     """Σ over 100 steps of (rollout + teacher seeding + teacher scoring + update) + evals."""
     roll = res.get("rollout", {})
@@ -654,9 +432,10 @@ def estimate(res: dict[str, Any], student: ModelConfig) -> dict[str, Any]:
     if "teacher_study" not in res["score"] and not smoke:
         score_s *= study_tokens / (sc["B"] * (sc["P"] + sc["G"]))
         score_note = "scaled by token count from B=32x512"
+    schedule = methods.get("teacher_seeded")  # the default schedule of configs/base.py
     steps = []
     for step in range(STUDY["steps"]):
-        n = seed_schedule(step)
+        n = schedule(step).seed_tokens
         seed_s = td["prefill_median_s"] + n * td["decode_ms_per_step"] / 1e3 if n else 0.0
         steps.append({"seed_tokens": n, "rollout": r["median_s"], "seed": seed_s,
                       "score": score_s, "update": up["median_s"]})
@@ -852,9 +631,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student", default="qwen3_4b", help="student preset")
     p.add_argument("--teacher", default="qwen3_30b_a3b", help="teacher preset")
     p.add_argument("--reps", type=int, default=0, help="timed repetitions (median); 0 = default")
-    p.add_argument("--update-impl", choices=("auto", "train", "local"), default="auto",
-                   help="train: cliffdistill.train.update_fn (needs ml_collections); local: the "
-                        "same loss + AdamW built here; auto: train when importable")
     p.add_argument("--moe-impl", choices=("ragged", "dense"), default="ragged",
                    help="the teacher's MoE path: ragged (lax.ragged_dot, the trainer's default) or "
                         "dense (every expert on every token; the test reference)")
@@ -1001,9 +777,8 @@ def main(argv: list[str] | None = None) -> int:
             phase("score.student", lambda: bench_score(student, params, *shapes.score,
                                                        shapes.reps))
         if "update" in phases:
-            impl = resolve_update_impl(args.update_impl)
             phase("update", lambda: bench_update(student, teacher, params, *shapes.update,
-                                                 shapes.reps, impl, peak))
+                                                 shapes.reps, peak))
         delete_tree(params)
         del params
         gc.collect()

@@ -300,7 +300,7 @@ class DistributedInfo:
 _INFO: DistributedInfo | None = None
 
 
-def _validate_cpu_collectives(cpu_collectives: str | None) -> str | None:
+def validate_cpu_collectives(cpu_collectives: str | None) -> str | None:
     if cpu_collectives is None or str(cpu_collectives).lower() in ("", "none"):
         return None
     if cpu_collectives not in CPU_COLLECTIVES:
@@ -329,7 +329,7 @@ def initialize(
 
     import jax
 
-    collectives = _validate_cpu_collectives(cpu_collectives)
+    collectives = validate_cpu_collectives(cpu_collectives)
     coordinator = None
     if jax.distributed.is_initialized():
         # Someone (a notebook, a wrapper) already joined the job: describe it, do not re-init.

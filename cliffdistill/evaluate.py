@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from cliffdistill import sampling, stats
+from cliffdistill import distributed, methods, rundir, sampling, stats
 from cliffdistill.data import gsm8k
 from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
-
-if TYPE_CHECKING:  # train imports this module; import it lazily at run time
-    import ml_collections
-
-    from cliffdistill.train import Setup
+from cliffdistill.setup import Setup, init_state, lora_scale, make_setup
 
 # A completion is "repetitive" when some REPEAT_NGRAM-token n-gram occurs REPEAT_COUNT or more
 # times: the signature of a degenerate loop, rare in a correct worked solution.
@@ -98,31 +94,13 @@ def generate_greedy(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
                     eos_ids: tuple[int, ...], pad_id: int, mesh: jax.sharding.Mesh | None = None,
                     moe_impl: str = "ragged", progress: Any = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy completions of every prompt, in batches. Returns tokens [N, G], lengths, truncated.
-
-    The last batch is padded with copies of its first prompt (results dropped) so every call
-    has the same shape and the jitted sampler compiles once.
-    """
-    N = prompts.shape[0]
-    gen_len = sampling.bucket_length(max_new_tokens, 1)
-    out_tok, out_len, out_trunc = [], [], []
-    for start in range(0, N, batch_size):
-        stop = min(start + batch_size, N)
-        idx = np.arange(start, start + batch_size)
-        idx[stop - start:] = start
-        out = sampling.generate_arrays(
-            cfg, params, lora, sharding.put_batch(prompts[idx], mesh),
-            sharding.put_batch(prompt_mask[idx], mesh), jax.random.key(0),
-            sharding.put_batch(idx.astype(np.int32), mesh), jnp.asarray(max_new_tokens, jnp.int32),
-            jnp.asarray(0.0), jnp.asarray(0, jnp.int32), jnp.asarray(1.0), gen_len=gen_len,
-            eos_ids=eos_ids, pad_id=pad_id, moe_impl=moe_impl)
-        keep = stop - start
-        out_tok.append(sharding.to_host(out.tokens)[:keep])
-        out_len.append(sharding.to_host(out.lengths)[:keep])
-        out_trunc.append(sharding.to_host(out.truncated)[:keep])
-        if progress is not None:
-            progress(stop, N)
-    return np.concatenate(out_tok), np.concatenate(out_len), np.concatenate(out_trunc)
+    """Greedy completions of every prompt [N, P], in batches: tokens [N, G], lengths, truncated."""
+    out = sampling.generate_batched(
+        cfg, params, lora, prompts, prompt_mask, jax.random.key(0),
+        sampling.SamplingParams.greedy(max_new_tokens), batch_size=batch_size,
+        gen_len=sampling.bucket_length(max_new_tokens, 1), eos_ids=eos_ids, pad_id=pad_id,
+        mesh=mesh, moe_impl=moe_impl, progress=progress)
+    return out.tokens, out.lengths, out.truncated
 
 
 def grade(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray, truncated: np.ndarray,
@@ -157,21 +135,18 @@ def evaluate_prompts(cfg: ModelConfig, params: Any, lora: LoraParams | None, tok
 # ============================================================================ run directories
 #
 # Everything below works on a finished (or running) training run: DIR/config.json is the resolved
-# config the trainer wrote, DIR/checkpoints its orbax checkpoints. `train` is imported inside the
-# functions: it imports this module for its periodic evals.
+# config the trainer wrote, DIR/checkpoints its orbax checkpoints (see `cliffdistill.rundir`).
 
 EVAL_SUBDIR = "eval"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "curve.json"
 BASELINES_FILE = "baselines.json"
-BASELINE_ROLES = ("student", "teacher", "teacher_with_context")
+BASELINE_ROLES = tuple(rundir.BASELINE_TITLES)
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The run's resolved config, rebuilt from DIR/config.json (JSON lists stand in for tuples)."""
-    import ml_collections
-
-    file = Path(workdir) / "config.json"
+    file = Path(workdir) / rundir.CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{file}: no config.json; is {workdir} a training run directory "
                                 "(the --workdir given to `python -m cliffdistill.train`)?")
@@ -181,40 +156,31 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
 
 
-def _checkpoints(workdir: Path, cfg: ml_collections.ConfigDict) -> Any:
-    from cliffdistill import train
-
-    path = Path(workdir) / "checkpoints"
+def _checkpoints(workdir: Path, cfg: ml_collections.ConfigDict) -> rundir.Checkpoints:
+    path = Path(workdir) / rundir.CHECKPOINT_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no checkpoint directory; the run has saved no checkpoint "
                                 "yet (use --step 0 to evaluate the untrained student)")
-    return train._Checkpoints(Path(workdir), cfg)
+    return rundir.Checkpoints(workdir, keep=cfg.checkpoint.keep,
+                              async_save=cfg.checkpoint.async_save)
 
 
 def checkpoint_steps(workdir: str | Path,
                      cfg: ml_collections.ConfigDict | None = None) -> list[int]:
     """The steps of the checkpoints saved in DIR/checkpoints, ascending."""
     cfg = load_run_config(workdir) if cfg is None else cfg
-    ckpt = _checkpoints(Path(workdir), cfg)
-    try:
-        return sorted(int(x) for x in ckpt.mngr.all_steps())
-    finally:
-        ckpt.close()
+    with _checkpoints(Path(workdir), cfg) as ckpt:
+        return ckpt.all_steps()
 
 
 def _initial_state(setup: Setup, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    from cliffdistill import methods, train
-
-    num_steps = methods.num_steps(cfg.method, cfg.schedule)
-    return train.init_state(setup, train.make_optimizer(cfg.optim, num_steps), num_steps)
+    return init_state(setup, methods.num_steps(cfg.method, cfg.schedule))
 
 
 def initial_lora(setup: Setup, cfg: ml_collections.ConfigDict) -> LoraParams:
     """The run's step-0 adapters (`b` = 0): exactly the base model, as the trainer's step-0 eval
     sees it, and with the same pytree as a restored checkpoint (one compiled sampler for all)."""
-    from cliffdistill import train
-
-    return LoraParams(_initial_state(setup, cfg)["lora"], train.lora_scale(cfg))
+    return LoraParams(_initial_state(setup, cfg)["lora"], lora_scale(cfg))
 
 
 def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Path,
@@ -225,12 +191,9 @@ def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Pa
     run's config); only `setup.cfg/mesh/student_cfg` and the *shapes* of `setup.student_params`
     are used. Every process of a multi-process job must call this.
     """
-    from cliffdistill import train
-
     workdir = Path(workdir)
-    ckpt = _checkpoints(workdir, cfg)
-    try:
-        steps = sorted(int(x) for x in ckpt.mngr.all_steps())
+    with _checkpoints(workdir, cfg) as ckpt:
+        steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint saved yet "
                                     "(use --step 0 to evaluate the untrained student)")
@@ -239,14 +202,8 @@ def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Pa
             raise ValueError(f"{workdir / 'checkpoints'} has no checkpoint for step {step}; saved "
                              f"steps: {steps} (checkpoint.keep={cfg.checkpoint.keep} keeps only "
                              "the most recent ones)")
-        target = _initial_state(setup, cfg)
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-            if isinstance(x, jax.Array) else np.asarray(x), target)
-        state = ckpt.mngr.restore(step, args=ckpt.ocp.args.StandardRestore(abstract))
-    finally:
-        ckpt.close()
-    return LoraParams(state["lora"], train.lora_scale(cfg))
+        state = ckpt.restore(step, _initial_state(setup, cfg))
+    return LoraParams(state["lora"], lora_scale(cfg))
 
 
 def evaluate_arrays(setup: Setup, model_cfg: ModelConfig, params: Any, lora: LoraParams | None,
@@ -287,8 +244,6 @@ def _baseline_specs(s: Setup) -> dict[str, tuple | None]:
 def questions_digest(setup: Setup) -> str:
     """Identifies the evaluated question set (questions and golds): entries are comparable only
     when it and the token budget agree."""
-    import hashlib
-
     h = hashlib.sha256(json.dumps([setup.eval.questions, setup.eval.golds]).encode())
     return h.hexdigest()[:16]
 
@@ -297,26 +252,8 @@ def _is_main() -> bool:
     return jax.process_index() == 0
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _write_records(path: Path, records: Sequence[Record]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(dataclasses.asdict(r)) + "\n")
-    os.replace(tmp, path)
-
-
-def _barrier(name: str) -> None:
-    from cliffdistill import distributed
-
-    distributed.barrier(name)
+    rundir.write_jsonl(path, (dataclasses.asdict(r) for r in records))
 
 
 def run_baselines(setup_config: ml_collections.ConfigDict, out_path: str | Path, *,
@@ -338,9 +275,7 @@ def run_baselines(setup_config: ml_collections.ConfigDict, out_path: str | Path,
     per-question records (`<role>.jsonl`); `reuse` maps a role to an already computed
     (summary, records) with the same budget (the CLI's step 0 is the student baseline).
     """
-    from cliffdistill import train
-
-    s = setup_obj if setup_obj is not None else train.setup(setup_config)
+    s = setup_obj if setup_obj is not None else make_setup(setup_config)
     budget = int(max_new_tokens or s.cfg.eval.max_new_tokens)
     out: dict[str, Any] = {}
     for role, spec in _baseline_specs(s).items():
@@ -364,8 +299,8 @@ def run_baselines(setup_config: ml_collections.ConfigDict, out_path: str | Path,
         if records_dir is not None and _is_main():
             _write_records(Path(records_dir) / f"{role}.jsonl", records)
     if _is_main():
-        _write_json(Path(out_path), out)
-    _barrier("cliffdistill.evaluate.run_baselines")
+        rundir.write_json(Path(out_path), out)
+    distributed.barrier("cliffdistill.evaluate.run_baselines")
     return out
 
 
@@ -440,8 +375,6 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
     `n_eval` overrides `data.n_eval` (a fresh seeded sample of that many held-out questions; the
     training split does not depend on it); `max_new_tokens` overrides `eval.max_new_tokens`.
     """
-    from cliffdistill import train
-
     workdir = Path(workdir)
     cfg = load_run_config(workdir)
     if n_eval is not None:
@@ -449,13 +382,13 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
             raise ValueError(f"--n_eval={n_eval} must be >= 1")
         cfg.data.n_eval = int(n_eval)
     steps = resolve_steps(workdir, cfg, step)
-    s = setup_obj if setup_obj is not None else train.setup(cfg)
+    s = setup_obj if setup_obj is not None else make_setup(cfg)
     budget = int(max_new_tokens or cfg.eval.max_new_tokens)
     if budget < 1:
         raise ValueError(f"--max_new_tokens={budget} must be >= 1")
     eval_dir = workdir / EVAL_SUBDIR
     summary_file = eval_dir / SUMMARY_FILE
-    previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    previous = rundir.read_json(summary_file) or {}
     stored = dict(previous.get("steps", {}))
     n_questions, digest = len(s.eval.questions), questions_digest(s)
 
@@ -497,19 +430,17 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
                "steps": dict(sorted(stored.items(), key=lambda kv: int(kv[0])))}
         if base is not None:
             out["baselines"] = base
-        _write_json(summary_file, out)
+        rundir.write_json(summary_file, out)
         if _parse_step(step) == "all":
-            _write_json(eval_dir / CURVE_FILE, [results[n] for n in sorted(results)])
-    _barrier("cliffdistill.evaluate.evaluate_run")
+            rundir.write_json(eval_dir / CURVE_FILE, [results[n] for n in sorted(results)])
+    distributed.barrier("cliffdistill.evaluate.evaluate_run")
 
     rows: list[tuple[str, dict | None]] = []
     if base is not None:
         note = "" if all(same_eval(e) for e in base.values() if e) else " (other budget)"
-        titles = {"student": "student (step 0)", "teacher": "teacher",
-                  "teacher_with_context": "teacher + context"}
-        for role in BASELINE_ROLES:
+        for role, title in rundir.BASELINE_TITLES.items():
             if base.get(role) is not None or role != "teacher_with_context":
-                rows.append((f"baseline: {titles[role]}{note}", base.get(role)))
+                rows.append((f"baseline: {title}{note}", base.get(role)))
     rows += [(f"step {n}" + (f" [{results[n]['status']}]" if "status" in results[n] else ""),
               results[n]) for n in sorted(results)]
     table = format_table(rows)
@@ -527,8 +458,6 @@ def main(argv: list[str]) -> None:
     del argv
     from absl import flags
     from absl import logging as absl_logging
-
-    from cliffdistill import distributed
 
     f = flags.FLAGS
     cfg = load_run_config(f.workdir)

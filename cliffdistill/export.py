@@ -33,10 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cliffdistill.models import hf_io, sharding
+from cliffdistill import evaluate
+from cliffdistill.models import hf_io, sharding, transformer
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models.config import ModelConfig, load_hf_config
 from cliffdistill.models.lora import LoraParams
+from cliffdistill.setup import Setup
 
 FORMATS = ("peft", "merged")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -52,7 +54,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 def hf_module(name: str) -> str:
     """Our LoRA target (`q_proj`) -> its HF module path under `model.layers.{i}.`."""
-    key, _ = hf_io._LAYER_KEYS[name]
+    key, _ = hf_io.LAYER_KEYS[name]
     return key[: -len(".weight")]
 
 
@@ -157,15 +159,12 @@ def write_merged(cfg: Any, lora: LoraParams, out: Path, dtype: str = "auto") -> 
     return copied
 
 
-def _shape_setup(cfg: Any) -> Any:
-    """A `train.Setup` with just what `evaluate.restore_lora` needs (config, a one-device mesh,
+def shape_setup(cfg: Any) -> Setup:
+    """A `Setup` with just what `evaluate.restore_lora` needs (config, a one-device mesh,
     the student's param *shapes*): no weights, data or tokenizer are loaded."""
-    from cliffdistill import train
-    from cliffdistill.models import transformer
-
     scfg = load_hf_config(cfg.student.path)
     mesh = sharding.make_mesh({}, devices=jax.devices()[:1])
-    return train.Setup(cfg=cfg, mesh=mesh, tokenizer=None, student_cfg=scfg,
+    return Setup(cfg=cfg, mesh=mesh, tokenizer=None, student_cfg=scfg,
                        student_params=transformer.param_shapes(scfg, jnp.float32),
                        teacher_cfg=scfg, teacher_params=None, train=None, eval=None, eos_ids=(),
                        pad_id=0)
@@ -183,13 +182,11 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
 def export_run(workdir: str | Path, fmt: str, out: str | Path, step: int | None = None, *,
                overwrite: bool = False, dtype: str = "auto") -> Path:
     """Exports checkpoint `step` (None: the latest) of the run in `workdir` to `out`."""
-    from cliffdistill import evaluate
-
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}; choose one of {FORMATS}")
     workdir, out = Path(workdir), Path(out)
     cfg = evaluate.load_run_config(workdir)
-    setup = _shape_setup(cfg)
+    setup = shape_setup(cfg)
     lora = evaluate.restore_lora(setup, cfg, workdir, step)
     if fmt == "peft":
         _check_peft_exportable(setup.student_cfg, lora)  # before touching OUT

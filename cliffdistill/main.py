@@ -26,12 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
+from cliffdistill import evaluate, report, rundir, sweep, toy, train
 from cliffdistill import methods as methods_lib
+from cliffdistill.setup import ABLATIONS
 
 METHODS = tuple(methods_lib.METHODS)  # the study's table order
-STUDY_DEFECTS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context")
+CLAIMS_FILE = "claims.json"
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -54,21 +57,21 @@ def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
     The correct implementation runs every seed; the study's defects (all switched on together,
     as in the study's code) run seed 0 only, to show whether the cliff reproduces.
     """
-    from configs import toy
+    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     seeds = (0,) if quick else (0, 1, 2)
     rows = [(setup, seed, False) for setup in ("size", "context") for seed in seeds]
     rows += [(setup, 0, True) for setup in ("size", "context")]
     zipped: dict[str, list] = {}
     for setup, seed, defects in rows:
-        values = {"setup": setup, "seed": seed, **toy.toy_paths(str(root), setup),
-                  **{f"ablation.{name}": defects for name in STUDY_DEFECTS}}
+        values = {"setup": setup, "seed": seed, **toy_config.toy_paths(str(root), setup),
+                  **{f"ablation.{name}": defects for name in ABLATIONS}}
         for field, value in values.items():
             zipped.setdefault(field, []).append(value)
     c = ml_collections.ConfigDict()
     c.name = "toy study (quick)" if quick else "toy study"
     c.base_config = "configs/toy.py"
-    steps = steps or (toy.STEPS // 2 if quick else toy.STEPS)
+    steps = steps or (toy_config.STEPS // 2 if quick else toy_config.STEPS)
     c.base_overrides = _nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
@@ -109,8 +112,6 @@ SMOKE_STEPS = 4
 
 
 def machine() -> dict[str, Any]:
-    import jax
-
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [d.device_kind for d in jax.devices()][:1]}
@@ -118,9 +119,9 @@ def machine() -> dict[str, Any]:
 
 def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The sweep's knobs without machine-specific paths, plus the toy run config's key values."""
-    from configs import toy
+    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
-    base = toy.get_config("size")
+    base = toy_config.get_config("size")
     zipped = {k: v for k, v in sweep_cfg.zip.to_dict().items() if k not in ("student", "teacher", "data")}
     return {
         "base_overrides": sweep_cfg.base_overrides.to_dict(), "product": sweep_cfg.product.to_dict(),
@@ -135,8 +136,6 @@ def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick: bool,
                   sweep_cfg: ml_collections.ConfigDict) -> Path:
     """RESULTS.md: when/where/how it ran, the toy models' capabilities, the verdicts, the report."""
-    from cliffdistill import report
-
     agg = report.aggregate(workdir)
     verdicts = report.study_claims(agg)
     m = machine()
@@ -147,7 +146,7 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         f"python {m['python']}, jax {m['jax']}",
         f"- wall time: prepare {timings['prepare']:.0f} s, sweep {timings['sweep']:.0f} s, "
         f"total {timings['total']:.0f} s",
-        f"- runs: {len(report._run_entries(workdir)[1])} (8 methods x {len(sweep_cfg.zip['seed'])} "
+        f"- runs: {len(report.run_entries(workdir)[1])} (8 methods x {len(sweep_cfg.zip['seed'])} "
         "(setup, seed, implementation) rows; the study's defects: seed 0 only)",
         "", "## Toy models (measured by `prepare`, greedy, held-out synthetic problems)", "",
         "| model | params | accuracy |", "|---|---|---|",
@@ -174,11 +173,11 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         "```json", json.dumps(_config_summary(sweep_cfg), indent=1, sort_keys=True), "```", "",
         "## Full report", "",
     ]
-    report_md = (workdir / "REPORT.md").read_text()
+    report_md = (workdir / report.REPORT_MD).read_text()
     body = report_md.replace("](plots/", "](plots/")
     path = workdir / "RESULTS.md"
-    path.write_text("\n".join(lines) + "\n" + body)
-    (workdir / "claims.json").write_text(json.dumps(verdicts, indent=2, sort_keys=True))
+    rundir.write_text(path, "\n".join(lines) + "\n" + body)
+    rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
     return path
 
 
@@ -187,10 +186,6 @@ def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
              methods: tuple[str, ...] = METHODS, steps: int | None = None,
              overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
     """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
-    import jax
-
-    from cliffdistill import evaluate, sweep, toy, train
-
     # Compiled programs persist across invocations: a re-run (or --quick after the full job)
     # skips most XLA compilation, which dominates the toy runs' time on CPU.
     jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
@@ -246,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def toy_claims_summary(workdir: Path) -> list[str]:
-    claims = json.loads((workdir / "claims.json").read_text())
+    claims = json.loads((workdir / CLAIMS_FILE).read_text())
     return [f"  {c['verdict']:>13}: {c['claim']}" for c in claims]
 
 

@@ -3,8 +3,13 @@
 Shapes and what recompiles:
 * prompts are left-padded to a power-of-two bucket P, the generation budget to a bucket G; the
   cache holds S = P + G slots. Only P, G (and the model/eos config) are static;
-* temperature, top-p, top-k, `max_new_tokens` (<= G) and the teacher-seed length are arrays, so a
-  schedule that changes them every step never recompiles.
+* temperature, top-p, top-k, `max_new_tokens` (<= G) — a `SamplingParams` — and the teacher-seed
+  length are arrays, so a schedule that changes them every step never recompiles; the static
+  options (buckets, eos/pad ids, MoE implementation) are keyword-only.
+
+Entry points: `generate` (lists of ids, one call), `generate_batched` (all prompts of a split in
+fixed-shape batches: evaluation and the off-policy teacher samples), `teacher_seeded_arrays`
+(the teacher writes a prefix, the student continues) and `generate_arrays`, the jitted core.
 
 Randomness: the sample of row r at completion position t uses `fold_in(fold_in(key, row_id[r]), t)`.
 It depends only on the row's id and position, never on which other rows share the batch or how
@@ -19,7 +24,7 @@ at T=1 (the distillation default), and exactly what `scoring.score` recomputes f
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +34,7 @@ from cliffdistill.data.prompts import bucket_length, pad_left
 from cliffdistill.models import transformer
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
-from cliffdistill.models.sharding import constrain
+from cliffdistill.models.sharding import constrain, put_batch, to_host
 
 
 class GenerateOutput(NamedTuple):
@@ -80,6 +85,29 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
+class SamplingParams(NamedTuple):
+    """Per-call sampling knobs, all arrays (a pytree): changing a value never recompiles.
+
+    Scalars apply to every row; [B] arrays set them per row. temperature 0 is greedy; top_k <= 0
+    and top_p >= 1 disable those filters; max_new_tokens is capped by the static bucket G.
+    """
+
+    temperature: jax.Array  # f32
+    top_k: jax.Array  # int32
+    top_p: jax.Array  # f32
+    max_new_tokens: jax.Array  # int32
+
+    @classmethod
+    def of(cls, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0) -> SamplingParams:
+        return cls(jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
+                   jnp.asarray(top_p, jnp.float32), jnp.asarray(max_new_tokens, jnp.int32))
+
+    @classmethod
+    def greedy(cls, max_new_tokens: int) -> SamplingParams:
+        return cls.of(max_new_tokens, temperature=0.0)
+
+
 class _LoopState(NamedTuple):
     t: jax.Array
     logits: jax.Array  # [B, V] next-token logits
@@ -93,8 +121,7 @@ class _LoopState(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("cfg", "gen_len", "eos_ids", "pad_id", "moe_impl"))
 def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prompt: jax.Array,
                     prompt_mask: jax.Array, key: jax.Array, row_ids: jax.Array,
-                    max_new_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                    top_p: jax.Array, forced: jax.Array | None = None,
+                    sp: SamplingParams, forced: jax.Array | None = None,
                     forced_len: jax.Array | None = None, *, gen_len: int,
                     eos_ids: tuple[int, ...], pad_id: int, moe_impl: str = "ragged"
                     ) -> GenerateOutput:
@@ -107,9 +134,9 @@ def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
     B, P = prompt.shape
     S = P + gen_len
     bcast = lambda x, dt: jnp.broadcast_to(jnp.asarray(x, dt), (B,))  # noqa: E731
-    temperature, top_p = bcast(temperature, jnp.float32), bcast(top_p, jnp.float32)
-    top_k = bcast(top_k, jnp.int32)
-    max_new = jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), gen_len)
+    temperature, top_p = bcast(sp.temperature, jnp.float32), bcast(sp.top_p, jnp.float32)
+    top_k = bcast(sp.top_k, jnp.int32)
+    max_new = jnp.minimum(jnp.asarray(sp.max_new_tokens, jnp.int32), gen_len)
     if forced is None:
         forced = jnp.zeros((B, 1), jnp.int32)
         forced_len = jnp.zeros((B,), jnp.int32)
@@ -209,11 +236,36 @@ def generate(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]] | n
     gen_len = gen_bucket or bucket_length(max_new_tokens, 1)
     if max_new_tokens > gen_len:
         raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the generation bucket {gen_len}")
+    sp = SamplingParams.of(max_new_tokens, temperature, top_k, top_p)
     return generate_arrays(cfg, params, lora, jnp.asarray(tokens), jnp.asarray(mask), key,
-                           jnp.asarray(row_ids), jnp.asarray(max_new_tokens, jnp.int32),
-                           jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
-                           jnp.asarray(top_p, jnp.float32), gen_len=gen_len,
+                           jnp.asarray(row_ids), sp, gen_len=gen_len,
                            eos_ids=_eos_ids(cfg, eos_ids), pad_id=pad, moe_impl=moe_impl)
+
+
+def generate_batched(cfg: ModelConfig, params: Any, lora: LoraParams | None, prompts: np.ndarray,
+                     prompt_mask: np.ndarray, key: jax.Array, sp: SamplingParams, *,
+                     batch_size: int, gen_len: int, eos_ids: tuple[int, ...], pad_id: int,
+                     mesh: jax.sharding.Mesh | None = None, moe_impl: str = "ragged",
+                     progress: Callable[[int, int], Any] | None = None) -> GenerateOutput:
+    """Completions of all N prompts [N, P] (host numpy), `batch_size` rows per call.
+
+    Row i samples with row id i, so its completion does not depend on the batching. The last
+    batch is padded with copies of the last prompt (results dropped) so every call has the same
+    shape and the jitted sampler compiles once. Returns a GenerateOutput of host numpy [N, ...].
+    """
+    N = prompts.shape[0]
+    parts = []
+    for start in range(0, N, batch_size):
+        idx = np.minimum(np.arange(start, start + batch_size), N - 1)
+        out = generate_arrays(
+            cfg, params, lora, put_batch(prompts[idx], mesh), put_batch(prompt_mask[idx], mesh),
+            key, put_batch(idx.astype(np.int32), mesh), sp, gen_len=gen_len, eos_ids=eos_ids,
+            pad_id=pad_id, moe_impl=moe_impl)
+        keep = min(batch_size, N - start)
+        parts.append(GenerateOutput(*(to_host(x)[:keep] for x in out)))
+        if progress is not None:
+            progress(start + keep, N)
+    return GenerateOutput(*(np.concatenate(xs) for xs in zip(*parts)))
 
 
 _TEACHER_STREAM = 0x7EAC4E5  # distinct random stream for the teacher's seed tokens
@@ -226,8 +278,7 @@ def teacher_seeded_arrays(student_cfg: ModelConfig, student_params: Any,
                           teacher_params: Any, teacher_lora: LoraParams | None,
                           student_prompt: jax.Array, student_mask: jax.Array,
                           teacher_prompt: jax.Array, teacher_mask: jax.Array, key: jax.Array,
-                          row_ids: jax.Array, seed_tokens: jax.Array, max_new_tokens: jax.Array,
-                          temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
+                          row_ids: jax.Array, seed_tokens: jax.Array, sp: SamplingParams, *,
                           gen_len: int, seed_len: int, eos_ids: tuple[int, ...], pad_id: int,
                           moe_impl: str = "ragged") -> GenerateOutput:
     """The teacher writes the first `seed_tokens` (<= seed_len) completion tokens from its own
@@ -237,11 +288,11 @@ def teacher_seeded_arrays(student_cfg: ModelConfig, student_params: Any,
     and the result equals plain student sampling.
     """
     k_teacher = jax.random.fold_in(key, _TEACHER_STREAM)  # the student keeps `key` itself
-    n = jnp.minimum(jnp.asarray(seed_tokens, jnp.int32), jnp.minimum(seed_len, max_new_tokens))
+    n = jnp.minimum(jnp.asarray(seed_tokens, jnp.int32), jnp.minimum(seed_len, sp.max_new_tokens))
 
     def teacher_prefix(_):
         out = generate_arrays(teacher_cfg, teacher_params, teacher_lora, teacher_prompt,
-                              teacher_mask, k_teacher, row_ids, n, temperature, top_k, top_p,
+                              teacher_mask, k_teacher, row_ids, sp._replace(max_new_tokens=n),
                               gen_len=seed_len, eos_ids=eos_ids, pad_id=pad_id, moe_impl=moe_impl)
         return out.tokens, out.lengths
 
@@ -250,6 +301,5 @@ def teacher_seeded_arrays(student_cfg: ModelConfig, student_params: Any,
                            jnp.zeros((B,), jnp.int32))
     forced, forced_len = jax.lax.cond(n > 0, teacher_prefix, no_prefix, None)
     return generate_arrays(student_cfg, student_params, student_lora, student_prompt, student_mask,
-                           key, row_ids, max_new_tokens, temperature, top_k, top_p, forced,
-                           forced_len, gen_len=gen_len, eos_ids=eos_ids, pad_id=pad_id,
+                           key, row_ids, sp, forced, forced_len, gen_len=gen_len, eos_ids=eos_ids, pad_id=pad_id,
                            moe_impl=moe_impl)

@@ -1,14 +1,11 @@
-"""Small, dependency-free statistics for the report: binomial and Student-t intervals, run status.
+"""Statistics for evaluation and the report: binomial and Student-t intervals, run status.
 
-Why hand-rolled: scipy is not a dependency of this project, and the report needs only three
-things -- a Wilson interval for one evaluation (``correct`` of ``n`` held-out questions), a
-Student-t interval for a mean over seeds (the study's headline numbers are means over 10 seeds),
-and the documented status rule that turns an accuracy curve into ``stable``/``partial``/``collapsed``.
-
-The t quantile is computed exactly (to ~1e-12) for any degrees of freedom by inverting the
-Student-t CDF, which is a regularized incomplete beta function evaluated with the Lentz continued
-fraction (Numerical Recipes §6.4).  A lookup table would be simpler but silently wrong for
-fractional or large df; the inversion is cached, so the cost is paid once per df.
+A Wilson interval for one evaluation (``correct`` of ``n`` held-out questions), a Student-t
+interval for a mean over seeds, the documented status rule that turns an accuracy curve into
+``stable``/``partial``/``collapsed``/``transient_collapse``, and the seed x question statistics of
+the report (two-way bootstrap intervals, paired bootstrap tests, Holm correction).
+The distributions come from scipy (``scipy.stats``); this module adds the input checks, the
+edge cases (``n == 0``, a single seed) and the status rule.
 """
 
 from __future__ import annotations
@@ -20,13 +17,12 @@ from typing import Any, Optional
 
 import ml_collections
 import numpy as np
+import scipy.stats
 
 __all__ = [
     "wilson_interval",
     "mean_ci",
     "t_quantile",
-    "t_cdf",
-    "regularized_incomplete_beta",
     "default_status_thresholds",
     "classify_status",
     "classify_curve",
@@ -65,105 +61,24 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
         raise ValueError(f"wilson_interval needs z > 0, got z={z!r}.")
     if n == 0:
         return 0.0, 1.0
-    p = correct / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2.0 * n)) / denom
-    half = (z / denom) * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
-    low = 0.0 if correct == 0 else max(0.0, center - half)
-    high = 1.0 if correct == n else min(1.0, center + half)
+    level = 2.0 * scipy.stats.norm.cdf(z) - 1.0  # scipy takes the level; z round-trips exactly
+    ci = scipy.stats.binomtest(correct, n).proportion_ci(confidence_level=level, method="wilson")
+    low = 0.0 if correct == 0 else max(0.0, float(ci.low))
+    high = 1.0 if correct == n else min(1.0, float(ci.high))
     return low, high
 
 
 # ----------------------------------------------------------------------------- Student t
 
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) (modified Lentz), converges fast for x < (a+1)/(a+b+2)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = tiny if abs(d) < tiny else d
-    d = 1.0 / d
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x}).")
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if not (a > 0 and b > 0):
-        raise ValueError(f"incomplete beta needs a, b > 0, got a={a!r}, b={b!r}.")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x!r}.")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """CDF of Student's t with ``df`` degrees of freedom: 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t > 0."""
-    if not df > 0:
-        raise ValueError(f"t distribution needs df > 0, got df={df!r}.")
-    if t == 0.0:
-        return 0.5
-    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
 @functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, df: float) -> float:
-    """Inverse CDF of Student's t (e.g. ``t_quantile(0.975, 2) == 4.3027...``), by bisection on t_cdf.
-
-    Bisection (not Newton) because it cannot diverge in the heavy tails at df = 1; 200 halvings of
-    a bracket found by doubling reach float precision.  Cached: the report asks for few distinct df.
-    """
+    """Inverse CDF of Student's t (e.g. ``t_quantile(0.975, 2) == 4.3027...``), any df > 0."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"t_quantile needs 0 < p < 1, got p={p!r}.")
     if not df > 0:
         raise ValueError(f"t_quantile needs df > 0, got df={df!r}.")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    hi = 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-        if hi > 1e300:  # pragma: no cover - p astronomically close to 1
-            return math.inf
-    lo = 0.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return float(scipy.stats.t.ppf(p, df))
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -51,10 +51,11 @@ from typing import Any, Optional
 
 import ml_collections
 
+from cliffdistill import report
+from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STATUS_FILE, SWEEP_FILE,
+                                 last_metric_step, read_json, run_state, safe_name, write_json)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_SUBDIR = "runs"
-BASELINES_SUBDIR = "baselines"
-SWEEP_FILE = "sweep.json"
 DEFAULT_RUN_FN = "cliffdistill.train:run"
 DEFAULT_BASELINE_FN = "cliffdistill.evaluate:run_baselines"
 _NAME_MAX = 180  # run-dir names beyond this are shortened with a hash (filesystems cap at 255 bytes)
@@ -216,12 +217,6 @@ def _format_value(value: Any) -> str:
     return text
 
 
-def safe_name(text: str) -> str:
-    """Filesystem-safe, stable: keep ``[A-Za-z0-9_.=+-]``, map everything else to ``_``."""
-    text = re.sub(r"[^A-Za-z0-9_.=+\-]", "_", text)
-    return text if text not in ("", ".", "..") else "_" + text
-
-
 def _short_keys(fields: Sequence[str]) -> dict[str, str]:
     """The shortest dotted suffix of each field that is unique among ``fields`` (for run names)."""
     out = {}
@@ -353,33 +348,8 @@ def expand(
 # ----------------------------------------------------------------------------- files
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file + rename, so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1, default=_plain) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Optional[dict]:
-    """The JSON object in ``path``; None when missing or unreadable (e.g. a half-written file)."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def run_dir(workdir: Path, name: str) -> Path:
     return Path(workdir) / RUNS_SUBDIR / name
-
-
-def run_state(path: Path) -> str:
-    """``done`` / ``failed`` / ``running`` from a run dir's status.json, ``missing`` without one."""
-    status = read_json(Path(path) / "status.json")
-    if status is None:
-        return "missing"
-    return str(status.get("state", "missing"))
 
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:
@@ -477,45 +447,31 @@ def _log(msg: str) -> None:
     print(f"[sweep] {msg}", file=sys.stderr, flush=True)
 
 
-def _last_metric_step(path: Path) -> Optional[int]:
-    step = None
-    try:
-        with open(path / "metrics.jsonl") as f:
-            for line in f:
-                try:
-                    step = int(json.loads(line)["step"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-    except FileNotFoundError:
-        return None
-    return step
-
-
 def _record_failure(path: Path, exc: BaseException, seconds: float) -> None:
-    status = read_json(path / "status.json") or {}
+    status = read_json(path / STATUS_FILE) or {}
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
     status.update(
         state="failed",
         error=f"{type(exc).__name__}: {exc}",
         traceback=tail,
-        final_step=status.get("final_step", _last_metric_step(path)),
+        final_step=status.get("final_step", last_metric_step(path)),
         wall_seconds=status.get("wall_seconds", seconds),
     )
     status.setdefault("cost", {"device_hours": 0.0, "usd": 0.0})
-    write_json_atomic(path / "status.json", status)
+    write_json(path / STATUS_FILE, status)
 
 
 def _finish_status(path: Path, seconds: float) -> str:
     """After ``run_fn`` returned: keep a status the trainer wrote, else record ``done``."""
-    status = read_json(path / "status.json")
+    status = read_json(path / STATUS_FILE)
     if status is not None and status.get("state") in ("done", "failed"):
         return str(status["state"])
     status = status or {}
     status.update(state="done", error=None)
-    status.setdefault("final_step", _last_metric_step(path))
+    status.setdefault("final_step", last_metric_step(path))
     status.setdefault("wall_seconds", seconds)
     status.setdefault("cost", {"device_hours": 0.0, "usd": 0.0})
-    write_json_atomic(path / "status.json", status)
+    write_json(path / STATUS_FILE, status)
     return "done"
 
 
@@ -547,7 +503,7 @@ def run_sweep(
     configs = [build_run_config(base, base_overrides, s) for s in specs]
     manifest = sweep_manifest(sweep_cfg, specs, configs)
     _check_resume(workdir, manifest)
-    write_json_atomic(workdir / SWEEP_FILE, manifest)
+    write_json(workdir / SWEEP_FILE, manifest)
 
     log = _log if progress else (lambda msg: None)
     baselines_ran = _run_baselines(sweep_cfg, workdir, specs, configs, baseline_fn, shard, retry_failed, log)
@@ -571,7 +527,7 @@ def run_sweep(
         rdir.mkdir(parents=True, exist_ok=True)
         # Mark it running: a retried run must not keep its old "failed" if run_fn writes no status,
         # and a run killed from outside (preemption) then reads as unfinished, not as failed or done.
-        write_json_atomic(rdir / "status.json", {"state": "running", "error": None})
+        write_json(rdir / STATUS_FILE, {"state": "running", "error": None})
         t0 = time.monotonic()
         try:
             run_fn(cfg, rdir)
@@ -602,8 +558,6 @@ def run_sweep(
     all_finished = all(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
     report_written = False
     if shard[0] == 0 or all_finished:
-        from cliffdistill import report  # lazy: matplotlib is only needed here
-
         try:
             report.write_report(workdir)
             report_written = True
@@ -657,7 +611,7 @@ def _run_baselines(
             if not out.exists():
                 raise FileNotFoundError(f"baseline_fn returned without writing {out}")
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
-            write_json_atomic(failed_marker, {"setup": setup, "error": f"{type(exc).__name__}: {exc}"})
+            write_json(failed_marker, {"setup": setup, "error": f"{type(exc).__name__}: {exc}"})
             log(f"baselines for setup {setup!r} failed: {type(exc).__name__}: {exc}")
             continue
         failed_marker.unlink(missing_ok=True)

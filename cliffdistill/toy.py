@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from cliffdistill import evaluate
-from cliffdistill.data import gsm8k, prompts, synthetic, toy_tokenizer
+from cliffdistill.data import gsm8k, prompts, synthetic, toy_corpus, toy_tokenizer
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, transformer
 
@@ -243,7 +243,7 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     if root.exists():
         shutil.rmtree(root)  # an interrupted prepare: start over
     t0 = time.time()
-    tok = toy_tokenizer.build_toy_tokenizer(c.seed)
+    tok = toy_corpus.build_toy_tokenizer(c.seed)
     toy_tokenizer.save_tokenizer(tok, paths["tokenizer"])
     plain_dir, ctx_dir, held_out = write_data(root, c)
     m = c.teacher

@@ -47,7 +47,8 @@ def main() -> None:
     # The same numerics as the in-process tests (tests/conftest.py).
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    from cliffdistill import train
+    from cliffdistill import methods, rundir, train
+    from cliffdistill import setup as setup_lib
     from cliffdistill.models import sharding
     from tests.tiny import tiny_run_config
 
@@ -60,12 +61,10 @@ def main() -> None:
 
     # Restore what the run checkpointed (every process reads the shared directory), and gather
     # the LoRA params (replicated global arrays) to host numpy on every process.
-    s = train.setup(cfg)
-    num_steps = train.methods.num_steps(cfg.method, cfg.schedule)
-    target = train.init_state(s, train.make_optimizer(cfg.optim, num_steps), num_steps)
-    ckpt = train._Checkpoints(Path(args.workdir), cfg)
-    restored = ckpt.restore(target)
-    ckpt.close()
+    s = setup_lib.make_setup(cfg)
+    target = setup_lib.init_state(s, methods.num_steps(cfg.method, cfg.schedule))
+    with rundir.Checkpoints(args.workdir) as ckpt:
+        restored = ckpt.restore(ckpt.latest(), target)
     flat = jax.tree_util.tree_flatten_with_path(restored["lora"])[0]
     arrays = {"/".join(str(getattr(k, "key", k)) for k in path): sharding.to_host(leaf)
               for path, leaf in flat}

@@ -217,8 +217,8 @@ def test_config_fields_and_initialize_from_config(monkeypatch):
 
 def test_bad_cpu_collectives():
     with pytest.raises(ValueError, match="cpu_collectives"):
-        dist._validate_cpu_collectives("nccl")
-    assert dist._validate_cpu_collectives("none") is None
+        dist.validate_cpu_collectives("nccl")
+    assert dist.validate_cpu_collectives("none") is None
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Checkpoint-based evaluation and step-0 baselines on a tiny run directory (CPU).
 
 The run directory is written the way the trainer writes it (`config.json` = the resolved config,
-orbax checkpoints of `train.init_state`'s tree), with adapters whose `b` is non-zero, so the
+orbax checkpoints of `setup.init_state`'s tree), with adapters whose `b` is non-zero, so the
 evaluated model is not the base model. Random tiny models never answer a question, so the eval
 golds are rewritten to the numbers the model's greedy answers happen to contain: the accuracy the
 CLI reports must then be exactly what an independent, one-question-at-a-time loop computes.
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import transformers
 
-from cliffdistill import evaluate, models, sampling, train
+from cliffdistill import evaluate, models, rundir, sampling
+from cliffdistill import setup as setup_lib
 from cliffdistill.data import gsm8k, prompts
 from tests.tiny import tiny_run_config
 
@@ -37,7 +38,7 @@ def _direct_loop(cfg, lora_layers):
     unpadded question at a time, decode, extract, grade."""
     tok = transformers.AutoTokenizer.from_pretrained(cfg.student.path)
     mcfg, params = models.load_hf(cfg.student.path, dtype=jnp.float32)
-    examples = list(train.load_splits(cfg).eval)
+    examples = list(setup_lib.load_splits(cfg).eval)
     instruction = prompts.INSTRUCTION if cfg.data.instruction is None else cfg.data.instruction
     ids, _ = prompts.build_views(tok, examples, [], system=cfg.data.system, instruction=instruction)
     lora = models.LoraParams(jax.device_get(lora_layers), cfg.lora.alpha / cfg.lora.rank)
@@ -61,13 +62,13 @@ def run(tiny_pair, tmp_path_factory):
     shutil.copytree(tiny_pair["data"], root / "data")
     cfg = tiny_run_config({**tiny_pair, "data": root / "data"}, "on_policy_gkd", steps=2)
     cfg.data.n_eval, cfg.eval.max_new_tokens = N_EVAL, BUDGET
-    s = train.setup(cfg)
-    state = evaluate._initial_state(s, cfg)
+    s = setup_lib.make_setup(cfg)
+    state = setup_lib.init_state(s, 2)
     # adapters whose greedy answers contain numbers for a few questions (most random ones don't)
     for seed in range(100):
         layers = _lora_with_b(state["lora"], seed)
         _, records = evaluate.evaluate_arrays(
-            s, s.student_cfg, s.student_params, models.LoraParams(layers, train.lora_scale(cfg)),
+            s, s.student_cfg, s.student_params, models.LoraParams(layers, setup_lib.lora_scale(cfg)),
             s.eval.student, s.eval.student_mask, max_new_tokens=BUDGET)
         if sum(r.extracted is not None for r in records) >= 3:
             break
@@ -76,11 +77,10 @@ def run(tiny_pair, tmp_path_factory):
     lora = {1: _lora_with_b(state["lora"], 1000 + seed, 0.5), 2: layers}
     run_dir = root / "run"
     run_dir.mkdir()
-    train._write_json(run_dir / "config.json", cfg.to_dict())  # what train.run writes
-    ckpt = train._Checkpoints(run_dir, cfg)
-    for step in (1, 2):
-        ckpt.save({**state, "step": np.asarray(step, np.int64), "lora": lora[step]}, wait=True)
-    ckpt.close()
+    rundir.write_json(run_dir / rundir.CONFIG_FILE, cfg.to_dict())  # what train.run writes
+    with rundir.Checkpoints(run_dir) as ckpt:
+        for step in (1, 2):
+            ckpt.save({**state, "step": np.asarray(step, np.int64), "lora": lora[step]}, wait=True)
 
     expected = {step: _direct_loop(cfg, lora[step]) for step in (1, 2)}
     # golds := the step-2 answer for all but one of the questions that have a numeric answer
@@ -146,7 +146,7 @@ def test_checkpoint_eval_matches_independent_loop(run):
 
 
 def test_restore_lora_returns_the_saved_step(run):
-    s = train.setup(run["cfg"])
+    s = setup_lib.make_setup(run["cfg"])
     for step in (1, 2):
         got = evaluate.restore_lora(s, run["cfg"], run["dir"], step)
         assert got.scale == run["cfg"].lora.alpha / run["cfg"].lora.rank
@@ -187,7 +187,7 @@ def _spy(monkeypatch):
 
 def test_baselines_context_setup_teacher_is_base_with_context(tiny_pair, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context")
-    s = train.setup(cfg)
+    s = setup_lib.make_setup(cfg)
     calls = _spy(monkeypatch)
     out = evaluate.run_baselines(cfg, tmp_path / "b" / "context.json", setup_obj=s)
     assert json.loads((tmp_path / "b" / "context.json").read_text()) == out
@@ -208,7 +208,7 @@ def test_baselines_size_setup_with_context(tiny_pair, tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
     out = evaluate.run_baselines(cfg, tmp_path / "size.json", max_new_tokens=3)  # builds its setup
     assert all(out[k] is not None for k in ("student", "teacher", "teacher_with_context"))
-    s = train.setup(cfg)  # memoised models: the same param objects
+    s = setup_lib.make_setup(cfg)  # memoised models: the same param objects
     student, teacher, with_context = calls
     assert student["params"] is s.student_params and student["cfg"] == s.student_cfg
     assert teacher["params"] is s.teacher_params and teacher["cfg"] == s.teacher_cfg

@@ -9,7 +9,8 @@ import pytest
 import torch
 import transformers
 
-from cliffdistill import export, models, train
+from cliffdistill import export, models, rundir
+from cliffdistill import setup as setup_lib
 from cliffdistill.data import toy_tokenizer
 from tests.hf_models import hf_logits
 from tests.tiny import tiny_model_config, tiny_run_config
@@ -38,11 +39,11 @@ def _random_params(mcfg, seed):
 def _make_run(run_dir, cfg, seeds=(1, 2)):
     """config.json + orbax checkpoints of the trainer's state tree, as `train.run` writes them
     (the state only needs the student's shapes: no data or tokenizer); returns {step: lora}."""
-    s = export._shape_setup(cfg)
-    state = train.init_state(s, train.make_optimizer(cfg.optim, 2), 2)
+    s = export.shape_setup(cfg)
+    state = setup_lib.init_state(s, 2)
     run_dir.mkdir(parents=True)
-    train._write_json(run_dir / "config.json", cfg.to_dict())
-    ckpt = train._Checkpoints(run_dir, cfg)
+    rundir.write_json(run_dir / rundir.CONFIG_FILE, cfg.to_dict())
+    ckpt = rundir.Checkpoints(run_dir)
     loras = {}
     for step, seed in enumerate(seeds, start=1):
         loras[step] = _random_lora(state["lora"], seed)

@@ -23,7 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from cliffdistill import methods, train
+from cliffdistill import methods, rundir, train
+from cliffdistill import setup as setup_lib
 from tests.tiny import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,10 +124,10 @@ def test_two_processes_train_like_one(tiny_pair, tmp_path):
     cfg = tiny_run_config(tiny_pair, METHOD, steps=STEPS)
     cfg.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in MESH.split(","))})
     assert train.run(cfg, ref_dir, progress=False)["state"] == "done"
-    s = train.setup(cfg)
-    n = methods.num_steps(METHOD, cfg.schedule)
-    ref = train._Checkpoints(ref_dir, cfg).restore(
-        train.init_state(s, train.make_optimizer(cfg.optim, n), n))
+    s = setup_lib.make_setup(cfg)
+    with rundir.Checkpoints(ref_dir) as ckpt:
+        ref = ckpt.restore(ckpt.latest(),
+                           setup_lib.init_state(s, methods.num_steps(METHOD, cfg.schedule)))
     flat = jax.tree_util.tree_flatten_with_path(ref["lora"])[0]
     single = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
               for path, leaf in flat}
@@ -171,14 +172,14 @@ def test_two_processes_train_like_one(tiny_pair, tmp_path):
 
 
 def test_checkpoint_restores_onto_another_device_layout(tiny_pair, tmp_path):
-    """Cheap guard for the same code path the slow test runs: `_Checkpoints.restore` onto a
+    """Cheap guard for the same code path the slow test runs: `Checkpoints.restore` onto a
     different device layout than the one that saved (8 devices -> 1 device)."""
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=1)
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
     train.run(cfg, tmp_path / "r", progress=False)
     cfg1 = tiny_run_config(tiny_pair, "on_policy_gkd", steps=1)
-    s = train.setup(cfg1)
-    n = methods.num_steps(cfg1.method, cfg1.schedule)
-    st = train._Checkpoints(tmp_path / "r", cfg1).restore(
-        train.init_state(s, train.make_optimizer(cfg1.optim, n), n))
+    s = setup_lib.make_setup(cfg1)
+    with rundir.Checkpoints(tmp_path / "r") as ckpt:
+        st = ckpt.restore(ckpt.latest(),
+                          setup_lib.init_state(s, methods.num_steps(cfg1.method, cfg1.schedule)))
     assert int(st["step"]) == 1

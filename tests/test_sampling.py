@@ -153,8 +153,8 @@ def _seeded(student, teacher, n, key=jax.random.key(0), temperature=0.0, max_new
     B = len(PROMPTS)
     return sampling.teacher_seeded_arrays(
         scfg, sparams, None, tcfg, tparams, None, s_toks, s_mask, t_toks, t_mask, key,
-        jnp.arange(B), jnp.asarray(n), jnp.asarray(max_new), jnp.asarray(temperature),
-        jnp.asarray(0), jnp.asarray(1.0), gen_len=16, seed_len=8, eos_ids=(2,), pad_id=0), (
+        jnp.arange(B), jnp.asarray(n), sampling.SamplingParams.of(max_new, temperature),
+        gen_len=16, seed_len=8, eos_ids=(2,), pad_id=0), (
         s_toks, s_mask, t_toks, t_mask)
 
 

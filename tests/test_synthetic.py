@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from cliffdistill.data import gsm8k, synthetic, toy_tokenizer
+from cliffdistill.data import gsm8k, synthetic, toy_corpus, toy_tokenizer
 from cliffdistill.data.synthetic import CONTEXT_RULE_RANGE, Problem
 
 SETTINGS = [(v, d) for v in synthetic.VARIANTS for d in range(1, synthetic.MAX_STEPS + 1)]
@@ -237,7 +237,7 @@ def test_formats_and_jsonl(tmp_path):
 
 @pytest.fixture(scope="module")
 def tok():
-    return toy_tokenizer.build_toy_tokenizer(seed=0)
+    return toy_corpus.build_toy_tokenizer(seed=0)
 
 
 def _ids(encoded) -> list[int]:
@@ -318,7 +318,7 @@ def test_save_load_round_trip(tok, tmp_path):
 
 
 def test_same_seed_same_vocab(tok):
-    again = toy_tokenizer.build_toy_tokenizer(seed=0)
+    again = toy_corpus.build_toy_tokenizer(seed=0)
     assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     with pytest.raises(ValueError, match="vocab_size"):
         toy_tokenizer.train_tokenizer(["abc"], vocab_size=50)

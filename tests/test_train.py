@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliffdistill import losses, methods, sampling, scoring, train
+from cliffdistill import losses, methods, rundir, sampling, scoring, train, update
+from cliffdistill import setup as setup_lib
+from cliffdistill.models import transformer
 from cliffdistill.models import lora as lora_lib
 from tests.tiny import tiny_run_config
 
@@ -18,6 +20,12 @@ ALL = sorted(methods.METHODS)
 
 def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_state(s, run_dir, num_steps):
+    """The run's latest checkpoint restored onto its step-0 state tree."""
+    with rundir.Checkpoints(run_dir) as ckpt:
+        return ckpt.restore(ckpt.latest(), setup_lib.init_state(s, num_steps))
 
 
 def _no_time(records):
@@ -69,27 +77,27 @@ def test_teacher_samples_are_cached_and_shared(tiny_pair, tmp_path):
 def _train_loss_pieces(tiny_pair, shift):
     """The trainer's off-policy loss term vs the dense reference `losses.off_policy_nll`."""
     cfg = tiny_run_config(tiny_pair, "hybrid", steps=1)
-    s = train.setup(cfg)
+    s = setup_lib.make_setup(cfg)
     prompt, pmask = s.train.student[:3], s.train.student_mask[:3]
     rng = np.random.default_rng(0)
     comp = rng.integers(5, s.student_cfg.vocab_size, (3, 6)).astype(np.int32)
     cmask = np.ones((3, 6), bool)
     cmask[1, 4:] = False
-    spec = train.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=False,
+    spec = update.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=False,
                             has_off=True, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
                             shift_off=shift, vocab_chunk=7, remat=False,
-                            moe_impl="ragged", optim=(), num_steps=1)
+                            moe_impl="ragged", optim=update.OptimConfig(), num_steps=1)
     lcfg = lora_lib.LoraConfig(rank=2, alpha=4.0)
     lora = lora_lib.init_lora(s.student_cfg, lcfg, jax.random.key(0), s.student_params)
     layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)
     batch = {"off": {"prompt": prompt, "prompt_mask": pmask, "completion": comp, "loss_mask": cmask}}
     plan = {"on_weight": 0.0, "off_weight": 1.0, "anchor_beta": 0.0, "kl_discount": 0.0,
             "jsd_beta": 1.0}
-    got, _ = train._loss_terms(spec, layers, s.student_params, None, batch, plan)
+    got, _ = update.loss_terms(spec, layers, s.student_params, None, batch, plan)
     seq = np.concatenate([prompt, comp], 1)
-    logits = train.transformer.apply(s.student_cfg, s.student_params, seq,
-                                     lora_lib.LoraParams(layers, 2.0),
-                                     mask=np.concatenate([pmask, np.ones_like(cmask)], 1))
+    logits = transformer.apply(s.student_cfg, s.student_params, seq,
+                               lora_lib.LoraParams(layers, 2.0),
+                               mask=np.concatenate([pmask, np.ones_like(cmask)], 1))
     full_mask = np.concatenate([np.zeros_like(pmask), cmask], 1)
     ref = losses.off_policy_nll(logits, seq, full_mask, shift=shift)
     return float(got), float(ref)
@@ -107,15 +115,14 @@ def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
     cfg.lora.rank, cfg.lora.alpha = 8, 16.0
     cfg.rollout.batch_size = 8
     cfg.eval.every = 1000
-    s = train.setup(cfg)
+    s = setup_lib.make_setup(cfg)
 
     def held_out_kl(lora):
         """Sampled KL(student || teacher) on held-out (eval) prompts, fixed key."""
         out = sampling.generate_arrays(
             s.student_cfg, s.student_params, lora, s.eval.student, s.eval.student_mask,
-            jax.random.key(123), jnp.arange(s.eval.student.shape[0]), jnp.asarray(8),
-            jnp.asarray(1.0), jnp.asarray(0), jnp.asarray(1.0), gen_len=8, eos_ids=s.eos_ids,
-            pad_id=s.pad_id)
+            jax.random.key(123), jnp.arange(s.eval.student.shape[0]),
+            sampling.SamplingParams.of(8), gen_len=8, eos_ids=s.eos_ids, pad_id=s.pad_id)
         lp_t = scoring.score(s.teacher_cfg, s.teacher_params, s.eval.teacher, s.eval.teacher_mask,
                              out.tokens, out.mask)
         m = np.asarray(out.mask)
@@ -123,9 +130,8 @@ def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
 
     before = held_out_kl(None)
     train.run(cfg, tmp_path / "r", setup_obj=s, progress=False)
-    state = train.init_state(s, train.make_optimizer(cfg.optim, 30), 30)
-    restored = train._Checkpoints(tmp_path / "r", cfg).restore(state)
-    after = held_out_kl(lora_lib.LoraParams(restored["lora"], train.lora_scale(cfg)))
+    restored = _final_state(s, tmp_path / "r", 30)
+    after = held_out_kl(lora_lib.LoraParams(restored["lora"], setup_lib.lora_scale(cfg)))
     assert after < 0.7 * before, (before, after)
 
 
@@ -145,8 +151,7 @@ def test_resume_after_sigterm_is_exact(tiny_pair, tmp_path):
     train.run(cfg, tmp_path / "resumed", progress=False)
 
     def final_state(d):
-        s = train.init_state(train.setup(cfg), train.make_optimizer(cfg.optim, 6), 6)
-        return train._Checkpoints(d, cfg).restore(s)
+        return _final_state(setup_lib.make_setup(cfg), d, 6)
 
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -164,9 +169,8 @@ def test_sharded_update_equals_single_device(tiny_pair, tmp_path):
         cfg = tiny_run_config(tiny_pair, "mixture", steps=2)
         cfg.mesh.update(mesh)
         train.run(cfg, tmp_path / name, progress=False)
-        s = train.setup(cfg)
-        st = train._Checkpoints(tmp_path / name, cfg).restore(
-            train.init_state(s, train.make_optimizer(cfg.optim, 2), 2))
+        s = setup_lib.make_setup(cfg)
+        st = _final_state(s, tmp_path / name, 2)
         finals[name] = st
         if name == "sharded":
             q = s.student_params["layers"]["q_proj"]
@@ -184,8 +188,8 @@ def test_sharded_update_equals_single_device(tiny_pair, tmp_path):
 
 def _expect(cfg, match):
     with pytest.raises(ValueError, match=match):
-        train.validate_config(cfg)
-        train.setup(cfg)
+        setup_lib.validate_config(cfg)
+        setup_lib.make_setup(cfg)
 
 
 def test_error_unknown_method(tiny_pair):

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 
 from cliffdistill import models
-from cliffdistill.data import synthetic, toy_tokenizer
+from cliffdistill.data import synthetic, toy_corpus, toy_tokenizer
 from configs import base
 
 
@@ -23,7 +23,7 @@ def tiny_model_config(vocab: int, eos: int, pad: int, layers: int = 2, hidden: i
 def make_tiny_pair(root: Path, seed: int = 0) -> dict[str, Path]:
     """Writes tokenizer, student (2 layers), teacher (3 layers, wider) and data under root."""
     root = Path(root)
-    tok = toy_tokenizer.build_toy_tokenizer(seed)
+    tok = toy_corpus.build_toy_tokenizer(seed)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     vocab = len(tok)
     paths = {"student": root / "student", "teacher": root / "teacher", "data": root / "data"}

@@ -2,7 +2,7 @@
 
 The toy teacher and student of ``python -m cliffdistill.main`` need a vocabulary of a few
 hundred tokens, not Qwen's 151936: this module trains one with HF ``tokenizers`` on text from
-:mod:`cliffdistill.data.synthetic` and wraps it as a ``transformers`` fast tokenizer, so the
+:mod:`cliffdistill.data.synthetic` (``toy_corpus.build_toy_tokenizer``) and wraps it as a ``transformers`` fast tokenizer, so the
 rest of the code (prompt building, ``apply_chat_template``, ``save_pretrained`` /
 ``AutoTokenizer.from_pretrained``) treats it exactly like a real model's tokenizer.
 
@@ -154,35 +154,6 @@ def train_tokenizer(
     )
     hf.chat_template = CHAT_TEMPLATE
     return hf
-
-
-def toy_corpus(seed: int = 0, n_per_setting: int = 300) -> list[str]:
-    """The deterministic tokenizer-training corpus: every template and word of the task, plus
-    ``n_per_setting`` generated problems (question and solution, separately) for each variant
-    and difficulty."""
-    from cliffdistill.data import synthetic
-
-    texts = list(synthetic.vocabulary_texts())
-    for variant in synthetic.VARIANTS:
-        for difficulty in range(1, synthetic.MAX_STEPS + 1):
-            sub_seed = seed * 1000 + 10 * difficulty + synthetic.VARIANTS.index(variant)
-            for p in synthetic.generate(n_per_setting, sub_seed, difficulty, variant=variant):
-                texts.append(p.question)
-                texts.append(p.solution)
-    return texts
-
-
-def build_toy_tokenizer(
-    seed: int = 0,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    extra_texts: Iterable[str] = (),
-) -> PreTrainedTokenizerFast:
-    """The toy testbed's tokenizer: :func:`train_tokenizer` on :func:`toy_corpus` (``seed``)
-    plus ``extra_texts`` (e.g. system-prompt wording, so its words get their own tokens).
-
-    Same arguments -> identical vocabulary and merges.
-    """
-    return train_tokenizer([*toy_corpus(seed), *extra_texts], vocab_size=vocab_size)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> None:

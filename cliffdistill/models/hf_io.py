@@ -28,7 +28,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 # our layer leaf -> (HF name under model.layers.{i}., transpose?)
-_LAYER_KEYS = {
+LAYER_KEYS = {
     "attn_norm": ("input_layernorm.weight", False),
     "mlp_norm": ("post_attention_layernorm.weight", False),
     "q_proj": ("self_attn.q_proj.weight", True),
@@ -63,7 +63,7 @@ def _leaf_sources(cfg: ModelConfig, path: tuple[str, ...]) -> tuple[Callable[...
     if cfg.is_moe and leaf in _EXPERT_KEYS:
         fmt = "model.layers.{i}." + _EXPERT_KEYS[leaf]
         return (lambda i, e: fmt.format(i=i, e=e)), True, 2
-    sub, t = _LAYER_KEYS[leaf]
+    sub, t = LAYER_KEYS[leaf]
     return (lambda i: f"model.layers.{i}.{sub}"), t, 1
 
 

@@ -18,16 +18,9 @@ Size: 8 methods x 10 seeds x (1 + number of ablations) variants; trim with e.g.
 import ml_collections
 
 from cliffdistill import methods
+from cliffdistill.setup import ABLATIONS  # the study's defects, `config.ablation.<name>` switches
 
 METHODS = tuple(methods.METHODS)  # the study's table order
-
-# The study's defects (DESIGN.md §1) that the run configs expose as `config.ablation.<name>`
-# switches (configs/base.py); the sweep refuses to start if the base config lacks one.
-ABLATIONS = (
-    "unshifted_off_policy",  # off-policy targets not shifted by one (the model copies its input)
-    "on_policy_no_prompt",  # on-policy student forward without the prompt
-    "teacher_no_context",  # context distillation: the teacher scores without its context
-)
 
 BASES = ("qwen_size", "llama_size", "llama_context", "toy")
 

@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cliffdistill import plan as planner
-from cliffdistill import sampling, scoring, train
+from cliffdistill import memplan as planner
+from cliffdistill import sampling, scoring, update
+from cliffdistill import setup as setup_lib
+from cliffdistill import train
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding, transformer
 from cliffdistill.models.config import ModelConfig
@@ -110,7 +112,7 @@ class Compiled:
                                                 transformer.param_shapes(student, dt)))
         rep = lambda t: jax.tree_util.tree_map(lambda _: sharding.replicated(self.mesh), t)
         self.lora = _abstract(lora, self.mesh, rep)
-        self.optimizer = train.make_optimizer(cfg.optim, 1)
+        self.optimizer = update.make_optimizer(setup_lib.optim_config(cfg), 1)
         self.opt = _abstract(jax.eval_shape(self.optimizer.init, self.lora.layers), self.mesh, rep)
 
     def _batch(self, shape, dtype):
@@ -130,8 +132,9 @@ class Compiled:
         i32, f32 = jnp.int32, jnp.float32
         args = (self.sp, self.lora, self._batch((self.B, self.P), i32),
                 self._batch((self.B, self.P), bool), jax.eval_shape(lambda: jax.random.key(0)),
-                self._batch((self.B,), i32), self._scalar(i32), self._scalar(f32),
-                self._scalar(i32), self._scalar(f32))
+                self._batch((self.B,), i32),
+                sampling.SamplingParams(self._scalar(f32), self._scalar(i32), self._scalar(f32),
+                                        self._scalar(i32)))
         with self._ctx():
             c = sampling.generate_arrays.trace(self.s, *args, gen_len=self.G, eos_ids=(1,),
                                                pad_id=0).lower().compile()
@@ -149,12 +152,12 @@ class Compiled:
 
     def update(self) -> dict[str, int]:
         cfg = self.cfg
-        spec = train.UpdateSpec(
-            student=self.s, teacher=self.t, scale=train.lora_scale(cfg), has_on=True,
+        spec = update.UpdateSpec(
+            student=self.s, teacher=self.t, scale=setup_lib.lora_scale(cfg), has_on=True,
             has_off=False, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
             shift_off=True, vocab_chunk=cfg.loss.vocab_chunk,
             remat=cfg.loss.remat, moe_impl=cfg.moe_impl,
-            optim=tuple(sorted(cfg.optim.to_dict().items())), num_steps=0)
+            optim=setup_lib.optim_config(cfg), num_steps=0)
         i32, f32, B, P, G = jnp.int32, jnp.float32, self.B, self.P, self.G
         batch = {"on": {"prompt": self._batch((B, P), i32), "prompt_mask": self._batch((B, P), bool),
                         "completion": self._batch((B, G), i32),
@@ -163,7 +166,7 @@ class Compiled:
         plan = {k: self._scalar(f32) for k in
                 ("on_weight", "off_weight", "anchor_beta", "kl_discount", "jsd_beta")}
         with self._ctx():
-            c = train.update_fn(spec).trace(self.lora.layers, self.opt, self.sp, None, batch,
+            c = update.update_fn(spec).trace(self.lora.layers, self.opt, self.sp, None, batch,
                                             plan).lower().compile()
         return _compiled_bytes(c)
 
@@ -178,7 +181,7 @@ class Compiled:
         return sum(x.size * x.dtype.itemsize for x in (cache.k, cache.v, cache.valid))
 
 
-def _compare(p: planner.Plan, measured: dict[str, dict[str, int]]) -> dict[str, tuple[int, int]]:
+def _compare(p: planner.MemoryPlan, measured: dict[str, dict[str, int]]) -> dict[str, tuple[int, int]]:
     """(planned, measured) per jitted step: the plan's items that are that step's arguments
     (params, LoRA, optimizer state) plus its transients, against XLA's total for the step."""
     it = p.items
@@ -256,7 +259,7 @@ def test_param_bytes_match_the_loaded_shards(tiny_pair):
     _, params = hf_io.load_hf(tiny_pair["student"], dtype=jnp.float32, mesh=mesh)
     on_device0 = sum(s.data.nbytes for leaf in jax.tree_util.tree_leaves(params)
                      for s in leaf.addressable_shards if s.device == mesh.devices.flat[0])
-    planned = planner.param_bytes_per_device(student, planner.Mesh.of(dict(cfg.mesh)), "float32")
+    planned = planner.param_bytes_per_device(student, planner.MeshShape.of(dict(cfg.mesh)), "float32")
     assert planned == on_device0 == hf_io.host_bytes_per_device(student, mesh, jnp.float32)
 
 
@@ -274,7 +277,7 @@ def _preset_config(tmp_path: Path, student: str, teacher: str, hbm_gib: float):
 def test_too_large_config_is_refused_before_loading_weights(tmp_path):
     cfg = _preset_config(tmp_path, "qwen3_4b", "qwen3_30b_a3b", 16)
     with pytest.raises(ValueError) as e:
-        train.validate_config(cfg)  # the checkpoint dirs hold only config.json: nothing loads
+        setup_lib.validate_config(cfg)  # the checkpoint dirs hold only config.json: nothing loads
     msg = str(e.value)
     assert "16.00 GiB" in msg and "shard the models" in msg, msg
     for row in ("student params", "teacher params", "rollout KV cache (student)", "update",
@@ -309,7 +312,7 @@ def test_fit_check_is_skipped_without_a_memory_size(tiny_pair):
     cfg.hbm_bytes_per_device = 1 * GiB
     p = planner.check_fits(cfg)
     assert p.fits and p.max_batch >= cfg.rollout.batch_size
-    train.validate_config(cfg)
+    setup_lib.validate_config(cfg)
 
 
 def test_context_setup_has_no_teacher_copy_and_a_longer_teacher_view(tmp_path):
@@ -326,7 +329,7 @@ def test_context_setup_has_no_teacher_copy_and_a_longer_teacher_view(tmp_path):
 def test_plan_cli_with_presets():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-m", "cliffdistill.plan", "--config", "configs/base.py",
+        [sys.executable, "-m", "cliffdistill.memplan", "--config", "configs/base.py",
          "--student_preset", "qwen3_4b", "--teacher_preset", "qwen3_30b_a3b", "--hbm_gib", "140",
          "--config.mesh.tensor=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)

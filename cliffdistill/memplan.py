@@ -1,13 +1,13 @@
 """Memory planner: per-device bytes of a run, from its config alone (no weights, no allocation).
 
-    python -m cliffdistill.plan --config configs/base.py --student_preset qwen3_4b \
+    python -m cliffdistill.memplan --config configs/base.py --student_preset qwen3_4b \
         --teacher_preset qwen3_30b_a3b --hbm_gib 80 [--config.mesh.tensor=2 ...]
 
 `plan(cfg)` reads only the models' `config.json` (or presets) and the config's shapes, and returns
-a `Plan`: the bytes one device holds for each item (params, LoRA + AdamW, KV caches, activations),
+a `MemoryPlan`: the bytes one device holds for each item (params, LoRA + AdamW, KV caches, activations),
 the peak of each phase of a step, whether the peak fits a given HBM size and the largest rollout
 batch that does. `check_fits(cfg)` raises a ValueError carrying the table when a run cannot fit;
-`train.validate_config` calls it before any weight is loaded.
+`setup.validate_config` calls it before any weight is loaded.
 
 The model of memory (docs/SCALING.md has the derivation and the CPU check against XLA):
 
@@ -34,15 +34,20 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from cliffdistill import methods
 from cliffdistill.data.prompts import bucket_length
 from cliffdistill.models import config as model_config
+from cliffdistill.models import lora as lora_lib
+from cliffdistill.models import sharding, transformer
 from cliffdistill.models.config import ModelConfig
 
 GiB = 1 << 30
 
 # How many copies of each activation block live at a layer's peak. Calibrated against XLA's
-# buffer assignment on CPU (docs/SCALING.md; checked by tests/test_plan.py). XLA:GPU/TPU fuse
+# buffer assignment on CPU (docs/SCALING.md; checked by tests/test_memplan.py). XLA:GPU/TPU fuse
 # elementwise chains more aggressively, so there they are expected (not measured) to err high.
 ATTN_FWD_COPIES = 3  # fp32 [b, Hq, T, T]: scores, masked scores, softmax (no flash kernel)
 MLP_FWD_COPIES = 3  # [b, T, F]: gate, up, silu(gate) * up
@@ -54,7 +59,7 @@ LOGIT_BLOCK_COPIES = 3  # fp32 [b, G, vocab_chunk]: logits, exp, cotangent
 UNEMBED_SCORE_COPIES = 2
 UNEMBED_UPDATE_COPIES = 2
 # Update step (remat, one layer recomputed and differentiated at a time), fitted by relative
-# least squares over 38 CPU compilations of `train.update_fn` (error within -7% .. +5%): per
+# least squares over 38 CPU compilations of `update.update_fn` (error within -7% .. +5%): per
 # forward pass the saved residual stream counts 1.5 x L x [b, T, D]; the layer's backward holds
 # 3.4 attention blocks, 13 [b, T, F] blocks with LoRA on the MLP (6 without), 3 [b, T, D]
 # blocks; the loss head 0.7 logit blocks.
@@ -66,8 +71,6 @@ LOGIT_BWD_COPIES = 0.7
 
 
 def _itemsize(dtype: str) -> int:
-    import jax.numpy as jnp
-
     return jnp.dtype(dtype).itemsize
 
 
@@ -75,7 +78,7 @@ def _itemsize(dtype: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Mesh:
+class MeshShape:
     """Axis sizes only (the planner never needs devices)."""
 
     data: int = 1
@@ -84,7 +87,7 @@ class Mesh:
     expert: int = 1
 
     @classmethod
-    def of(cls, shape: Mapping[str, int]) -> Mesh:
+    def of(cls, shape: Mapping[str, int]) -> MeshShape:
         unknown = set(shape) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"config field `mesh` has unknown axes {sorted(unknown)}")
@@ -106,17 +109,13 @@ class Mesh:
         return self.tensor if n % self.tensor == 0 else 1
 
 
-def _per_device(n_global_rows: int, mesh: Mesh) -> int:
+def _per_device(n_global_rows: int, mesh: MeshShape) -> int:
     return -(-n_global_rows // mesh.data_parallel)
 
 
 @functools.lru_cache(maxsize=64)
-def param_bytes_per_device(mcfg: ModelConfig, mesh: Mesh, dtype: str) -> int:
+def param_bytes_per_device(mcfg: ModelConfig, mesh: MeshShape, dtype: str) -> int:
     """Base-param bytes one device holds under the default sharding rules (shapes only)."""
-    import jax
-
-    from cliffdistill.models import sharding, transformer
-
     shapes = transformer.param_shapes(mcfg, dtype)
     axes = sharding.param_logical_axes(mcfg)
     mesh_shape = mesh.as_dict()
@@ -141,11 +140,6 @@ def lora_bytes(mcfg: ModelConfig, lcfg: Any, dtype: str) -> int:
 @functools.lru_cache(maxsize=64)
 def _lora_bytes(mcfg: ModelConfig, rank: int, targets: tuple, include_experts: bool,
                 dtype: str) -> int:
-    import jax
-
-    from cliffdistill.models import lora as lora_lib
-    from cliffdistill.models import transformer
-
     conf = lora_lib.LoraConfig(rank=rank, targets=targets, include_experts=include_experts)
     shapes = transformer.param_shapes(mcfg, dtype)
     tree = jax.eval_shape(lambda: lora_lib.init_lora(mcfg, conf, jax.random.key(0), shapes,
@@ -155,15 +149,13 @@ def _lora_bytes(mcfg: ModelConfig, rank: int, targets: tuple, include_experts: b
 
 def lora_on_mlp(mcfg: ModelConfig, lcfg: Any) -> bool:
     """Whether the adapters touch the (dense or expert) MLP: their deltas add [b, T, F] blocks."""
-    from cliffdistill.models import lora as lora_lib
-
     conf = lora_lib.LoraConfig(rank=int(lcfg.rank), alpha=float(lcfg.alpha),
                                targets=tuple(lcfg.targets),
                                include_experts=bool(lcfg.include_experts))
     return bool(set(conf.target_names(mcfg)) & {"gate_proj", "up_proj", "down_proj"})
 
 
-def _layer_weights_bytes(m: ModelConfig, mesh: Mesh, a: int) -> int:
+def _layer_weights_bytes(m: ModelConfig, mesh: MeshShape, a: int) -> int:
     """One layer's weights as the layer scan materialises them: the slice of the stacked [L, ...]
     params (with fsdp, all-gathered over fsdp; still split over tensor/expert)."""
     D, hd = m.hidden_size, m.head_dim
@@ -176,7 +168,7 @@ def _layer_weights_bytes(m: ModelConfig, mesh: Mesh, a: int) -> int:
     return (attn + mlp) * a
 
 
-def _attn_block(m: ModelConfig, b: int, Tq: int, Tk: int, mesh: Mesh) -> int:
+def _attn_block(m: ModelConfig, b: int, Tq: int, Tk: int, mesh: MeshShape) -> int:
     """Bytes of one fp32 [b, Hq, Tq, Tk] score block on one device."""
     return b * _heads(m, mesh)[0] * Tq * Tk * 4
 
@@ -185,19 +177,19 @@ def _unembed_bytes(m: ModelConfig, a: int) -> int:
     return m.vocab_size * m.hidden_size * a
 
 
-def _unembed_sharded(m: ModelConfig, mesh: Mesh) -> bool:
+def _unembed_sharded(m: ModelConfig, mesh: MeshShape) -> bool:
     """Whether the [V, D] embedding / [D, V] head is split over devices (vocab over tensor,
     embed over fsdp), so that the decode loop has to gather it."""
     return (mesh.tensor > 1 and m.vocab_size % mesh.tensor == 0) or (
         mesh.fsdp > 1 and m.hidden_size % mesh.fsdp == 0)
 
 
-def _heads(m: ModelConfig, mesh: Mesh) -> tuple[int, int]:
+def _heads(m: ModelConfig, mesh: MeshShape) -> tuple[int, int]:
     """(query heads, kv heads) per device: split over `tensor` when it divides them."""
     return m.num_heads // mesh.split(m.num_heads), m.num_kv_heads // mesh.split(m.num_kv_heads)
 
 
-def _ffn(m: ModelConfig, mesh: Mesh) -> int:
+def _ffn(m: ModelConfig, mesh: MeshShape) -> int:
     if m.is_moe:
         return m.moe_intermediate_size
     return m.intermediate_size // mesh.split(m.intermediate_size)
@@ -216,7 +208,7 @@ def _moe_extra(m: ModelConfig, N: int, a: int, platform: str, passes: int = 1) -
     return extra
 
 
-def forward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: Mesh, a: int, *,
+def forward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: MeshShape, a: int, *,
                         lora_mlp: bool = False, platform: str = "gpu") -> int:
     """Peak working set of one layer's no-grad forward over T tokens (b rows on this device),
     besides the residual stream it reads: the attention half (score blocks, v and the attention
@@ -231,7 +223,7 @@ def forward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: Mesh, a: int, *,
     return max(attn, mlp) + _layer_weights_bytes(m, mesh, a)
 
 
-def backward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: Mesh, a: int, *,
+def backward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: MeshShape, a: int, *,
                          lora_mlp: bool = True, platform: str = "gpu") -> int:
     """Peak working set of one rematerialised layer's forward + backward (b rows, T tokens): the
     recomputed attention and MLP residuals and their cotangents live together."""
@@ -244,13 +236,13 @@ def backward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: Mesh, a: int, *,
                + _moe_extra(m, N, a, platform, passes=2) + _layer_weights_bytes(m, mesh, a))
 
 
-def kv_cache_bytes(m: ModelConfig, b: int, S: int, mesh: Mesh, a: int) -> int:
+def kv_cache_bytes(m: ModelConfig, b: int, S: int, mesh: MeshShape, a: int) -> int:
     """k and v [L, b, S, Hkv, hd] (+ the [b, S] validity mask) on one device."""
     _, hkv = _heads(m, mesh)
     return m.num_layers * b * S * 2 * hkv * m.head_dim * a + b * S
 
 
-def rollout_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: Mesh, a: int, *,
+def rollout_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int, *,
                   lora_mlp: bool = False, platform: str = "gpu") -> dict[str, int]:
     """KV cache and transient peak of `sampling.generate_arrays` (b rows per device).
 
@@ -277,7 +269,7 @@ def rollout_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: Mesh, a: int, *,
     return {"cache": cache, "working": peak - cache}
 
 
-def score_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: Mesh, a: int, vocab_chunk: int, *,
+def score_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int, vocab_chunk: int, *,
                 platform: str = "gpu") -> int:
     """Transient peak of `scoring.score` (no LoRA): one layer's forward over P + G tokens next
     to the residual stream, or the chunked log-softmax over the G completion positions."""
@@ -289,10 +281,10 @@ def score_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: Mesh, a: int, voca
     return max(trunk, head)
 
 
-def update_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: Mesh, a: int, vocab_chunk: int, *,
+def update_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int, vocab_chunk: int, *,
                  passes: int = 1, remat: bool = True, lora_mlp: bool = True,
                  platform: str = "gpu") -> dict[str, int]:
-    """Transients of the update step (`train.update_fn`), b rows per device, T = P + G tokens.
+    """Transients of the update step (`update.update_fn`), b rows per device, T = P + G tokens.
 
     passes: forward passes whose residuals are alive together (on- and off-policy batches of a
     `mixture` step: 2). With remat the scan saves only each layer's input [b, T, D]; without it
@@ -331,7 +323,7 @@ class Buckets:
 
 
 @dataclasses.dataclass
-class Plan:
+class MemoryPlan:
     """Per-device bytes of a run. `items` are the table rows, `phases` the peak of each phase
     (persistent items + that phase's transients); `total` is the largest phase."""
 
@@ -443,7 +435,7 @@ def buckets(cfg: Any, prompt_len: int | None = None, teacher_prompt_len: int | N
         off_gen=bucket_length(cfg.off_policy.max_new_tokens, 1))
 
 
-def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: Mesh, bk: Buckets, platform: str
+def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Buckets, platform: str
            ) -> tuple[dict[str, int], dict[str, int], int]:
     a_s, a_t = _itemsize(cfg.student.dtype), _itemsize(cfg.teacher.dtype)
     uses = _uses(cfg)
@@ -515,7 +507,7 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: Mesh, bk: Buckets, pl
 def plan(cfg: Any, hbm_bytes: int | None = None, *, student: ModelConfig | str | None = None,
          teacher: ModelConfig | str | None = None, prompt_len: int | None = None,
          teacher_prompt_len: int | None = None, batch_size: int | None = None,
-         platform: str = "gpu") -> Plan:
+         platform: str = "gpu") -> MemoryPlan:
     """The per-device memory plan of run config `cfg` (pure: reads config.json at most).
 
     student/teacher: a ModelConfig or preset name instead of the config's checkpoint paths.
@@ -525,7 +517,7 @@ def plan(cfg: Any, hbm_bytes: int | None = None, *, student: ModelConfig | str |
     platform: "gpu"/"tpu" (grouped `ragged_dot` for MoE) or "cpu" (JAX's dense expansion).
     """
     s, t = model_configs(cfg, student, teacher)
-    mesh = Mesh.of(dict(cfg.mesh))
+    mesh = MeshShape.of(dict(cfg.mesh))
     bs = int(batch_size if batch_size is not None else cfg.rollout.batch_size)
     shapes = functools.partial(buckets, cfg, prompt_len, teacher_prompt_len)
     items, phases, persistent = _items(cfg, s, t, mesh, shapes(bs), platform)
@@ -536,14 +528,14 @@ def plan(cfg: Any, hbm_bytes: int | None = None, *, student: ModelConfig | str |
         fits = total <= hbm_bytes
         max_batch = _max_batch(cfg, s, t, mesh, shapes, hbm_bytes, platform)
     name = lambda m: f"{m.model_type} L{m.num_layers} D{m.hidden_size}"
-    return Plan(items=items, phases=phases, persistent=persistent, total=total,
+    return MemoryPlan(items=items, phases=phases, persistent=persistent, total=total,
                 peak_phase=peak_phase, hbm_bytes=hbm_bytes, fits=fits, max_batch=max_batch,
                 batch_size=bs, mesh=mesh.as_dict(), buckets=shapes(bs), student=name(s),
                 teacher=name(t) if cfg.setup == "size" else "(student weights + context)",
                 setup=cfg.setup, method=cfg.method, platform=platform)
 
 
-def _max_batch(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: Mesh, shapes: Any,
+def _max_batch(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, shapes: Any,
                hbm: int, platform: str) -> int:
     """Largest rollout batch (a multiple of the data axes) for which the phases that scale with
     it (rollout, teacher scoring, update) fit; 0 if none does. The eval and off-policy sampling
@@ -574,8 +566,6 @@ def device_hbm_bytes(cfg: Any = None) -> int | None:
     configured = int(getattr(cfg, "hbm_bytes_per_device", 0) or 0) if cfg is not None else 0
     if configured > 0:
         return configured
-    import jax
-
     try:
         stats = jax.local_devices()[0].memory_stats()
     except Exception:  # noqa: BLE001 - backends without memory stats
@@ -595,7 +585,7 @@ _KNOBS = {
 
 
 def check_fits(cfg: Any, student: ModelConfig | None = None, teacher: ModelConfig | None = None
-               ) -> Plan | None:
+               ) -> MemoryPlan | None:
     """Raises ValueError (with the planner's table) when the run's peak exceeds per-device HBM.
 
     HBM: `cfg.hbm_bytes_per_device` (> 0), else the device's `memory_stats()["bytes_limit"]`;
@@ -607,8 +597,6 @@ def check_fits(cfg: Any, student: ModelConfig | None = None, teacher: ModelConfi
     hbm = device_hbm_bytes(cfg)
     if not hbm:
         return None
-    import jax
-
     p = plan(cfg, hbm, student=student, teacher=teacher, platform=jax.devices()[0].platform)
     if p.fits:
         return p
