@@ -130,10 +130,6 @@ def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
     # Live-prefix decode: step t attends over the smallest static window holding its P + t
     # written slots (one switch branch per window), so its cost follows the live context, not S.
     windows = transformer.decode_windows(P, S)
-    decode_in_window = [
-        functools.partial(transformer.decode_forward, cfg, params, lora=lora, window=w,
-                          moe_impl=moe_impl)
-        for w in windows]
 
     def cond(s: _LoopState) -> jax.Array:
         return (s.t < max_new) & ~jnp.all(s.done)
@@ -150,11 +146,9 @@ def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
         logprobs = s.logprobs.at[:, s.t].set(jnp.where(live, lp, 0.0))
         written = s.written.at[:, s.t].set(live & ~is_forced)
         done = s.done | jnp.isin(tok, eos)
-        logits, k_new, v_new = jax.lax.switch(
-            transformer.decode_window_index(windows, s.cache.index), decode_in_window,
-            tok, prompt_len + s.t, s.cache)
+        logits, cache = transformer.decode_step_live(cfg, params, tok, prompt_len + s.t, s.cache,
+                                                     lora, windows=windows, moe_impl=moe_impl)
         logits = constrain(logits, ("batch", None))
-        cache = transformer.write_kv(s.cache, k_new, v_new)  # outside the switch: in place
         return _LoopState(s.t + 1, logits, cache, tokens, logprobs, written, done)
 
     s = jax.lax.while_loop(cond, body, state)

@@ -34,7 +34,8 @@ def test_cpu_compare_smoke(tmp_path, capsys):
     assert all(_positive(v["tokens_per_s"]) for v in res["update"]["ours"].values())
     assert _positive(res["update"]["hf"]["tokens_per_s"])
     assert set(res["moe_score"]["ours"]) == {"ragged", "grouped", "dense"}
-    assert len(res["decode"]["live_prefix_ms"]) == len(res["decode"]["whole_cache_ms"]) == 2
+    for k in ("sampler_ms", "live_prefix_ms", "whole_cache_ms"):
+        assert len(res["decode"][k]) == 2
     assert res["decode"]["capacities"][1] == 4 * res["decode"]["capacities"][0]
     table = capsys.readouterr().out
     assert "ours / HF" in table and "live-prefix windows" in table

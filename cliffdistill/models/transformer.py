@@ -566,11 +566,27 @@ def write_kv(cache: KVCache, k_new: jax.Array, v_new: jax.Array) -> KVCache:
     )
 
 
+def decode_step_live(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
+                     cache: KVCache, lora: LoraParams | None = None, *, windows: tuple[int, ...],
+                     moe_impl: str = "ragged") -> tuple[jax.Array, KVCache]:
+    """`decode_step` that reads only a live prefix of the cache: attention over the smallest of
+    `windows` (static, from `decode_windows`) holding every written slot, picked by `lax.switch`.
+
+    The switch branches only read the cache and return the new k/v; the write happens after the
+    switch, so the loop carrying the cache can update it in place instead of copying it per step.
+    """
+    branches = [functools.partial(decode_forward, cfg, params, lora=lora, window=w,
+                                  moe_impl=moe_impl) for w in windows]
+    logits, k_new, v_new = jax.lax.switch(decode_window_index(windows, cache.index), branches,
+                                          token, position, cache)
+    return logits, write_kv(cache, k_new, v_new)
+
+
 def decode_step(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
                 cache: KVCache, lora: LoraParams | None = None, *,
                 moe_impl: str = "ragged") -> tuple[jax.Array, KVCache]:
     """Feeds one token per row (token, position: [B]) and returns logits [B, V] and the updated
-    cache. Attends over the whole cache; the sampler's loop uses `decode_forward` with windows."""
+    cache. Attends over the whole cache; the sampler's loop uses `decode_step_live`."""
     logits, k_new, v_new = decode_forward(cfg, params, token, position, cache, lora,
                                           moe_impl=moe_impl)
     return logits, write_kv(cache, k_new, v_new)
