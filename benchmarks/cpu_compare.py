@@ -365,7 +365,6 @@ def run(smoke: bool, reps: int) -> dict[str, Any]:
         del hf
 
         B, P, steps, caps = sh.decode
-        B, P, steps, caps = sh.decode
         log(f"decode: B={B}, P={P}, {steps} steps, capacities {caps}")
         res["decode"] = {
             "B": B, "P": P, "steps": steps, "capacities": caps,
@@ -402,13 +401,14 @@ def table(res: dict[str, Any]) -> str:
                      f"moe_impl={impl}, tok/s", v["tokens_per_s"], m["hf"]["tokens_per_s"]))
     out = ["| measurement | ours | HF (torch CPU) | ours / HF |", "|---|---|---|---|"]
     out += [f"| {name} | {a:,.0f} | {b:,.0f} | {_ratio(a, b):.2f}x |" for name, a, b in rows]
-    (c1, c2), sm, lp, wc = (d[k] for k in ("capacities", "sampler_ms", "live_prefix_ms",
-                                            "whole_cache_ms"))
+    c1, c2 = d["capacities"]
     out += ["", f"Decode ms/step, B={d['B']}, live context {d['P']}..{d['P'] + d['steps']}:", "",
-            f"| decode | capacity {c1} | capacity {c2} | {c2} / {c1} |", "|---|---|---|---|",
-            f"| sampler (`generate_arrays`, T=1 sampling) | {sm[0]:.2f} | {sm[1]:.2f} | {_ratio(sm[1], sm[0]):.2f} |",
-            f"| greedy loop, live-prefix windows (`decode_step_live`) | {lp[0]:.2f} | {lp[1]:.2f} | {_ratio(lp[1], lp[0]):.2f} |",
-            f"| greedy loop, whole cache (`decode_step`) | {wc[0]:.2f} | {wc[1]:.2f} | {_ratio(wc[1], wc[0]):.2f} |"]
+            f"| decode | capacity {c1} | capacity {c2} | {c2} / {c1} |", "|---|---|---|---|"]
+    for key, name in (("sampler_ms", "sampler (`generate_arrays`, T=1 sampling)"),
+                      ("live_prefix_ms", "greedy loop, live-prefix windows (`decode_step_live`)"),
+                      ("whole_cache_ms", "greedy loop, whole cache (`decode_step`)")):
+        a, b = d[key]
+        out.append(f"| {name} | {a:.2f} | {b:.2f} | {_ratio(b, a):.2f} |")
     return "\n".join(out)
 
 

@@ -143,8 +143,8 @@ def _causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array
         return jax.nn.dot_product_attention(q, k, v, mask=keys_ok, is_causal=True,
                                             implementation=impl)
 
-    blk = cfg.attention_block & -cfg.attention_block  # a power of two, so it divides padded T
-    blk = min(blk, T & -T)
+    # The largest power of two dividing both attention_block and T: blocks tile T exactly.
+    blk = min(cfg.attention_block & -cfg.attention_block, T & -T)
 
     def attend(q_blk: jax.Array, start: jax.Array) -> jax.Array:
         """Queries [start, start + blk) against all T keys; the causal mask is offset by start."""
