@@ -114,3 +114,16 @@ def test_remat_policy_names():
     assert transformer.remat_policy("dots") == "dots"
     with pytest.raises(ValueError, match="remat"):
         transformer.remat_policy("some")
+
+
+def test_planner_counts_remat_policies():
+    """The memory planner's update: "none" > "dots" > "full" saved bytes; bools still accepted."""
+    from cliffdistill import plan as planner
+    from cliffdistill.models.config import preset
+
+    m, mesh = preset("qwen3_4b"), planner.Mesh.of({})
+    saved = {r: planner.update_bytes(m, 8, 128, 256, mesh, 2, 16384, remat=r)["saved"]
+             for r in ("none", "dots", "full", True)}
+    assert saved["none"] > saved["dots"] > saved["full"] == saved[True]
+    N = 8 * 384
+    assert saved["dots"] - saved["full"] == m.num_layers * planner.dots_saved_bytes(m, N, mesh, 2)
