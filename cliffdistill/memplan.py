@@ -17,11 +17,13 @@ The model of memory (docs/SCALING.md has the derivation and the CPU check agains
 * **phases** (one at a time; the peak is the largest): rollout (KV cache of prompt + generation
   buckets, prefill activations; teacher seeding adds the teacher's seed cache), teacher scoring
   (one layer's no-grad forward over the teacher view + vocab-chunked log-softmax), the update
-  (remat: every layer's saved residual stream [B, T, D] per forward pass + one layer's backward
+  (`loss.remat`: "full" saves every layer's residual stream [B, T, D] per forward pass, "dots"
+  also its weight-matmul outputs, "none" its whole forward working set; + one layer's backward
   working set + the [B, G, vocab_chunk] fp32 logit block + LoRA grads and optimizer temporaries),
   evaluation decode, and (setup only) the off-policy teacher-sample generation.
 
-Attention is materialised (no flash kernel), so a layer's working set holds
+Attention is counted as materialised (XLA's implementation; cuDNN flash attention on GPU is not,
+so there this errs high), so a layer's working set holds
 [B, heads, T, T] fp32 score blocks; with long teacher prompts (context distillation) these, not
 the weights, decide the batch that fits.
 """
@@ -281,20 +283,38 @@ def score_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int,
     return max(trunk, head)
 
 
+def dots_saved_bytes(m: ModelConfig, N: int, mesh: MeshShape, a: int) -> int:
+    """What remat="dots" saves per layer besides its input, for N tokens on this device: the
+    outputs of the weight matmuls, q/k/v [N, (Hq + 2 Hkv) hd], o [N, D], gate/up [N k, F] and down
+    [N k, D] (k experts per token for MoE). LoRA's rank-r intermediates are small and not counted."""
+    hq, hkv = _heads(m, mesh)
+    tokens = N * (m.num_experts_per_tok if m.is_moe else 1)
+    attn = N * ((hq + 2 * hkv) * m.head_dim + m.hidden_size)
+    mlp = tokens * (2 * _ffn(m, mesh) + m.hidden_size)
+    return (attn + mlp) * a
+
+
 def update_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int, vocab_chunk: int, *,
-                 passes: int = 1, remat: bool = True, lora_mlp: bool = True,
+                 passes: int = 1, remat: bool | str = "full", lora_mlp: bool = True,
                  platform: str = "gpu") -> dict[str, int]:
     """Transients of the update step (`update.update_fn`), b rows per device, T = P + G tokens.
 
     passes: forward passes whose residuals are alive together (on- and off-policy batches of a
     `mixture` step: 2). With remat the scan saves only each layer's input [b, T, D]; without it
-    every layer keeps its whole forward working set. Then one layer at a time is recomputed and
-    differentiated, and the loss head works on [b, G, vocab_chunk] fp32 blocks.
+    every layer keeps its whole forward working set; remat="dots" adds the weight-matmul
+    outputs of every layer to the saved inputs (`dots_saved_bytes`; counted, not calibrated
+    against XLA like the other two). Then one layer at a time is recomputed and differentiated,
+    and the loss head works on [b, G, vocab_chunk] fp32 blocks.
     """
+    from cliffdistill.models.transformer import remat_policy
+
     T = P + G
     N = b * T
-    if remat:
+    policy = remat_policy(remat)
+    if policy != "none":
         saved = int(passes * SAVED_RESIDUAL_FACTOR * m.num_layers * N * m.hidden_size * a)
+        if policy == "dots":
+            saved += passes * m.num_layers * dots_saved_bytes(m, N, mesh, a)
     else:
         saved = passes * m.num_layers * (N * m.hidden_size * a + forward_layer_bytes(
             m, b, T, mesh, a, lora_mlp=lora_mlp, platform=platform))
@@ -475,7 +495,7 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
         phases["teacher scoring"] = persistent + sc
     # ---- update (one optimizer step over the weighted sum of the step's loss terms)
     up = update_bytes(s, b, bk.prompt, bk.gen, mesh, a_s, chunk, passes=uses["passes"],
-                      remat=bool(cfg.loss.remat), lora_mlp=lmlp, platform=platform)
+                      remat=cfg.loss.remat, lora_mlp=lmlp, platform=platform)
     extra = 0
     if full_vocab:  # the teacher's hidden states [b, G, Dt] and its logit chunks next to ours
         extra += b * bk.gen * t.hidden_size * a_t + LOGIT_BLOCK_COPIES * b * bk.gen * min(
@@ -483,8 +503,9 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
     if uses["anchor"]:  # pi_0's hidden states [b, G, D] (no grad) and its logit chunks
         extra += b * bk.gen * s.hidden_size * a_s + LOGIT_BLOCK_COPIES * b * bk.gen * min(
             chunk, s.vocab_size) * 4
-    items["update: saved residuals" if cfg.loss.remat else
-          "update: saved activations (no remat)"] = up["saved"]
+    from cliffdistill.models.transformer import remat_policy
+
+    items[_SAVED_ITEM[remat_policy(cfg.loss.remat)]] = up["saved"]
     items["update: one layer fwd+bwd, loss head"] = up["layer"] + extra
     items["update: LoRA grads + optimizer temps"] = 2 * lora
     phases["update"] = persistent + up["saved"] + up["layer"] + extra + 2 * lora
@@ -574,11 +595,14 @@ def device_hbm_bytes(cfg: Any = None) -> int | None:
     return int(limit) if limit else None
 
 
+_SAVED_ITEM = {"full": "update: saved residuals",
+               "dots": "update: saved residuals + matmul outputs (remat=dots)",
+               "none": "update: saved activations (no remat)"}
 BATCH_PHASES = ("rollout", "teacher scoring", "update")
 _KNOBS = {
     "rollout": "`rollout.batch_size`, `rollout.max_new_tokens`",
     "teacher scoring": "`rollout.batch_size`, `rollout.max_teacher_prompt_len`",
-    "update": "`rollout.batch_size` (keep `loss.remat=True`)",
+    "update": "`rollout.batch_size`, `loss.remat` (\"full\" saves the least)",
     "eval": "`eval.batch_size`, `eval.max_new_tokens`",
     "off-policy sampling (setup)": "`off_policy.gen_batch_size`",
 }

@@ -1,5 +1,9 @@
 """Jitted rollout: prefill + a `lax.while_loop` decode over a static-shape KV cache.
 
+Decode reads only a live prefix of the cache: each step attends over the smallest of a few static
+windows (powers of two, then S; `transformer.decode_windows`) that holds every written slot,
+picked by `lax.switch` inside the loop, so its cost grows with the live context, not with S.
+
 Shapes and what recompiles:
 * prompts are left-padded to a power-of-two bucket P, the generation budget to a bucket G; the
   cache holds S = P + G slots. Only P, G (and the model/eos config) are static;
@@ -150,6 +154,10 @@ def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
         logprobs=jnp.zeros((B, gen_len), jnp.float32),
         written=jnp.zeros((B, gen_len), bool), done=jnp.zeros((B,), bool))
 
+    # Live-prefix decode: step t attends over the smallest static window holding its P + t
+    # written slots (one switch branch per window), so its cost follows the live context, not S.
+    windows = transformer.decode_windows(P, S)
+
     def cond(s: _LoopState) -> jax.Array:
         return (s.t < max_new) & ~jnp.all(s.done)
 
@@ -165,8 +173,8 @@ def generate_arrays(cfg: ModelConfig, params: Any, lora: LoraParams | None, prom
         logprobs = s.logprobs.at[:, s.t].set(jnp.where(live, lp, 0.0))
         written = s.written.at[:, s.t].set(live & ~is_forced)
         done = s.done | jnp.isin(tok, eos)
-        logits, cache = transformer.decode_step(cfg, params, tok, prompt_len + s.t, s.cache, lora,
-                                                moe_impl=moe_impl)
+        logits, cache = transformer.decode_step_live(cfg, params, tok, prompt_len + s.t, s.cache,
+                                                     lora, windows=windows, moe_impl=moe_impl)
         logits = constrain(logits, ("batch", None))
         return _LoopState(s.t + 1, logits, cache, tokens, logprobs, written, done)
 

@@ -26,7 +26,7 @@ from cliffdistill.models.lora import LoraParams
 
 def completion_hidden(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
                       completion: jax.Array, lora: LoraParams | None = None, *,
-                      remat: bool = False, moe_impl: str = "ragged", shift: bool = True) -> jax.Array:
+                      remat: bool | str = False, moe_impl: str = "ragged", shift: bool = True) -> jax.Array:
     """Hidden states [B, G, D] that predict completion tokens [B, G] after prompt [B, P].
 
     shift=False is the study's off-policy defect, kept only as an ablation: token t is "predicted"

@@ -107,7 +107,7 @@ class UpdateSpec:
     off_loss: str
     shift_off: bool
     vocab_chunk: int
-    remat: bool
+    remat: str  # "full" | "dots" | "none" (transformer.remat_policy)
     moe_impl: str
     optim: OptimConfig
     num_steps: int  # 0 for a constant schedule: runs of any length share the compile

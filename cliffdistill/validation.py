@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cliffdistill.models import transformer
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -88,7 +90,8 @@ OPTIONAL = frozenset({
 RULES: dict[str, Rule] = {
     "seed": count(why="run seed"),
     "setup": OneOf(("size", "context")),
-    "moe_impl": OneOf(("ragged", "dense")),
+    "moe_impl": OneOf(transformer.MOE_IMPLS),
+    "loss.remat": OneOf(transformer.REMAT_POLICIES),
     "student.dtype": DTYPES, "teacher.dtype": DTYPES, "lora.dtype": DTYPES,
     "lora.rank": count(1, "LoRA rank"),
     "lora.alpha": POSITIVE,

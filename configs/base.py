@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
     c.tokenizer_path = ""  # "" -> the student checkpoint directory
     c.chat_template = ml_collections.FieldReference(None, field_type=str)  # overrides the tokenizer's
-    c.moe_impl = "ragged"  # "ragged" (lax.ragged_dot) | "dense" (reference)
+    # "auto" (ragged on TPU, grouped elsewhere) | "ragged" (lax.ragged_dot) | "grouped" (capacity-
+    # based einsums, models.transformer._moe_grouped) | "dense" (reference: every expert, every token)
+    c.moe_impl = "auto"
     c.lora = ml_collections.ConfigDict(dict(
         rank=32, alpha=32.0, targets=("q", "k", "v", "o", "gate", "up", "down"),
         include_experts=False, dtype="float32"))
@@ -63,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
         kl_discount=0.0,  # gamma of the sampled reverse KL advantage
         off_policy="nll",  # "nll" | "forward_kl" (to the teacher's full distribution)
         vocab_chunk=16384,  # vocabulary chunk of log-softmax / divergences
-        remat=True,  # rematerialise layers in the update step
+        remat="full",  # update layers: "full" (recompute) | "dots" (save matmul outputs) | "none"
     ))
 
     # ---------------------------------------------------------------- off-policy data

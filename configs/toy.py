@@ -48,7 +48,7 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
                      max_teacher_prompt_len=256)
     c.off_policy.update(max_new_tokens=32, gen_batch_size=64)
     c.replay.capacity = 128
-    c.loss.update(vocab_chunk=4096, remat=False)
+    c.loss.update(vocab_chunk=4096, remat="none")
     c.optim.update(lr=3e-3)
     c.eval.update(every=10, max_new_tokens=48, batch_size=128)
     c.checkpoint.update(every=20, keep=2, async_save=False)

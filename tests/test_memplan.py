@@ -244,7 +244,11 @@ def test_plan_matches_xla_allocation_moe_and_sharded(tmp_path):
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
     p = planner.plan(cfg, platform="cpu")
     c = Compiled(cfg, STUDENT, TEACHER, dict(cfg.mesh))
-    _assert_within(_compare(p, {"rollout": c.rollout(), "score": c.score()}))
+    _assert_within(_compare(p, {"score": c.score()}))
+    # Since the live-prefix decode (per-layer windows sliced out of the cache) the sharded
+    # rollout compiles to a lower peak (19.2 MB here, 30.2 MB before; single-device unchanged at
+    # 68.5 MB): the plan still counts the old peak, so it errs high (~1.5x) on this mesh.
+    _assert_within(_compare(p, {"rollout": c.rollout()}), hi=1.6)
     # The SPMD-partitioned update packs its buffers tighter than the single-device calibration
     # (and gathers only shards of the unembedding): the plan errs high there, by ~35% at this
     # size (docs/SCALING.md). Guard the direction and the size of that error.

@@ -16,6 +16,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen3_moe")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,17 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    # Implementation knob, not architecture: full-sequence attention runs in query blocks of
-    # this many tokens once a sequence is longer (memory [B, H, block, T] instead of [B, H, T, T]).
+    # Implementation knobs, not architecture (never read from or written to config.json).
+    # Full-sequence attention under the XLA implementation runs in query blocks of this many
+    # tokens once a sequence is longer (memory [B, H, block, T] instead of [B, H, T, T]).
     attention_block: int = 1024
+    # `jax.nn.dot_product_attention` implementation for prefill, scoring and training:
+    # "xla" | "cudnn" (flash attention, bf16/fp16 only) | "auto" (cudnn on GPU for bf16/fp16
+    # activations, xla otherwise). See `transformer.attention_impl`.
+    attention_impl: str = "auto"
+    # MoE "grouped" path: each expert takes up to ceil(factor * N * k / E) assignments per round
+    # (N tokens, k of E experts each); an overflowing expert costs extra rounds, never a token.
+    moe_capacity_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -66,6 +75,10 @@ class ModelConfig:
                 f"num_attention_heads={self.num_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_kv_heads}"
             )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+        if self.moe_capacity_factor <= 0:
+            raise ValueError(f"moe_capacity_factor={self.moe_capacity_factor} must be > 0")
         if self.is_moe and not (0 < self.num_experts_per_tok <= self.num_experts):
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]"

@@ -106,11 +106,78 @@ def _proj(x: jax.Array, w: jax.Array, lora: dict | None, scale: float) -> jax.Ar
 
 
 class LayerCache(NamedTuple):
-    """One layer's KV cache for decode: k, v [B, S, Hkv, hd]; valid [B, S] (slot holds a real token)."""
+    """One layer's decode view of the KV cache: k, v [B, W, Hkv, hd]; valid [B, W] (slot holds a
+    real token). W is the decode window (a prefix of the cache covering every written slot)."""
 
     k: jax.Array
     v: jax.Array
     valid: jax.Array
+
+
+def attention_impl(cfg: ModelConfig, dtype: Any) -> str:
+    """Resolves `cfg.attention_impl` for activations of `dtype`.
+
+    "auto" picks cuDNN flash attention on GPU, but only for bf16/fp16: cuDNN has no fp32 kernel,
+    and fp32 is what tests and the CPU reference use. Everywhere else XLA's implementation.
+    """
+    if cfg.attention_impl != "auto":
+        return cfg.attention_impl
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+
+
+def _causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
+                      mask: jax.Array | None) -> jax.Array:
+    """Causal self-attention of a whole sequence with `jax.nn.dot_product_attention` (GQA native).
+
+    q [B, T, Hq, hd], k/v [B, T, Hkv, hd], mask [B, T] real tokens (left padding) -> [B, T, Hq, hd].
+    Pad keys are masked; a pad query sees no real key and its output is garbage nobody reads.
+    Under XLA a sequence longer than `cfg.attention_block` runs in query blocks under `lax.map`,
+    each rematerialised in the backward pass, so [B, H, T, T] fp32 scores never exist at once
+    (a 10-shot teacher prompt); cuDNN's flash kernel never materialises them, so it needs no blocks.
+    """
+    B, T = q.shape[:2]
+    impl = attention_impl(cfg, q.dtype)
+    keys_ok = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, T]
+    if impl == "cudnn" or T <= cfg.attention_block:
+        return jax.nn.dot_product_attention(q, k, v, mask=keys_ok, is_causal=True,
+                                            implementation=impl)
+
+    # The largest power of two dividing both attention_block and T: blocks tile T exactly.
+    blk = min(cfg.attention_block & -cfg.attention_block, T & -T)
+
+    def attend(q_blk: jax.Array, start: jax.Array) -> jax.Array:
+        """Queries [start, start + blk) against all T keys; the causal mask is offset by start."""
+        allowed = ((start + jnp.arange(blk))[:, None] >= jnp.arange(T)[None])[None, None]
+        allowed = allowed if keys_ok is None else allowed & keys_ok  # [B|1, 1, blk, T]
+        return jax.nn.dot_product_attention(q_blk, k, v, mask=allowed, implementation="xla")
+
+    q_blocks = jnp.moveaxis(q.reshape(B, T // blk, blk, *q.shape[2:]), 1, 0)  # [n, B, blk, Hq, hd]
+    out = jax.lax.map(lambda a: jax.checkpoint(attend)(*a), (q_blocks, jnp.arange(T // blk) * blk))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape)
+
+
+def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache) -> jax.Array:
+    """One new token per row against its cache window plus itself.
+
+    q [B, 1, Hq, hd], k/v [B, 1, Hkv, hd] (this token), cache window [B, W, ...] -> [B, 1, Hq, hd].
+    The token's own key is scored separately instead of being written into the window first, so
+    the cache is only read here (the caller writes k/v once per step for all layers). Plain
+    einsums: at T == 1 this is a batched GEMV, bound by reading the window, which the window keeps
+    proportional to the live context.
+    """
+    B, _, Hq, hd = q.shape
+    Hkv = k.shape[2]
+    q = q.reshape(B, 1, Hkv, Hq // Hkv, hd)
+    inv_sqrt = 1.0 / np.sqrt(hd)
+    s_cache = jnp.einsum("btkgd,bskd->bkgts", q, cache.k, preferred_element_type=jnp.float32)
+    s_cache = jnp.where(cache.valid[:, None, None, None, :], s_cache * inv_sqrt, _MASK_BIAS)
+    s_self = jnp.einsum("btkgd,btkd->bkgt", q, k, preferred_element_type=jnp.float32)[..., None]
+    p = jax.nn.softmax(jnp.concatenate([s_cache, s_self * inv_sqrt], axis=-1), axis=-1)
+    p_cache, p_self = p[..., :-1].astype(v.dtype), p[..., -1:].astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", p_cache, cache.v)
+    out = out + jnp.einsum("bkgts,btkd->btkgd", p_self, v)
+    return out.reshape(B, 1, Hq, hd)
 
 
 def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions: jax.Array,
@@ -119,12 +186,10 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     """Self-attention. Returns the output [B, T, D] and this call's new (k, v) [B, T, Hkv, hd].
 
     Without a cache the T tokens attend causally among themselves (pad keys masked by `mask`).
-    With a cache (decode, T == 1) the token attends to the cache's valid slots and to itself; the
-    caller writes the returned k/v into the cache afterwards, so the cache is only read here.
+    With a cache (decode, T == 1) the token attends to the cache window's valid slots and itself.
     """
     B, T, _ = x.shape
     Hq, Hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    G = Hq // Hkv
     get = lambda name: ll.get(name) if ll else None  # noqa: E731
     q = _proj(x, lp["q_proj"], get("q_proj"), scale).reshape(B, T, Hq, hd)
     k = _proj(x, lp["k_proj"], get("k_proj"), scale).reshape(B, T, Hkv, hd)
@@ -132,40 +197,12 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     if cfg.qk_norm:
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
-    q = rope(q, positions, inv_freq).reshape(B, T, Hkv, G, hd)
+    q = rope(q, positions, inv_freq)
     k = rope(k, positions, inv_freq)
-    inv_sqrt = 1.0 / np.sqrt(hd)
-
-    def scores(q, keys):  # q [B, Tq, Hkv, G, hd], keys [B, S, Hkv, hd] -> [B, Hkv, G, Tq, S] fp32
-        s = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
-        return s * inv_sqrt
-
     if cache is None:
-        def attend(q_blk, start):
-            """Queries [start, start + Tq) against all T keys: causal, pad keys masked."""
-            allowed = (start + jnp.arange(q_blk.shape[1]))[:, None] >= jnp.arange(T)[None]
-            allowed = allowed[None] if mask is None else allowed[None] & mask[:, None, :]
-            s = jnp.where(allowed[:, None, None], scores(q_blk, k), _MASK_BIAS)
-            p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-            return jnp.einsum("bkgts,bskd->btkgd", p, v)
-
-        blk = min(cfg.attention_block, T & -T)  # the largest power of two dividing T, capped
-        if T <= cfg.attention_block:
-            out = attend(q, 0)
-        else:
-            # Long sequences (a 10-shot teacher prompt): query blocks under lax.map, each
-            # rematerialised in the backward pass, so [B, H, T, T] scores never exist at once.
-            q_blocks = jnp.moveaxis(q.reshape(B, T // blk, blk, Hkv, G, hd), 1, 0)
-            out = jax.lax.map(lambda a: jax.checkpoint(attend)(*a),
-                              (q_blocks, jnp.arange(T // blk) * blk))
-            out = jnp.moveaxis(out, 0, 1).reshape(B, T, Hkv, G, hd)
+        out = _causal_attention(cfg, q, k, v, mask)
     else:
-        s_cache = jnp.where(cache.valid[:, None, None, None, :], scores(q, cache.k), _MASK_BIAS)
-        s_self = jnp.einsum("btkgd,btkd->bkgt", q, k, preferred_element_type=jnp.float32)[..., None]
-        p = jax.nn.softmax(jnp.concatenate([s_cache, s_self * inv_sqrt], axis=-1), axis=-1)
-        p_cache, p_self = p[..., :-1].astype(v.dtype), p[..., -1:].astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", p_cache, cache.v)
-        out = out + jnp.einsum("bkgts,btkd->btkgd", p_self, v)
+        out = _decode_attention(q, k, v, cache)
     out = out.reshape(B, T, Hq * hd)
     return _proj(out, lp["o_proj"], get("o_proj"), scale), (k, v)
 
@@ -235,6 +272,90 @@ def _moe_ragged(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: f
     return jnp.zeros_like(xf).at[token].add(y).reshape(B, T, D)
 
 
+def _grouped_proj(x: jax.Array, w: jax.Array, lora: dict | None, scale: float) -> jax.Array:
+    """Per-expert matmul of a capacity buffer. x [E, C, in], w [E, in, out] -> [E, C, out]."""
+    y = jnp.einsum("eci,eio->eco", x, w)
+    if lora is not None:
+        h = jnp.einsum("eci,eir->ecr", x, lora["a"].astype(x.dtype))
+        y = y + scale * jnp.einsum("ecr,ero->eco", h, lora["b"].astype(x.dtype))
+    return y
+
+
+def moe_capacity(cfg: ModelConfig, n_tokens: int) -> int:
+    """Slots per expert per round: ceil(factor * N * k / E), at most N (an expert gets each token
+    at most once, so C = N never overflows), rounded up to a multiple of 8 for the matmul tiles."""
+    mean = n_tokens * cfg.num_experts_per_tok / cfg.num_experts
+    c = int(np.ceil(cfg.moe_capacity_factor * mean))
+    return min(n_tokens, -(-c // 8) * 8)
+
+
+def _moe_grouped(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: float) -> jax.Array:
+    """MoE as capacity-based grouped einsums: no dependence on how `ragged_dot` is lowered.
+
+    Assignments (token, expert) are sorted by expert and numbered within their expert (rank).
+    Round r gathers the assignments with rank in [r*C, (r+1)*C) into an [E, C, D] buffer (empty
+    slots point at a zero row), runs the expert MLP as three batched einsums and scatter-adds the
+    weighted outputs back to the tokens. Nothing is dropped: an expert with more than C
+    assignments is finished in later rounds. The rounds are a `lax.scan` of static length
+    ceil(N / C) whose rounds past the needed count are skipped by `lax.cond`, so a balanced batch
+    costs one round (E * C rows, about `moe_capacity_factor` times the routed FLOPs) and a skewed
+    one costs what it needs; the scan keeps the path differentiable (expert LoRA).
+    """
+    B, T, D = x.shape
+    N, K, E = B * T, cfg.num_experts_per_tok, cfg.num_experts
+    C = moe_capacity(cfg, N)
+    xf = x.reshape(N, D)
+    top_w, top_e = _route(cfg, lp, xf)
+    flat_e = top_e.reshape(N * K)
+    order = jnp.argsort(flat_e, stable=True)  # assignment slots sorted by expert
+    expert = flat_e[order]  # [N*K]
+    token = order // K
+    weight = top_w.reshape(N * K)[order]
+    group_sizes = jnp.bincount(flat_e, length=E)
+    rank = jnp.arange(N * K) - (jnp.cumsum(group_sizes) - group_sizes)[expert]  # within its expert
+    n_rounds = -(-N // C)
+    needed = (jnp.max(group_sizes) + C - 1) // C
+    x_pad = jnp.concatenate([xf, jnp.zeros((1, D), xf.dtype)])  # row N: the empty slot's input
+    get = lambda name: ll.get(name) if ll else None  # noqa: E731
+
+    def one_round(r: jax.Array) -> jax.Array:
+        """[N + 1, D] output of the assignments of round r (row N collects the empty slots)."""
+        here = rank // C == r
+        dest = jnp.where(here, expert * C + rank % C, E * C)  # out of range: dropped by the scatter
+        slot_token = jnp.full((E * C,), N, jnp.int32).at[dest].set(token, mode="drop")
+        slot_w = jnp.zeros((E * C,), xf.dtype).at[dest].set(weight, mode="drop")
+        xs = x_pad[slot_token].reshape(E, C, D)
+        g = _grouped_proj(xs, lp["gate_proj"], get("gate_proj"), scale)
+        u = _grouped_proj(xs, lp["up_proj"], get("up_proj"), scale)
+        y = _grouped_proj(jax.nn.silu(g) * u, lp["down_proj"], get("down_proj"), scale)
+        y = y.reshape(E * C, D) * slot_w[:, None]
+        return jnp.zeros((N + 1, D), y.dtype).at[slot_token].add(y)
+
+    def body(acc: jax.Array, r: jax.Array) -> tuple[jax.Array, None]:
+        y = jax.lax.cond(r < needed, one_round, lambda _: jnp.zeros_like(acc), r)
+        return acc + y, None
+
+    out, _ = jax.lax.scan(body, jnp.zeros((N + 1, D), xf.dtype), jnp.arange(n_rounds))
+    return out[:N].reshape(B, T, D)
+
+
+MOE_IMPLS = ("auto", "ragged", "grouped", "dense")
+
+
+def resolve_moe_impl(moe_impl: str) -> str:
+    """"auto" is `ragged_dot` on TPU (a native grouped matmul there) and the grouped einsums
+    elsewhere: XLA may lower `ragged_dot` on GPU to a zero-padded dense dot (openxla/xla#45999),
+    and on CPU it is expanded the same way."""
+    if moe_impl not in MOE_IMPLS:
+        raise ValueError(f"moe_impl={moe_impl!r}; expected one of {MOE_IMPLS}")
+    if moe_impl != "auto":
+        return moe_impl
+    return "ragged" if jax.default_backend() == "tpu" else "grouped"
+
+
+_MOE_PATHS = {"ragged": _moe_ragged, "grouped": _moe_grouped, "dense": _moe_dense}
+
+
 def _layer(cfg: ModelConfig, x: jax.Array, lp: Params, ll: Params, positions: jax.Array,
            mask: jax.Array | None, cache: LayerCache | None, scale: float, moe_impl: str,
            inv_freq: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -242,14 +363,10 @@ def _layer(cfg: ModelConfig, x: jax.Array, lp: Params, ll: Params, positions: ja
                        cache, scale, inv_freq)
     x = x + h
     y = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    if not cfg.is_moe:
-        y = _dense_mlp(lp, ll, y, scale)
-    elif moe_impl == "ragged":
-        y = _moe_ragged(cfg, lp, ll, y, scale)
-    elif moe_impl == "dense":
-        y = _moe_dense(cfg, lp, ll, y, scale)
+    if cfg.is_moe:
+        y = _MOE_PATHS[resolve_moe_impl(moe_impl)](cfg, lp, ll, y, scale)
     else:
-        raise ValueError(f"moe_impl={moe_impl!r}; expected 'ragged' or 'dense'")
+        y = _dense_mlp(lp, ll, y, scale)
     x = sharding.constrain(x + y, ("batch", None, None))
     return x, kv
 
@@ -279,11 +396,45 @@ def default_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+REMAT_POLICIES = ("none", "dots", "full")
+
+
+def remat_policy(remat: bool | str) -> str:
+    """Normalises the `remat` setting: True/False are the historical spellings of "full"/"none"."""
+    if isinstance(remat, bool):
+        return "full" if remat else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}; expected one of {REMAT_POLICIES} (or a bool)")
+    return remat
+
+
+def _checkpoint_layer(body: Any, remat: bool | str) -> Any:
+    """Wraps the per-layer scan body for the backward pass.
+
+    "none": every intermediate of every layer is kept (fastest, most memory);
+    "dots": the outputs of the weight matmuls (q/k/v/o, gate/up/down, LoRA `x @ a` and its
+            up-projection) are saved and the rest (norms, RoPE, attention, activations) recomputed:
+            `dots_with_no_batch_dims_saveable` matches exactly the matmuls without batch
+            dimensions, so attention's [B, H, T, S] scores are never saved;
+    "full": only each layer's input is saved and the whole layer is recomputed (least memory,
+            one more forward pass of FLOPs).
+    """
+    policy = remat_policy(remat)
+    if policy == "none":
+        return body
+    saveable = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if policy == "dots"
+                else jax.checkpoint_policies.nothing_saveable)
+    return jax.checkpoint(body, policy=saveable)
+
+
 def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: LoraParams | None = None,
                    *, mask: jax.Array | None = None, positions: jax.Array | None = None,
-                   remat: bool = False, moe_impl: str = "ragged",
+                   remat: bool | str = "none", moe_impl: str = "ragged",
                    return_kv: bool = False) -> Any:
-    """Final-norm hidden states [B, T, D] of tokens [B, T] (and, with `return_kv`, k/v [L, B, T, Hkv, hd])."""
+    """Final-norm hidden states [B, T, D] of tokens [B, T] (and, with `return_kv`, k/v [L, B, T, Hkv, hd]).
+
+    `remat` ("none" | "dots" | "full", see `_checkpoint_layer`) only matters under differentiation.
+    """
     if positions is None:
         positions = (default_positions(mask) if mask is not None
                      else jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
@@ -296,9 +447,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: Lo
         lp, ll = layer
         return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv_freq)
 
-    if remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    x, kv = _scan_layers(cfg, body, x, (params["layers"], layers_lora))
+    x, kv = _scan_layers(cfg, _checkpoint_layer(body, remat), x, (params["layers"], layers_lora))
     h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     return (h, kv) if return_kv else h
 
@@ -353,28 +502,91 @@ def prefill(cfg: ModelConfig, params: Params, tokens: jax.Array, mask: jax.Array
     return unembed(cfg, params, h[:, -1]), cache
 
 
-def decode_step(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
-                cache: KVCache, lora: LoraParams | None = None, *,
-                moe_impl: str = "ragged") -> tuple[jax.Array, KVCache]:
-    """Feeds one token per row (token, position: [B]) and returns logits [B, V] and the updated cache."""
+def decode_windows(prompt_len: int, cache_len: int) -> tuple[int, ...]:
+    """The static cache prefixes decode attends over: powers of two from the first one that holds
+    the prompt, then the whole cache. E.g. P=128, S=384 -> (128, 256, 384).
+
+    Step t needs the P + t written slots, so it uses the smallest window >= P + t (see
+    `decode_window_index`); a step then reads at most twice its live context instead of all S
+    slots, and the window chosen for a live length does not depend on the cache capacity. Each
+    window is one branch of a `lax.switch`: a handful of static shapes, compiled once.
+    """
+    w = 1 << max(prompt_len - 1, 0).bit_length()  # smallest power of two >= prompt_len
+    windows = []
+    while w < cache_len:
+        windows.append(w)
+        w *= 2
+    return tuple(windows) + (cache_len,)
+
+
+def decode_window_index(windows: tuple[int, ...], index: jax.Array) -> jax.Array:
+    """Branch of the smallest window holding the `index` slots written so far (scalar int32)."""
+    return jnp.searchsorted(jnp.asarray(windows, jnp.int32), index).astype(jnp.int32)
+
+
+def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
+                   cache: KVCache, lora: LoraParams | None = None, *, window: int | None = None,
+                   moe_impl: str = "ragged") -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One token per row (token, position: [B]) against the first `window` cache slots.
+
+    Returns logits [B, V] and the token's k, v [L, B, 1, Hkv, hd]; the cache is only read (write
+    the new k/v with `write_kv`). Every written slot must lie inside the window (cache.index <=
+    window); slots past it are never read, which is what makes decode cost follow the live
+    context. Each layer slices its window straight out of the [L, B, S, ...] cache.
+    """
+    L, B, S, Hkv, hd = cache.k.shape
+    W = S if window is None else window
     layers_lora, scale = _lora_parts(lora)
     x = params["embed"][token[:, None]]  # [B, 1, D]
     inv_freq = _inv_freq(cfg)
     positions = position[:, None]
+    valid = cache.valid[:, :W]
 
     def body(x, layer):
-        lp, ll, k_l, v_l = layer
-        return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, cache.valid), scale,
+        lp, ll, l = layer
+        k_l = jax.lax.dynamic_slice(cache.k, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]  # [B, W, Hkv, hd]
+        v_l = jax.lax.dynamic_slice(cache.v, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]
+        return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, valid), scale,
                       moe_impl, inv_freq)
 
-    x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, cache.k, cache.v))
+    x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L)))
+    h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
+    return unembed(cfg, params, h), k_new, v_new
+
+
+def write_kv(cache: KVCache, k_new: jax.Array, v_new: jax.Array) -> KVCache:
+    """Writes one step's k/v [L, B, 1, Hkv, hd] at slot `cache.index` of every row and advances it."""
     i = cache.index
-    cache = KVCache(
+    B = cache.valid.shape[0]
+    return KVCache(
         k=jax.lax.dynamic_update_slice_in_dim(cache.k, k_new, i, axis=2),
         v=jax.lax.dynamic_update_slice_in_dim(cache.v, v_new, i, axis=2),
-        valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((token.shape[0], 1), bool), i,
-                                                  axis=1),
+        valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((B, 1), bool), i, axis=1),
         index=i + 1,
     )
-    h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
-    return unembed(cfg, params, h), cache
+
+
+def decode_step_live(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
+                     cache: KVCache, lora: LoraParams | None = None, *, windows: tuple[int, ...],
+                     moe_impl: str = "ragged") -> tuple[jax.Array, KVCache]:
+    """`decode_step` that reads only a live prefix of the cache: attention over the smallest of
+    `windows` (static, from `decode_windows`) holding every written slot, picked by `lax.switch`.
+
+    The switch branches only read the cache and return the new k/v; the write happens after the
+    switch, so the loop carrying the cache can update it in place instead of copying it per step.
+    """
+    branches = [functools.partial(decode_forward, cfg, params, lora=lora, window=w,
+                                  moe_impl=moe_impl) for w in windows]
+    logits, k_new, v_new = jax.lax.switch(decode_window_index(windows, cache.index), branches,
+                                          token, position, cache)
+    return logits, write_kv(cache, k_new, v_new)
+
+
+def decode_step(cfg: ModelConfig, params: Params, token: jax.Array, position: jax.Array,
+                cache: KVCache, lora: LoraParams | None = None, *,
+                moe_impl: str = "ragged") -> tuple[jax.Array, KVCache]:
+    """Feeds one token per row (token, position: [B]) and returns logits [B, V] and the updated
+    cache. Attends over the whole cache; the sampler's loop uses `decode_step_live`."""
+    logits, k_new, v_new = decode_forward(cfg, params, token, position, cache, lora,
+                                          moe_impl=moe_impl)
+    return logits, write_kv(cache, k_new, v_new)
