@@ -631,9 +631,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student", default="qwen3_4b", help="student preset")
     p.add_argument("--teacher", default="qwen3_30b_a3b", help="teacher preset")
     p.add_argument("--reps", type=int, default=0, help="timed repetitions (median); 0 = default")
-    p.add_argument("--moe-impl", choices=("ragged", "dense"), default="ragged",
-                   help="the teacher's MoE path: ragged (lax.ragged_dot, the trainer's default) or "
-                        "dense (every expert on every token; the test reference)")
+    p.add_argument("--moe-impl", default="ragged,grouped",
+                   help="comma-separated MoE paths to time for the teacher's scoring: ragged "
+                        "(lax.ragged_dot), grouped (capacity-based einsums), dense (every expert "
+                        "on every token; the test reference). The first one also runs the "
+                        "teacher's decode and the study-shape scoring")
     p.add_argument("--peak-flops", type=float, default=0.0,
                    help="peak FLOP/s per device for MFU (0: from the device kind)")
     p.add_argument("--compile-cache", default="",
@@ -649,6 +651,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = args.phases - {"rollout", "score", "update", "hf"}
     if unknown:
         p.error(f"--only: unknown phase(s) {sorted(unknown)}; choose from rollout,score,update,hf")
+    args.moe_impls = [x.strip() for x in args.moe_impl.split(",") if x.strip()]
+    bad = [x for x in args.moe_impls if x not in transformer.MOE_IMPLS or x == "auto"]
+    if bad or not args.moe_impls:
+        p.error(f"--moe-impl: unknown path(s) {bad}; choose from ragged,grouped,dense")
     if args.no_hf:
         args.phases.discard("hf")
     if args.smoke:
@@ -664,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     student = SMOKE_STUDENT if args.smoke else preset(args.student)
     teacher = SMOKE_TEACHER if args.smoke else preset(args.teacher)
     phases = args.phases
+    moe_impls = args.moe_impls
     t_start = time.perf_counter()
     res: dict[str, Any] = {"meta": {}, "warmup_s": {}, "errors": {}}
 
@@ -705,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_flops_per_s": peak, "dtype": "bfloat16", "shapes": dataclasses.asdict(shapes),
         "phases": sorted(phases), "estimate": args.estimate,
         "jax_disable_most_optimizations": _jax_flag("jax_disable_most_optimizations"),
-        "compile_cache": args.compile_cache or None, "moe_impl": args.moe_impl,
+        "compile_cache": args.compile_cache or None, "moe_impl": moe_impls,
         "xla_flags": os.environ.get("XLA_FLAGS"),
     }
 
@@ -786,15 +793,16 @@ def main(argv: list[str] | None = None) -> int:
     # ---- teacher phases (the student is gone: the 57 GiB teacher then fits an 80 GB card)
     tparams = init("teacher", teacher, 1) if "score" in phases else None
     if tparams is not None:
-        phase("score.teacher", lambda: bench_score(teacher, tparams, *shapes.score, shapes.reps,
-                                                   moe_impl=args.moe_impl))
+        for i, impl in enumerate(moe_impls):  # one timing per MoE path; the first is the reference
+            phase("score.teacher" if i == 0 else f"score.teacher_{impl}", lambda impl=impl: bench_score(
+                teacher, tparams, *shapes.score, shapes.reps, moe_impl=impl))
         if args.estimate:
             B, P, Gs = shapes.teacher_decode  # the teacher writing the seed prefix
             phase("teacher_decode", lambda: bench_generate(
-                teacher, tparams, None, B, P, Gs, shapes.reps, moe_impl=args.moe_impl))
+                teacher, tparams, None, B, P, Gs, shapes.reps, moe_impl=moe_impls[0]))
             # the study's scoring shape: prompts_per_step x (prompt + max_new_tokens)
             phase("score.teacher_study", lambda: bench_score(
-                teacher, tparams, *shapes.update, shapes.reps, moe_impl=args.moe_impl))
+                teacher, tparams, *shapes.update, shapes.reps, moe_impl=moe_impls[0]))
         delete_tree(tparams)
         del tparams
         gc.collect()

@@ -202,6 +202,8 @@ def make_setup(cfg: ml_collections.ConfigDict) -> Setup:
         tcfg, tparams = _load_model(cfg.teacher.path, cfg.teacher.dtype, mesh)
     else:
         tcfg, tparams = scfg, sparams
+    kernels = {"attention_impl": cfg.attention_impl, "moe_capacity_factor": cfg.moe_capacity_factor}
+    scfg, tcfg = dataclasses.replace(scfg, **kernels), dataclasses.replace(tcfg, **kernels)
     return Setup(cfg, mesh, tokenizer, scfg, sparams, tcfg, tparams, train_views, eval_views,
                  eos_ids, pad_id)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cliffdistill.models import transformer
+from cliffdistill.models.config import ATTENTION_IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,8 @@ RULES: dict[str, Rule] = {
     "setup": OneOf(("size", "context")),
     "moe_impl": OneOf(transformer.MOE_IMPLS),
     "loss.remat": OneOf(transformer.REMAT_POLICIES),
+    "moe_capacity_factor": POSITIVE,
+    "attention_impl": OneOf(ATTENTION_IMPLS),
     "student.dtype": DTYPES, "teacher.dtype": DTYPES, "lora.dtype": DTYPES,
     "lora.rank": count(1, "LoRA rank"),
     "lora.alpha": POSITIVE,

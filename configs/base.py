@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     # "auto" (ragged on TPU, grouped elsewhere) | "ragged" (lax.ragged_dot) | "grouped" (capacity-
     # based einsums, models.transformer._moe_grouped) | "dense" (reference: every expert, every token)
     c.moe_impl = "auto"
+    c.moe_capacity_factor = 2.0  # "grouped": expert buffer = factor x the even share (no dropping)
+    # attention kernel of prefill, scoring and the update: "auto" (cudnn on GPU for bf16/fp16,
+    # xla otherwise) | "xla" | "cudnn"
+    c.attention_impl = "auto"
     c.lora = ml_collections.ConfigDict(dict(
         rank=32, alpha=32.0, targets=("q", "k", "v", "o", "gate", "up", "down"),
         include_experts=False, dtype="float32"))

@@ -100,7 +100,7 @@ def test_smoke_run_writes_every_section_and_prints_the_table(tmp_path):
     assert all(_positive(v) for v in est["per_phase_s"].values())
     assert est["total_s"] == pytest.approx(est["train_s"] + est["eval_s"])
     assert set(r["warmup_s"]) >= {"rollout.b64", "rollout.b256", "score.student", "update",
-                                  "score.teacher", "teacher_decode"}
+                                  "score.teacher", "score.teacher_grouped", "teacher_decode"}
 
 
 def test_formulas_agree_with_the_trainer():
