@@ -319,11 +319,11 @@ class Clock:
     def __init__(self, workdir: epath.Path, usd_per_device_hour: float):
         # read before this segment overwrites status.json with "running"
         self.t0, self.prior = time.time(), rundir.prior_wall_seconds(workdir)
-        self.usd, self.n_devices = usd_per_device_hour, 0
+        self.usd = usd_per_device_hour
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, n_devices: int) -> dict[str, Any]:
         wall = self.prior + time.time() - self.t0
-        hours = wall * self.n_devices / 3600
+        hours = wall * n_devices / 3600
         return {"wall_seconds": wall, "cost": {"device_hours": hours, "usd": hours * self.usd}}
 
 
@@ -341,7 +341,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
     schedule = methods.get(cfg.method, cfg.schedule)
     num_steps = methods.num_steps(cfg.method, cfg.schedule)
     s = setup_obj or make_setup(cfg)
-    clock.n_devices = s.mesh.devices.size
+    n_devices = s.mesh.devices.size
     if main_proc:
         rundir.write_json(workdir / rundir.CONFIG_FILE, cfg.to_dict())
         rundir.write_status(workdir, {"state": "running", "error": None})
@@ -395,7 +395,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                     t0 = time.time()                                                     # checkpoint
                     ckpt.save(state, wait=preempt["flag"] or step + 1 == num_steps)
                     log_.metrics["time/checkpoint"] = time.time() - t0
-                m = log_.finish(time.time() - t_step, peak, s.mesh.devices.size)        # record
+                m = log_.finish(time.time() - t_step, peak, n_devices)        # record
                 writer.write(m)
                 _show(bar, m)
                 if step_hook is not None:
@@ -403,21 +403,21 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                 if preempt["flag"]:
                     raise Preempted(f"SIGTERM at step {step + 1}: checkpoint saved in {workdir}")
         summary = {"state": "done", "error": None, "final_step": num_steps,
-                   "final_eval": evals[-1] if evals else None, **clock.summary()}
+                   "final_eval": evals[-1] if evals else None, **clock.summary(n_devices)}
         if main_proc:
             rundir.write_status(workdir, summary)
         return summary
     except Preempted as e:
         if main_proc:
             rundir.write_status(workdir, {"state": "preempted", "error": str(e),
-                                          "final_step": int(state["step"]), **clock.summary()})
+                                          "final_step": int(state["step"]), **clock.summary(n_devices)})
         raise
     except BaseException as e:
         if main_proc:
             rundir.write_status(workdir, {
                 "state": "failed", "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc()[-4000:], "final_step": int(state["step"]),
-                **clock.summary()})
+                **clock.summary(n_devices)})
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
