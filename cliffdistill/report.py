@@ -1007,9 +1007,11 @@ if __name__ == "__main__":
 
 # ----------------------------------------------------------------------------- the study's claims
 
-OFF_POLICY_METHODS = ("hybrid", "mixture", "replay_buffer", "kl_anchored", "reverse_curriculum")
+OFF_POLICY_METHODS = ("hybrid", "mixture", "replay_buffer", "kl_anchored", "reverse_curriculum",
+                      "off_policy")
 ON_POLICY_METHODS = ("on_policy_gkd", "extended_on_policy")
-VERDICTS = ("supported", "contradicted", "inconclusive", "no data")
+# "not testable": the setup fails the testbed's headroom checks (cliffdistill.testbed.gate_claims)
+VERDICTS = ("supported", "contradicted", "inconclusive", "no data", "not testable")
 
 
 def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
