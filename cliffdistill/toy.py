@@ -77,14 +77,13 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     c.context_values = (3, 5, 8)  # hidden unit values of the context setup (one per run seed)
     c.format_episode_fraction = 0.25  # pretraining episodes whose shots are format-only
     c.teacher = ml_collections.ConfigDict(dict(
-        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1000, batch=32,
+        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1500, batch=32,
         lr=3e-3, episode_every=4))
     # Half the width, so ~4.3x fewer parameters (the embedding is shared by every width); two
     # layers, because locating the i-th operand and carrying the running count needs depth.
     c.student = ml_collections.ConfigDict(dict(
         layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=1000, batch=32,
-        lr=3e-3, episode_every=0, snapshots=(200, 300, 400, 500, 600, 800, 1000),
-        max_accuracy=0.30))
+        lr=3e-3, episode_every=0, snapshots=(250, 500, 750, 1000), max_accuracy=0.30))
     c.seq_len = 128  # pretraining sequence length of plain problems (episodes use 3x)
     c.run = run_budget()
     c.checks = testbed.default_checks()

@@ -373,6 +373,8 @@ def test_composition_is_variant_ops_and_start():
     lines = [_EQUATION.fullmatch(line) for line in p.solution.split("\n")[:-1]]
     ops = "".join(m.group(2) for m in lines)
     assert p.composition == f"plain|{ops}|{lines[0].group(1)}" and p.start == int(lines[0].group(1))
+    # each tail is the composition of the plain problem the solution ends like
+    assert p.tails == tuple(f"plain|{ops[i:]}|{m.group(1)}" for i, m in enumerate(lines))
     q = synthetic.generate(1, seed=3, difficulty=3, variant="context", rule_value=4)[0]
     assert q.composition.startswith("context|") and q.composition.endswith(f"|{q.start}")
     assert q.solution.startswith(f"{q.start}*4=")
@@ -385,7 +387,10 @@ def test_splits_partition_compositions(variant):
     seen = synthetic.generate(300, seed=1, split="seen", **kw)
     assert all(synthetic.is_held_out(p) for p in held)
     assert not any(synthetic.is_held_out(p) for p in seen)
-    assert not {p.composition for p in held} & {p.composition for p in seen}
+    assert all(synthetic.is_seen(p) for p in seen)
+    # no held-out composition occurs in a seen problem, whole or as the tail of its solution
+    seen_keys = {k for p in seen for k in (p.composition, *p.tails)}
+    assert not {p.composition for p in held} & seen_keys
     everything = synthetic.generate(2000, seed=2, **kw)
     share = sum(map(synthetic.is_held_out, everything)) / len(everything)
     assert 0.15 < share < 0.35  # about 1 in HELD_OUT_MOD compositions

@@ -94,15 +94,28 @@ SPLITS: tuple[str, ...] = ("all", "seen", "held_out")
 HELD_OUT_MOD = 4
 
 
+def _held_out_key(composition: str, mod: int) -> bool:
+    """Stable across runs and processes: a SHA-256 of the composition, never the salted hash()."""
+    return int.from_bytes(hashlib.sha256(composition.encode()).digest()[:8], "big") % mod == 0
+
+
 def is_held_out(problem: "Problem", mod: int = HELD_OUT_MOD) -> bool:
-    """Whether ``problem``'s composition belongs to the held-out split (stable across runs and
-    processes: a SHA-256 of the composition, never Python's salted ``hash``)."""
-    digest = hashlib.sha256(problem.composition.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % mod == 0
+    """Whether ``problem``'s composition belongs to the held-out split."""
+    return _held_out_key(problem.composition, mod)
+
+
+def is_seen(problem: "Problem", mod: int = HELD_OUT_MOD) -> bool:
+    """Whether ``problem`` may be pretraining text: neither its composition nor that of any of
+    its line-aligned tails is held out. (A tail -- the solution from its i-th operation on -- is
+    itself the whole solution of a shorter plain problem: without this, a held-out solution
+    could appear verbatim at the end of a longer pretraining solution.)"""
+    return not any(_held_out_key(k, mod) for k in (problem.composition, *problem.tails))
 
 
 def _in_split(problem: "Problem", split: str, mod: int) -> bool:
-    return split == "all" or is_held_out(problem, mod) == (split == "held_out")
+    if split == "all":
+        return True
+    return is_held_out(problem, mod) if split == "held_out" else is_seen(problem, mod)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +135,7 @@ class Problem:
     rule_value: int | None = None
     ops: str = ""
     start: int = 0
+    tails: tuple[str, ...] = ()  # compositions of the plain problems its solution ends like
 
     @property
     def composition(self) -> str:
@@ -210,6 +224,7 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
 
     lines: list[str] = []
     ops = ""
+    starts: list[int] = []  # the running count before each operation
     if context:
         alpha, beta = rng.randint(*_UNIT_COUNT), 0
         start = alpha
@@ -260,6 +275,7 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
             alpha, beta, new = alpha // b, beta // b, value // b
         lines.append(_line(style, f"{value}{op}{b}={new}", name, items))
         ops += op
+        starts.append(value)
         value = new
 
     now = " now" if n_ops else ""
@@ -274,6 +290,7 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
         rule_value=rule_value if context else None,
         ops=ops,
         start=start,
+        tails=tuple(f"plain|{ops[i:]}|{v}" for i, v in enumerate(starts)),
     )
 
 
