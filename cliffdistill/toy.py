@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
 import statistics
 import time
@@ -45,8 +44,6 @@ from cliffdistill import evaluate, methods, testbed
 from cliffdistill.data import gsm8k, prompts, synthetic, toy_tokenizer
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, lora as lora_lib, transformer
-
-log = logging.getLogger(__name__)
 
 Batch = tuple[np.ndarray, np.ndarray]
 
