@@ -1,28 +1,36 @@
 """The embedded default: the whole study in miniature, on CPU, with no downloads.
 
-    python -m cliffdistill.main            # both setups x 8 methods x 3 seeds + the study's defects
+    python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the study's defects
     python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
     python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
+    python -m cliffdistill.main --publish  # ... and copy the results into docs/
 
-1. prepare: train a toy tokenizer, a toy teacher and student (cached under --cache_dir);
+1. prepare: train a toy tokenizer, a toy teacher and a smaller toy student, and run the
+   method-neutral headroom checks (cached under --cache_dir; WORKDIR/testbed.json);
 2. sweep: every method x seed on the size setup (toy student <- toy teacher) and the context setup
-   (the teacher's own weights with/without k solved examples in the prompt), once with the
-   correct implementation and once with the study's defects switched on;
-3. report: tables, plots and a verdict on each of the study's claims, in WORKDIR/REPORT.md and
-   WORKDIR/RESULTS.md (the latter with machine, versions, date and timings).
+   (the teacher's own weights with/without k solved examples in the prompt; one hidden unit
+   value per seed), once with the correct implementation and once with the study's defects
+   switched on; every context run also measures its retention of the plain task;
+3. report: tables, plots and a verdict on each of the study's claims (none on a setup that fails
+   the headroom checks), in WORKDIR/REPORT.md and WORKDIR/RESULTS.md (the latter with machine,
+   versions, date and timings).
 
 Re-running resumes: finished runs are skipped, so an interrupted main job continues where it was.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
 import os
 import platform
+import shutil
+import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +39,13 @@ import ml_collections
 
 from cliffdistill import evaluate, report, rundir, sweep, toy, train
 from cliffdistill import methods as methods_lib
+from cliffdistill import testbed as testbed_lib
+from cliffdistill import setup as setup_lib
 from cliffdistill.setup import ABLATIONS
 
-METHODS = tuple(methods_lib.METHODS)  # the study's table order
+METHODS = tuple(methods_lib.METHODS)  # the study's table order (+ off_policy)
 CLAIMS_FILE = "claims.json"
+RETENTION_JSON = "retention.json"
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -49,22 +60,34 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def context_value(seed: int, values: Sequence[int]) -> int:
+    """The hidden unit value of a context run: one per seed, cycling through the testbed's
+    values, so three seeds see three different values (a method cannot win on one lucky value)."""
+    return int(values[seed % len(values)])
+
+
 def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
-                 steps: int | None = None, overrides: dict[str, Any] | None = None
-                 ) -> ml_collections.ConfigDict:
+                 steps: int | None = None, overrides: dict[str, Any] | None = None,
+                 context_values: Sequence[int] | None = None) -> ml_collections.ConfigDict:
     """Methods (product) x rows (zip) of (setup, seed, implementation).
 
     The correct implementation runs every seed; the study's defects (all switched on together,
-    as in the study's code) run seed 0 only, to show whether the cliff reproduces.
+    as in the study's code) run seed 0 only, to show whether the cliff reproduces. The seed
+    prefix of teacher_seeded is the budget's seed fraction of the completion budget in use.
     """
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
+    context_values = tuple(context_values or (toy.DEFAULT_CONTEXT_VALUE,))
+    overrides = dict(overrides or {})
+    overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
+        toy.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy.BUDGET.max_new_tokens)))
     seeds = (0,) if quick else (0, 1, 2)
     rows = [(setup, seed, False) for setup in ("size", "context") for seed in seeds]
     rows += [(setup, 0, True) for setup in ("size", "context")]
     zipped: dict[str, list] = {}
     for setup, seed, defects in rows:
-        values = {"setup": setup, "seed": seed, **toy_config.toy_paths(str(root), setup),
+        paths = toy.toy_paths(str(root), setup, context_value(seed, context_values))
+        values = {"setup": setup, "seed": seed, **paths,
                   **{f"ablation.{name}": defects for name in ABLATIONS}}
         for field, value in values.items():
             zipped.setdefault(field, []).append(value)
@@ -76,7 +99,7 @@ def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
         "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // (2 if quick else 4),
-        "checkpoint.every": steps, **(overrides or {})})
+        "checkpoint.every": steps, **overrides})
     c.order = ("setup", "ablation.unshifted_off_policy", "method", "seed")
     c.name_fields = ("setup", "method", "seed", "ablation.unshifted_off_policy")
     c.product = {"method": tuple(methods)}
@@ -86,28 +109,30 @@ def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
 
 
 def smoke_prepare_config() -> ml_collections.ConfigDict:
-    """A micro testbed (2-layer teacher, 30 pretraining steps): exercises every stage in ~1 min.
+    """A micro testbed (1-layer models, 20 pretraining steps, 16 eval questions): every stage of
+    the main job in a minute or two.
 
-    Its numbers mean nothing; it exists so that CI (and a user checking an install) runs the
-    real prepare -> sweep -> report path in a runtime-only environment.
+    Its numbers mean nothing (the headroom checks mark both setups not testable); it exists so
+    that CI (and a user checking an install) runs the real prepare -> sweep -> report path in a
+    runtime-only environment.
     """
-    from cliffdistill import toy
-
     c = toy.default_prepare_config()
-    c.n_eval, c.n_train_prompts, c.context_k, c.eval_max_new_tokens = 16, 32, 2, 16
-    c.teacher.update(layers=2, hidden=32, heads=4, kv_heads=2, head_dim=8, mlp=64, steps=30,
-                     batch=16, episode_every=3)
-    c.student.update(snapshots=(10, 20), max_accuracy=1.0)
+    c.n_eval, c.n_dev, c.n_train_prompts, c.eval_batch_size = 16, 16, 32, 16
+    c.run.update(n_fewshot=16, steps=4, max_new_tokens=16)
+    c.teacher.update(layers=1, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=20,
+                     batch=8, episode_every=3)
+    c.student.update(layers=1, hidden=16, heads=2, kv_heads=1, head_dim=8, mlp=32, steps=20,
+                     batch=8, snapshots=(10, 20), max_accuracy=1.0)
     return c
 
 
 # Run-config overrides that shrink every run of the smoke job to match its micro testbed.
 SMOKE_OVERRIDES = {
     "data.n_train": 32, "data.n_fewshot": 16, "data.n_eval": 16, "data.context_k": 2,
-    "rollout.batch_size": 8, "rollout.max_new_tokens": 8, "off_policy.max_new_tokens": 8,
-    "eval.max_new_tokens": 8, "eval.batch_size": 16, "schedule.seed_max_tokens": 2,
+    "rollout.batch_size": 8, "rollout.max_new_tokens": 16, "off_policy.max_new_tokens": 16,
+    "eval.max_new_tokens": 16, "eval.batch_size": 16,
 }
-SMOKE_METHODS = ("on_policy_gkd", "hybrid")
+SMOKE_METHODS = ("on_policy_gkd", "off_policy")
 SMOKE_STEPS = 4
 
 
@@ -133,11 +158,89 @@ def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def testbed_lines(tb: dict[str, Any]) -> list[str]:
+    """The testbed section of RESULTS.md: what prepare measured, and whether each setup can
+    answer the study's question (method-neutral checks only)."""
+    s, x = tb["size"], tb["context"]
+
+    def verdict(setup: dict[str, Any]) -> str:
+        return "yes" if setup["testable"] else "**NOT TESTABLE**: " + "; ".join(setup["failed_checks"])
+
+    lines = [
+        "| setup | teacher | student | teacher - student | oracle (gain) | params teacher / student "
+        "| testable |", "|---|---|---|---|---|---|---|",
+        f"| size | {_pct(s['teacher']['accuracy'])} | {_pct(s['student']['accuracy'])} "
+        f"(snapshot step {s['student']['snapshot_step']}) | "
+        f"{100 * (s['teacher']['accuracy'] - s['student']['accuracy']):+.1f} pp | "
+        f"{_pct(s['oracle']['accuracy'])} ({100 * s['oracle_gain']:+.1f} pp) | "
+        f"{s['teacher']['params']:,} / {s['student']['params']:,} ({s['param_ratio']:.1f}x) | "
+        f"{verdict(s)} |",
+        f"| context (values {', '.join(map(str, x['values']))}) | {_pct(x['teacher']['accuracy'])} "
+        f"(with context) | {_pct(x['student']['accuracy'])} (without) | "
+        f"{100 * (x['teacher']['accuracy'] - x['student']['accuracy']):+.1f} pp | "
+        f"{_pct(x['oracle']['accuracy'])} ({100 * x['oracle_gain']:+.1f} pp) | "
+        f"{x['teacher']['params']:,} (one model) | {verdict(x)} |",
+        "",
+        "| context value | teacher (with context) | format-only context | student (no context) "
+        "| oracle |", "|---|---|---|---|---|",
+        *(f"| {v} | {_pct(r['teacher'])} | {_pct(r['format_only'])} | {_pct(r['student'])} | "
+          f"{_pct(r['oracle'])} |" for v, r in x["per_value"].items()),
+        "",
+        f"- eval: {tb['n_eval']} held-out problems per setup and value (95% half-width of one "
+        f"evaluation at 50%: {100 * tb['eval_ci_halfwidth']:.1f} pp); eval solutions found "
+        f"verbatim in the pretraining stream: {_pct(tb['eval_pretrain_overlap'])}; mean answer "
+        f"length {tb['mean_answer_tokens']:.1f} tokens.",
+        f"- teacher seeding: {tb['seed_tokens']} tokens = {tb['seed_fraction']:.4f} of the "
+        f"{tb['completion_budget']}-token completion budget (the study: 20 of 256).",
+        "- oracle: the student with the runs' LoRA rank and step budget, trained by supervised "
+        "NLL on the ground-truth solutions of the training prompts (method-neutral headroom).",
+        "- format-only context: solved *plain* problems (the answer format, no unit value); a "
+        "distilled context student above it learned more than the format.",
+    ]
+    return lines
+
+
+def retention_rows(workdir: Path) -> list[dict[str, Any]]:
+    """Every context run's retention record with its method and variant (from sweep.json)."""
+    manifest = json.loads((workdir / "sweep.json").read_text())
+    rows = []
+    for run in manifest["runs"]:
+        path = workdir / "runs" / run["name"] / RETENTION_JSON
+        if run["setup"] == "context" and path.exists():
+            rows.append({"method": run["method"], "variant": report.variant_name(run["ablation"]),
+                         **json.loads(path.read_text())})
+    return rows
+
+
+def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Plain-task accuracy of the context student before and after distillation, per method."""
+    if not rows:
+        return ["(no context run has a retention record)"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["method"]), []).append(r)
+    out = ["| variant | method | plain accuracy before | after (mean over seeds) | change | n |",
+           "|---|---|---|---|---|---|"]
+    for (variant, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "correct",
+                                                                         METHODS.index(kv[0][1])
+                                                                         if kv[0][1] in METHODS else 99)):
+        before = statistics.mean(r["before"] for r in rs)
+        after = statistics.mean(r["after"] for r in rs)
+        out.append(f"| {variant} | {method} | {_pct(before)} | {_pct(after)} | "
+                   f"{100 * (after - before):+.1f} pp | {len(rs)} |")
+    return out
+
+
 def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick: bool,
                   sweep_cfg: ml_collections.ConfigDict) -> Path:
-    """RESULTS.md: when/where/how it ran, the toy models' capabilities, the verdicts, the report."""
+    """RESULTS.md: when/where/how it ran, the testbed's checks, the verdicts, the report."""
     agg = report.aggregate(workdir)
-    verdicts = report.study_claims(agg)
+    tb = prepared.testbed
+    verdicts = testbed_lib.gate_claims(report.study_claims(agg), tb)
     m = machine()
     lines = [
         "# Results of `python -m cliffdistill.main" + (" --quick" if quick else "") + "`", "",
@@ -146,25 +249,18 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         f"python {m['python']}, jax {m['jax']}",
         f"- wall time: prepare {timings['prepare']:.0f} s, sweep {timings['sweep']:.0f} s, "
         f"total {timings['total']:.0f} s",
-        f"- runs: {len(report.run_entries(workdir)[1])} (8 methods x {len(sweep_cfg.zip['seed'])} "
-        "(setup, seed, implementation) rows; the study's defects: seed 0 only)",
-        "", "## Toy models (measured by `prepare`, greedy, held-out synthetic problems)", "",
-        "| model | params | accuracy |", "|---|---|---|",
-        f"| teacher (size setup) | {prepared.report['teacher']['params']:,} | "
-        f"{prepared.report['teacher']['plain_accuracy']:.1%} |",
-        f"| student (size setup): the teacher's snapshot at pretraining step "
-        f"{prepared.report['student']['snapshot_step']} | {prepared.report['student']['params']:,} | "
-        f"{prepared.report['student']['plain_accuracy']:.1%} |",
-        f"| base with {prepared.report['config']['context_k']}-shot context (context teacher) | "
-        f"{prepared.report['teacher']['params']:,} | "
-        f"{prepared.report['teacher']['context_accuracy_with_context']:.1%} |",
-        f"| base without context (context student) | {prepared.report['teacher']['params']:,} | "
-        f"{prepared.report['teacher']['context_accuracy_without_context']:.1%} |",
-        "", "## The study's claims on this testbed", "",
+        f"- runs: {len(report.run_entries(workdir)[1])} ({len(sweep_cfg.product['method'])} "
+        f"methods x {len(sweep_cfg.zip['seed'])} (setup, seed, implementation) rows; the study's "
+        "defects: seed 0 only)",
+        "", "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
+        *testbed_lines(tb), "",
+        "## The study's claims on this testbed", "",
         *report.render_claims(verdicts), "",
         f"The testbed is a miniature: toy models, a synthetic task and "
         f"{sweep_cfg.base_overrides.schedule.num_steps}-step runs. A verdict "
         "here says whether the *mechanism* reproduces, not what happens at 4B-70B scale.", "",
+        "## Retention (context setup): the plain task before and after distillation", "",
+        *retention_lines(retention_rows(workdir)), "",
         "## Configuration", "",
         "Toy testbed (`cliffdistill.toy.default_prepare_config`):", "",
         "```json", json.dumps(prepared.report["config"], indent=1, sort_keys=True), "```", "",
@@ -173,12 +269,38 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
         "```json", json.dumps(_config_summary(sweep_cfg), indent=1, sort_keys=True), "```", "",
         "## Full report", "",
     ]
-    report_md = (workdir / report.REPORT_MD).read_text()
-    body = report_md.replace("](plots/", "](plots/")
+    body = (workdir / report.REPORT_MD).read_text()
     path = workdir / "RESULTS.md"
     rundir.write_text(path, "\n".join(lines) + "\n" + body)
     rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
     return path
+
+
+def write_retention(cfg: ml_collections.ConfigDict, run_dir: Path, plain_data: Path,
+                    before: float) -> dict[str, float]:
+    """The context student's plain-task accuracy after the run (its final adapters), beside the
+    base model's (``before``, measured by prepare on the same questions and budget): whether
+    distilling the context cost the skill the student already had."""
+    rcfg = copy.deepcopy(cfg)
+    with rcfg.unlocked():
+        rcfg.setup, rcfg.teacher.path = "size", cfg.student.path  # plain task, no teacher context
+        rcfg.data.path, rcfg.data.context = str(plain_data), "none"
+        rcfg.ablation.teacher_no_context = False
+    s = setup_lib.make_setup(rcfg)
+    lora = evaluate.restore_lora(s, cfg, run_dir)
+    summary, _ = evaluate.evaluate_arrays(s, s.student_cfg, s.student_params, lora, s.eval.student,
+                                          s.eval.student_mask, max_new_tokens=cfg.eval.max_new_tokens)
+    record = {"before": before, "after": summary["accuracy"], "n": len(s.eval.questions)}
+    rundir.write_json(run_dir / RETENTION_JSON, record)
+    return record
+
+
+def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> None:
+    """One sweep run: train, then (context setup) the retention eval."""
+    train.run(cfg, run_dir, progress=False)
+    if cfg.setup == "context":
+        write_retention(cfg, Path(run_dir), prepared.plain_data,
+                        prepared.testbed["context"]["retention_before"])
 
 
 def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
@@ -193,10 +315,13 @@ def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
     t0 = time.time()
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
     prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
     t_prep = time.time() - t0
-    cfg = sweep_config(prepared.root, quick, methods, steps, overrides)
+    cfg = sweep_config(prepared.root, quick, methods, steps, overrides,
+                       context_values=tuple(prepared.context_data))
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
-    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
+    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: run_one(c, d, prepared),
                              baseline_fn=evaluate.run_baselines)
     t_sweep = time.time() - t0 - t_prep
     print("[3/3] report", flush=True)
@@ -205,6 +330,21 @@ def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
     print(f"done in {timings['total']:.0f} s: {path} ({len(result.failed)} failed runs)")
     print("\n".join(toy_claims_summary(workdir)))
     return path, result
+
+
+def publish(workdir: Path, docs: Path) -> list[Path]:
+    """Copies a main run's RESULTS.md to docs/RESULTS.md and its plots, testbed.json and
+    claims.json to docs/results/ (plot links rewritten): what the repository shows as results."""
+    out = docs / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for png in sorted((workdir / "plots").glob("*.png")):
+        written.append(Path(shutil.copy2(png, out / png.name)))
+    for name in (testbed_lib.TESTBED_JSON, CLAIMS_FILE):
+        written.append(Path(shutil.copy2(workdir / name, out / name)))
+    text = (workdir / "RESULTS.md").read_text().replace("](plots/", "](results/")
+    rundir.write_text(docs / "RESULTS.md", text)
+    return written + [docs / "RESULTS.md"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="default: runs/main (runs/main_quick)")
     p.add_argument("--cache_dir", default=None,
                    help="toy testbed cache (default $CLIFFDISTILL_CACHE or ~/.cache/cliffdistill)")
+    p.add_argument("--publish", action="store_true",
+                   help="copy RESULTS.md, plots, testbed.json and claims.json into docs/")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -237,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                              methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)
     else:
         _, result = run_main(workdir, cache_dir, args.quick)
+    if args.publish:
+        print("published:", ", ".join(str(p) for p in publish(workdir, repo / "docs")))
     return 1 if result.failed else 0
 
 

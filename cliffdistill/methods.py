@@ -1,4 +1,4 @@
-"""Distillation methods as step schedules (DESIGN §1 table).
+"""Distillation methods as step schedules (DESIGN §1 table, plus the pure `off_policy` row).
 
 A method is one schedule function ``(step, config) -> StepPlan`` plus one entry in
 :data:`METHODS`.  The trainer asks ``get(cfg.method, schedule_cfg)(step)`` for the plan of each
@@ -57,7 +57,8 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     c.extended_num_steps = 200
     # `hybrid`: off-policy for steps < hybrid_switch_step, on-policy from it on.
     c.hybrid_switch_step = 50
-    # `teacher_seeded`: teacher-written prefix length at step 0 ...
+    # `teacher_seeded`: teacher-written prefix length at step 0 (the study's 20 of its 256-token
+    # completion budget; configs with another budget set it with `seed_tokens(fraction, budget)`) ...
     c.seed_max_tokens = 20
     # ... decaying linearly to 0 at this step: N = round(seed_max_tokens * (1 - step/seed_decay_steps)).
     c.seed_decay_steps = 50
@@ -74,13 +75,31 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     return c
 
 
+#: The study's teacher-seeding prefix as a fraction of its completion budget: 20 of 256 tokens.
+STUDY_SEED_FRACTION = 20 / 256
+
+
+def seed_tokens(fraction: float, completion_budget: int) -> int:
+    """Seed-prefix length (``seed_max_tokens``) for a completion budget: ``fraction`` of it,
+    rounded half up.
+
+    Why a fraction: the study seeded 20 of 256 tokens (~8% of an answer); carrying the token
+    count to a shorter budget would make the teacher write most of each answer instead.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"seed fraction must be in [0, 1], got {fraction!r}")
+    if completion_budget < 1:
+        raise ValueError(f"completion budget must be >= 1 token, got {completion_budget!r}")
+    return int(math.floor(fraction * completion_budget + 0.5))
+
+
 def _check_step(step: int) -> int:
     if isinstance(step, bool) or int(step) != step or step < 0:
         raise ValueError(f"schedule step must be a non-negative int, got {step!r}.")
     return int(step)
 
 
-# ----------------------------------------------------------------------------- the eight methods
+# ----------------------------------------------------------------------------- the methods
 
 
 def on_policy_gkd(step: int, c: ml_collections.ConfigDict) -> StepPlan:
@@ -150,6 +169,16 @@ def reverse_curriculum(step: int, c: ml_collections.ConfigDict) -> StepPlan:
     return ON_POLICY if _check_step(step) < c.reverse_switch_step else OFF_POLICY
 
 
+def off_policy(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """Off-policy only: supervised NLL on the cached teacher samples, every step.
+
+    Not one of the study's eight: the direct row of its research question (on- vs off-policy),
+    the counterpart of `on_policy_gkd` (the study's Phase 2 reported it collapsing to 0%).
+    """
+    _check_step(step)
+    return OFF_POLICY
+
+
 METHODS: dict[str, Schedule] = {
     "on_policy_gkd": on_policy_gkd,
     "extended_on_policy": extended_on_policy,
@@ -159,6 +188,7 @@ METHODS: dict[str, Schedule] = {
     "replay_buffer": replay_buffer,
     "kl_anchored": kl_anchored,
     "reverse_curriculum": reverse_curriculum,
+    "off_policy": off_policy,
 }
 
 # Methods that run for c.extended_num_steps instead of c.num_steps.

@@ -3,15 +3,22 @@
 `prepare(cache_dir, cfg)` builds (once; later runs reuse the cache):
 
 * a tokenizer trained on the synthetic task (HF format, with a chat template);
-* data: GSM8K-format jsonl for the size setup (`plain/`) and the context setup (`context/`);
-* a toy **teacher** pretrained from scratch (next-token loss on answers) and a toy **student**
-  for the size setup: the same architecture, less trained -- the teacher's own snapshot from
-  the last of `student.snapshots` whose accuracy on a dev split is still <= `max_accuracy`.
-  (A student that has the skill's foundations but not its polish is what LoRA distillation can
-  move in a 40-step run; a from-scratch tiny student barely moves, which we measured);
-* the teacher is also pretrained on *context episodes* (k solved examples that share a hidden
-  unit value, then a query), so with few-shot examples in its prompt it infers the value: the
-  same weights with that context are the context-distillation teacher, without it the student.
+* data (GSM8K-format jsonl): `plain/` for the size setup, `context_v<V>/` for each hidden unit
+  value V of the context setup. Problems are mostly 2-4 steps with worked solutions of ~30-60
+  tokens. Evaluation and distillation prompts come from *held-out compositions*
+  (`synthetic.is_held_out`): pretraining never sees them, so no eval solution occurs verbatim
+  in the pretraining stream (measured: `eval_pretrain_overlap`);
+* a toy **teacher** pretrained from scratch (next-token loss on answers), also on *context
+  episodes* (k solved examples sharing a hidden unit value, then a query; some episodes show
+  plain, format-only examples), so with solved examples in its prompt it infers the value: the
+  same weights with that context are the context-distillation teacher, without it the student;
+* a toy **student** for the size setup with its own, smaller architecture (same tokenizer),
+  pretrained here on plain problems: the last of `student.snapshots` whose dev accuracy is at
+  most `student.max_accuracy` (a student that has the foundations but not the skill);
+* the method-neutral **headroom checks** (`cliffdistill.testbed`): teacher - student gap, a
+  ground-truth oracle's gain under the runs' LoRA rank and step budget, the eval's CI width and
+  its verbatim overlap with pretraining. `testbed.json` records them; a setup that fails is
+  printed loudly and marked not testable.
 
 Everything goes through the same HF load / prompt / grade path as a real checkpoint.
 """
@@ -21,11 +28,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
+import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,30 +40,51 @@ import ml_collections
 import numpy as np
 import optax
 
-from cliffdistill import evaluate
+from cliffdistill import evaluate, methods, testbed, train
 from cliffdistill.data import gsm8k, prompts, synthetic, toy_corpus, toy_tokenizer
 from cliffdistill.models import config as model_config
-from cliffdistill.models import hf_io, transformer
+from cliffdistill.models import hf_io, lora as lora_lib, transformer
 
-log = logging.getLogger(__name__)
+Batch = tuple[np.ndarray, np.ndarray]
 
-CONTEXT_RULE_VALUE = 7  # the hidden unit value of the context-distillation runs
+
+def run_budget() -> ml_collections.ConfigDict:
+    """The distillation-run budget the testbed is calibrated for.
+
+    `configs/toy.py` reads it, and the oracle check trains with it, so "the oracle can move the
+    student" is a statement about the very budget the methods get.
+    """
+    return ml_collections.ConfigDict(dict(
+        lora_rank=8, lora_alpha=16.0, lr=3e-3, steps=40, batch_size=32,
+        max_new_tokens=128,  # completion budget of rollouts, teacher samples and evals
+        seed_fraction=methods.STUDY_SEED_FRACTION,  # teacher-seeded prefix: 20/256 of it
+        n_fewshot=64, split_seed=0))
 
 
 def default_prepare_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.difficulty = {"1": 0.75, "2": 0.25}  # equation lines per problem -> weight
-    c.n_eval = 128  # held-out problems per setup (eval split)
+    c.difficulty = {"2": 1.0, "3": 1.0, "4": 1.0}  # equation lines per problem -> weight
+    c.style = "worked"  # synthetic.STYLES: worked solutions are ~14 tokens a line
+    c.held_out_mod = synthetic.HELD_OUT_MOD  # 1 in this many compositions is held out
+    c.n_eval = 512  # held-out eval problems per setup (and per context value)
+    c.n_dev = 256  # held-out dev problems (student snapshot choice; never evaluated on)
     c.n_train_prompts = 256  # distillation prompts per setup (train split)
-    c.context_k = 3  # solved examples in the context-distillation teacher's prompt
+    c.context_k = 2  # solved examples in the context-distillation teacher's prompt
+    c.context_values = (3, 5, 8)  # hidden unit values of the context setup (one per run seed)
+    c.format_episode_fraction = 0.25  # pretraining episodes whose shots are format-only
     c.teacher = ml_collections.ConfigDict(dict(
-        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=2000, batch=32,
-        lr=3e-3, episode_every=3))
+        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1500, batch=32,
+        lr=3e-3, episode_every=4))
+    # Half the width, so ~4.3x fewer parameters (the embedding is shared by every width); two
+    # layers, because locating the i-th operand and carrying the running count needs depth.
     c.student = ml_collections.ConfigDict(dict(
-        snapshots=(400, 500, 600, 700, 800), max_accuracy=0.35))
-    c.seq_len = 64  # pretraining sequence length of plain problems (episodes use 3x)
-    c.eval_max_new_tokens = 32
+        layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=1000, batch=32,
+        lr=3e-3, episode_every=0, snapshots=(250, 500, 750, 1000), max_accuracy=0.30))
+    c.seq_len = 128  # pretraining sequence length of plain problems (episodes use 3x)
+    c.run = run_budget()
+    c.checks = testbed.default_checks()
+    c.eval_batch_size = 256
     return c
 
 
@@ -71,6 +99,16 @@ def model_cfg(m: ml_collections.ConfigDict, vocab: int, eos: int, pad: int) -> m
 # ----------------------------------------------------------------------------- pretraining data
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamItem:
+    """One pretraining example: prompt text, answer text, and every solution text it shows
+    (its shots' and its own: what the overlap measurement searches)."""
+
+    prompt: str
+    answer: str
+    shown: tuple[str, ...]
+
+
 def _encode(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[bool]]:
     """Token ids of prompt + answer, and which of them are answer tokens (the loss targets)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -78,8 +116,7 @@ def _encode(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[b
     return p + a, [False] * len(p) + [True] * len(a)
 
 
-def pack(examples: Sequence[tuple[list[int], list[bool]]], length: int, pad: int
-         ) -> tuple[np.ndarray, np.ndarray]:
+def pack(examples: Sequence[tuple[list[int], list[bool]]], length: int, pad: int) -> Batch:
     """Right-pads to [N, length] tokens and a target mask (examples longer than `length` dropped)."""
     keep = [(t, m) for t, m in examples if len(t) <= length]
     tokens = np.full((len(keep), length), pad, np.int32)
@@ -94,36 +131,75 @@ def _difficulty(c: ml_collections.ConfigDict) -> dict[int, float]:
     return {int(k): float(v) for k, v in c.difficulty.items()}
 
 
-def pretraining_stream(tokenizer: Any, c: ml_collections.ConfigDict, m: ml_collections.ConfigDict,
-                       exclude: set[str], seed: int) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
-    """batch(step) -> (tokens [B, T], target mask [B, T]); fresh problems every step.
+def _gen_kw(c: ml_collections.ConfigDict, split: str) -> dict[str, Any]:
+    return dict(difficulty=_difficulty(c), style=c.style, split=split, held_out_mod=c.held_out_mod)
 
-    Every `episode_every`-th batch (0: never) holds context episodes: 0..context_k solved
-    examples sharing a random unit value, then a query (rows of 3 x seq_len tokens); the other
-    batches hold plain problems (seq_len tokens). Two shapes, so the step compiles twice.
+
+def _is_episode_step(m: ml_collections.ConfigDict, step: int) -> bool:
+    return bool(m.episode_every) and step % m.episode_every == m.episode_every - 1
+
+
+def stream_items(c: ml_collections.ConfigDict, m: ml_collections.ConfigDict, seed: int,
+                 step: int) -> list[StreamItem]:
+    """The pretraining examples of `step` (a pure function of its arguments); only compositions
+    of the "seen" split, fresh problems every step.
+
+    Every `episode_every`-th step (0: never) holds context episodes: 0..context_k solved examples
+    sharing a random unit value (a `format_episode_fraction` of them format-only: plain examples
+    that reveal no value), then a query; the other steps hold plain problems.
     """
-    pad = tokenizer.pad_token_id
-    diff = _difficulty(c)
+    step_seed = int(np.random.default_rng([seed, step]).integers(2**31))
+    if not _is_episode_step(m, step):
+        plain = synthetic.generate(m.batch, seed=step_seed, **_gen_kw(c, "seen"))
+        return [StreamItem(synthetic.prompt_text(p), p.solution, (p.solution,)) for p in plain]
+    rng = np.random.default_rng(step_seed)
+    items = []
+    for i in range(m.batch):
+        k = int(rng.integers(0, c.context_k + 1))
+        shots = "plain" if rng.random() < c.format_episode_fraction else "context"
+        (e,) = synthetic.make_episodes(1, seed=step_seed + i, k=k, shot_variant=shots,
+                                       **_gen_kw(c, "seen"))
+        items.append(StreamItem(synthetic.episode_prompt_text(e), e.query.solution,
+                                tuple(s.solution for s in e.shots) + (e.query.solution,)))
+    return items
 
-    def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
-        step_seed = int(np.random.default_rng([seed, step]).integers(2**31))
-        if m.episode_every and step % m.episode_every == m.episode_every - 1:
-            rng = np.random.default_rng(step_seed)
-            rows = []
-            for i in range(m.batch):
-                k = int(rng.integers(0, c.context_k + 1))
-                (e,) = synthetic.make_episodes(1, seed=step_seed + i, k=k, difficulty=diff)
-                if e.query.question not in exclude:
-                    rows.append(_encode(tokenizer, synthetic.episode_prompt_text(e), e.query.solution))
-            return pack(rows, 3 * c.seq_len, pad)
-        plain = synthetic.generate(m.batch, seed=step_seed, difficulty=diff, exclude=exclude)
-        rows = [_encode(tokenizer, synthetic.prompt_text(p), p.solution) for p in plain]
-        return pack(rows, c.seq_len, pad)
+
+def pretraining_stream(tokenizer: Any, c: ml_collections.ConfigDict, m: ml_collections.ConfigDict,
+                       seed: int) -> Callable[[int], Batch]:
+    """batch(step) -> (tokens [B, T], target mask [B, T]) of `stream_items`; plain steps are
+    seq_len tokens, episode steps 3 x seq_len (two shapes: the step compiles twice)."""
+    pad = tokenizer.pad_token_id
+
+    def batch(step: int) -> Batch:
+        rows = [_encode(tokenizer, it.prompt, it.answer) for it in stream_items(c, m, seed, step)]
+        return pack(rows, (3 if _is_episode_step(m, step) else 1) * c.seq_len, pad)
 
     return batch
 
 
-def pretrain(mcfg: model_config.ModelConfig, batch_fn: Callable[[int], tuple[np.ndarray, np.ndarray]],
+def line_suffixes(solution: str) -> Iterable[str]:
+    """`solution` and each of its tails that starts at a line: the texts another solution could
+    share with it verbatim (solutions end with the answer line, so a shared text is a tail)."""
+    lines = solution.split("\n")
+    return ("\n".join(lines[i:]) for i in range(len(lines)))
+
+
+def pretrain_overlap(eval_solutions: Sequence[str], streams: Iterable[tuple[ml_collections.ConfigDict, int]],
+                     c: ml_collections.ConfigDict) -> float:
+    """Fraction of `eval_solutions` that occur verbatim (as a whole solution or a line-aligned
+    tail of one) in the given pretraining streams: [(model section, stream seed)], every step."""
+    seen: set[str] = set()
+    for m, seed in streams:
+        for step in range(m.steps):
+            for item in stream_items(c, m, seed, step):
+                for text in item.shown:
+                    seen.update(line_suffixes(text))
+    if not eval_solutions:
+        return 0.0
+    return sum(s in seen for s in eval_solutions) / len(eval_solutions)
+
+
+def pretrain(mcfg: model_config.ModelConfig, batch_fn: Callable[[int], Batch],
              steps: int, lr: float, seed: int, log_every: int = 100,
              progress: Callable[[int, float], None] | None = None,
              snapshot: Callable[[int, dict[str, Any]], None] | None = None,
@@ -138,11 +214,7 @@ def pretrain(mcfg: model_config.ModelConfig, batch_fn: Callable[[int], tuple[np.
     @jax.jit
     def step_fn(params, opt_state, tokens, mask):
         def loss_fn(p):
-            logits = transformer.apply(mcfg, p, tokens[:, :-1])
-            lp = jax.nn.log_softmax(logits)
-            tgt = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
-            m = mask[:, 1:]
-            return -jnp.sum(tgt * m) / jnp.maximum(m.sum(), 1)
+            return _answer_nll(transformer.apply(mcfg, p, tokens[:, :-1]), tokens, mask)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -158,22 +230,15 @@ def pretrain(mcfg: model_config.ModelConfig, batch_fn: Callable[[int], tuple[np.
     return params
 
 
-# ----------------------------------------------------------------------------- prepare
+def _answer_nll(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean next-token NLL of the answer tokens (targets shifted by one)."""
+    lp = jax.nn.log_softmax(logits)
+    tgt = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+    m = mask[:, 1:]
+    return -jnp.sum(tgt * m) / jnp.maximum(m.sum(), 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    root: Path
-    tokenizer: Path
-    teacher: Path
-    student: Path
-    plain_data: Path
-    context_data: Path
-    report: dict[str, Any]
-
-
-def _key(c: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(json.dumps(c.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+# ----------------------------------------------------------------------------- data splits
 
 
 def distinct(n: int, seed: int, exclude: set[str], **kw: Any) -> list[synthetic.Problem]:
@@ -190,109 +255,317 @@ def distinct(n: int, seed: int, exclude: set[str], **kw: Any) -> list[synthetic.
                      "lower the toy's n_eval / n_train_prompts or raise its difficulty")
 
 
-def write_data(root: Path, c: ml_collections.ConfigDict) -> tuple[Path, Path, set[str]]:
-    """plain/{train,test,dev}.jsonl and context/{train,test}.jsonl, all questions distinct.
+def context_dir(root: Path, value: int) -> Path:
+    return Path(root) / f"context_v{value}"
 
-    Returns every held-out question (test + dev), which pretraining never sees.
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    plain: Path
+    contexts: dict[int, Path]
+    eval_solutions: list[str]  # every eval solution (plain and each context value)
+
+
+def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
+    """plain/{train,test,dev}.jsonl and context_v<V>/{train,test}.jsonl for each value V.
+
+    Every eval, dev and train problem is from a held-out composition (never pretrained on);
+    questions are pairwise distinct across splits. The context questions are the same for every
+    value (the question text does not depend on it); only the solutions differ.
     """
-    diff = _difficulty(c)
-    ctx = dict(difficulty=diff, variant="context", rule_value=CONTEXT_RULE_VALUE)
-    plain_eval = distinct(c.n_eval, c.seed + 101, set(), difficulty=diff)
-    ctx_eval = distinct(c.n_eval, c.seed + 202, set(), **ctx)
-    plain_dev = distinct(c.n_eval, c.seed + 505, {p.question for p in plain_eval}, difficulty=diff)
-    held_out = {p.question for p in plain_eval + ctx_eval + plain_dev}
-    n_train = c.n_train_prompts + 64  # + the few-shot pool
-    plain_train = distinct(n_train, c.seed + 303, held_out, difficulty=diff)
-    ctx_train = distinct(n_train, c.seed + 404, held_out, **ctx)
-    for name, train, test in (("plain", plain_train, plain_eval), ("context", ctx_train, ctx_eval)):
-        synthetic.write_jsonl(train, root / name / "train.jsonl")
-        synthetic.write_jsonl(test, root / name / "test.jsonl")
+    held = _gen_kw(c, "held_out")
+    n_train = c.n_train_prompts + c.run.n_fewshot
+    plain_eval = distinct(c.n_eval, c.seed + 101, set(), **held)
+    plain_dev = distinct(c.n_dev, c.seed + 505, {p.question for p in plain_eval}, **held)
+    plain_train = distinct(n_train, c.seed + 303, {p.question for p in plain_eval + plain_dev},
+                           **held)
+    synthetic.write_jsonl(plain_train, root / "plain" / "train.jsonl")
+    synthetic.write_jsonl(plain_eval, root / "plain" / "test.jsonl")
     synthetic.write_jsonl(plain_dev, root / "plain" / "dev.jsonl")
-    return root / "plain", root / "context", held_out
+    solutions = [p.solution for p in plain_eval]
+    contexts = {}
+    for v in c.context_values:
+        kw = dict(held, variant="context", rule_value=v)
+        ctx_eval = distinct(c.n_eval, c.seed + 202, set(), **kw)
+        ctx_train = distinct(n_train, c.seed + 404, {p.question for p in ctx_eval}, **kw)
+        contexts[v] = context_dir(root, v)
+        synthetic.write_jsonl(ctx_train, contexts[v] / "train.jsonl")
+        synthetic.write_jsonl(ctx_eval, contexts[v] / "test.jsonl")
+        solutions += [p.solution for p in ctx_eval]
+    return Data(root / "plain", contexts, solutions)
 
 
-def toy_accuracy(path: Path, data_dir: Path, n: int, shots: int, max_new_tokens: int,
-                 split: str = "test") -> dict:
-    """Greedy accuracy on `split` of the checkpoint at `path` (optionally with k-shot context)."""
-    tok = toy_tokenizer.load_tokenizer(path)
-    mcfg, params = hf_io.load_hf(path, dtype=jnp.float32)
-    examples = gsm8k.load_jsonl(data_dir / f"{split}.jsonl")[:n]
-    pool = gsm8k.load_jsonl(data_dir / "train.jsonl")
-    ctx = prompts.context_shots("fewshot", shots, pool[-64:], seed=0) if shots else []
-    student, teacher = prompts.build_views(tok, examples, ctx, instruction="")
+def run_splits(data_dir: Path, c: ml_collections.ConfigDict) -> gsm8k.Splits:
+    """The splits a distillation run makes of `data_dir` (same sizes and seed as configs/toy.py)."""
+    return gsm8k.make_splits(gsm8k.load_jsonl(data_dir / "train.jsonl"),
+                             gsm8k.load_jsonl(data_dir / "test.jsonl"), c.n_train_prompts,
+                             c.run.n_fewshot, c.n_eval, c.run.split_seed)
+
+
+def run_context(data_dir: Path, c: ml_collections.ConfigDict) -> list[gsm8k.Example]:
+    """The k solved examples a context run's teacher sees (prompts.context_shots, as the runs)."""
+    return prompts.context_shots("fewshot", c.context_k, run_splits(data_dir, c).fewshot,
+                                 c.run.split_seed)
+
+
+def format_only_context(c: ml_collections.ConfigDict, plain_dir: Path) -> list[gsm8k.Example]:
+    """The control context: k solved *plain* problems -- the answer format, but no unit value."""
+    return prompts.context_shots("fewshot", c.context_k, run_splits(plain_dir, c).fewshot,
+                                 c.run.split_seed)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded toy checkpoint with its tokenizer."""
+
+    path: Path
+    cfg: model_config.ModelConfig
+    params: Any
+    tokenizer: Any
+
+    @classmethod
+    def load(cls, path: Path) -> "Model":
+        mcfg, params = hf_io.load_hf(path, dtype=jnp.float32)
+        return cls(Path(path), mcfg, params, toy_tokenizer.load_tokenizer(path))
+
+
+def accuracy(model: Model, examples: Sequence[gsm8k.Example], c: ml_collections.ConfigDict,
+             shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None
+             ) -> float:
+    """Greedy accuracy of `model` (+ `lora`) on `examples`, with `shots` as context if given."""
+    return accuracies(model, {"": examples}, c, shots, lora)[""]
+
+
+def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_collections.ConfigDict,
+               shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None
+               ) -> dict[str, float]:
+    """Greedy accuracy on example sets that share their questions (the context sets of each
+    hidden value): generated once, graded against each set's golds -- evals dominate prepare."""
+    first = next(iter(sets.values()))
+    questions = [e.question for e in first]
+    if any([e.question for e in exs] != questions for exs in sets.values()):
+        raise ValueError("accuracies: the example sets must share their questions, in order")
+    tok = model.tokenizer
+    student, teacher = prompts.build_views(tok, list(first), list(shots), instruction="")
     ids = teacher if shots else student
     toks, mask = prompts.pad_left(ids, tok.pad_token_id, prompts.bucket_length(max(map(len, ids))))
-    summary, _ = evaluate.evaluate_prompts(
-        mcfg, params, None, tok, toks, mask, [e.question for e in examples],
-        [e.answer for e in examples], max_new_tokens=max_new_tokens, batch_size=64,
-        eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
-    return summary
+    eos = (tok.eos_token_id,)
+    out = evaluate.generate_greedy(model.cfg, model.params, lora, toks, mask,
+                                   max_new_tokens=c.run.max_new_tokens,
+                                   batch_size=c.eval_batch_size, eos_ids=eos, pad_id=tok.pad_token_id)
+    return {key: evaluate.summarize(evaluate.grade(tok, *out, questions, [e.answer for e in exs],
+                                                   eos))["accuracy"]
+            for key, exs in sets.items()}
 
 
-def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
-            say: Callable[[str], None] = print) -> Prepared:
-    """Builds (or reuses) the toy testbed under cache_dir/<config hash>/."""
-    c = c or default_prepare_config()
-    root = Path(cache_dir) / f"toy-{_key(c)}"
-    done = root / "prepared.json"
-    paths = dict(root=root, tokenizer=root / "tokenizer", teacher=root / "teacher",
-                 student=root / "student", plain_data=root / "plain", context_data=root / "context")
-    if done.exists():
-        say(f"toy testbed: reusing {root}")
-        return Prepared(**paths, report=json.loads(done.read_text()))
-    if root.exists():
-        shutil.rmtree(root)  # an interrupted prepare: start over
-    t0 = time.time()
-    tok = toy_corpus.build_toy_tokenizer(c.seed)
-    toy_tokenizer.save_tokenizer(tok, paths["tokenizer"])
-    plain_dir, ctx_dir, held_out = write_data(root, c)
-    m = c.teacher
+def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
+    """The method-neutral oracle: the student (no context) with the runs' LoRA rank, learning
+    rate, batch and step budget, trained by supervised NLL on the ground-truth solutions of the
+    runs' training prompts; returns its eval accuracy. If this cannot move the student, no
+    distillation method can be told apart from another on this setup."""
+    b = c.run
+    splits = run_splits(data_dir, c)
+    tok = model.tokenizer
+    student_prompts, _ = prompts.build_views(tok, list(splits.train), [], instruction="")
+    answers = [tok(e.solution + toy_tokenizer.END, add_special_tokens=False)["input_ids"]
+               for e in splits.train]
+    rows = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(student_prompts, answers)]
+    tokens, mask = pack(rows, prompts.bucket_length(max(len(r[0]) for r in rows)), tok.pad_token_id)
+    lcfg = lora_lib.LoraConfig(rank=b.lora_rank, alpha=b.lora_alpha)
+    lora0 = lora_lib.init_lora(model.cfg, lcfg, jax.random.key(c.seed), model.params)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(b.lr, weight_decay=0.0))
+
+    @jax.jit
+    def step_fn(layers, opt_state, tok_b, mask_b):
+        def loss_fn(ls):
+            lora = lora_lib.LoraParams(ls, lcfg.scale)
+            return _answer_nll(transformer.apply(model.cfg, model.params, tok_b[:, :-1], lora),
+                               tok_b, mask_b)
+
+        loss, grads = jax.value_and_grad(loss_fn)(layers)
+        updates, opt_state = opt.update(grads, opt_state, layers)
+        return optax.apply_updates(layers, updates), opt_state, loss
+
+    layers, opt_state = lora0.layers, opt.init(lora0.layers)
+    n = tokens.shape[0]
+    for step in range(b.steps):
+        idx = train.batch_indices(step, b.batch_size, n, c.seed)  # as the runs
+        layers, opt_state, _ = step_fn(layers, opt_state, tokens[idx], mask[idx])
+    return accuracy(model, list(splits.eval), c, lora=lora_lib.LoraParams(layers, lcfg.scale))
+
+
+def mean_answer_tokens(tokenizer: Any, solutions: Sequence[str]) -> float:
+    """Mean tokens of a reference answer (+ its end-of-turn token), over `solutions`."""
+    return statistics.mean(len(tokenizer(s + toy_tokenizer.END, add_special_tokens=False)
+                               ["input_ids"]) for s in solutions)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    root: Path
+    tokenizer: Path
+    teacher: Path
+    student: Path
+    plain_data: Path
+    context_data: dict[int, Path]
+    report: dict[str, Any]
+
+    @property
+    def testbed(self) -> dict[str, Any]:
+        return self.report["testbed"]
+
+
+def _key(c: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(c.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _paths(root: Path, c: ml_collections.ConfigDict) -> dict[str, Any]:
+    return dict(root=root, tokenizer=root / "tokenizer", teacher=root / "teacher",
+                student=root / "student", plain_data=root / "plain",
+                context_data={v: context_dir(root, v) for v in c.context_values})
+
+
+def _pretrain_model(root: Path, name: str, m: ml_collections.ConfigDict, c: ml_collections.ConfigDict,
+                    tok: Any, seed: int, say: Callable[[str], None],
+                    snapshot: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
+    """Pretrains `name` from scratch and saves it (and its snapshots) as HF checkpoints."""
     mcfg = model_cfg(m, len(tok), tok.eos_token_id, tok.pad_token_id)
-    snapshots: dict[int, float] = {}
 
     def save(path: Path, params: dict[str, Any]) -> None:
         hf_io.save_hf(mcfg, params, path)
         toy_tokenizer.save_tokenizer(tok, path)
 
-    def snapshot(step: int, params: dict[str, Any]) -> None:
-        path = root / "snapshots" / f"step{step}"
+    def on_snapshot(step: int, params: dict[str, Any]) -> None:
+        path = root / f"{name}_snapshots" / f"step{step}"
         save(path, params)
-        snapshots[step] = toy_accuracy(path, plain_dir, c.n_eval, 0, c.eval_max_new_tokens,
-                                       split="dev")["accuracy"]
+        snapshot(step, path)
+
+    t0 = time.time()
+    params = pretrain(mcfg, pretraining_stream(tok, c, m, seed), m.steps, m.lr, seed=seed + 7,
+                      snapshot=on_snapshot if snapshot else None,
+                      snapshot_steps=tuple(m.get("snapshots", ())),
+                      progress=lambda i, loss: say(f"  pretrain {name}: step {i + 1}/{m.steps} "
+                                                   f"loss {loss:.3f}"))
+    save(root / name, params)
+    return {"params": transformer.count_params(params), "seconds": time.time() - t0,
+            "config": m.to_dict()}
+
+
+def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
+            say: Callable[[str], None] = print) -> Prepared:
+    """Builds (or reuses) the toy testbed under cache_dir/<config hash>/ and its testbed.json."""
+    c = c or default_prepare_config()
+    root = Path(cache_dir) / f"toy-{_key(c)}"
+    done = root / "prepared.json"
+    paths = _paths(root, c)
+    if done.exists():
+        say(f"toy testbed: reusing {root}")
+        report = json.loads(done.read_text())
+        say("\n".join(testbed.loud_lines(report["testbed"])))
+        return Prepared(**paths, report=report)
+    if root.exists():
+        shutil.rmtree(root)  # an interrupted prepare: start over
+    t0 = time.time()
+    tok = toy_corpus.build_toy_tokenizer(c.seed)
+    toy_tokenizer.save_tokenizer(tok, paths["tokenizer"])
+    data = write_data(root, c)
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"vocab_size": len(tok)}
+    report["teacher"] = _pretrain_model(root, "teacher", c.teacher, c, tok, c.seed + 1, say)
+    timings["teacher"] = report["teacher"]["seconds"]
+
+    dev = gsm8k.load_jsonl(data.plain / "dev.jsonl")
+    snapshots: dict[int, float] = {}
+
+    def pick(step: int, path: Path) -> None:
+        snapshots[step] = accuracy(Model.load(path), dev, c)
         say(f"  student candidate: step {step}, dev accuracy {snapshots[step]:.1%}")
 
-    t1 = time.time()
-    params = pretrain(mcfg, pretraining_stream(tok, c, m, held_out, seed=c.seed + 1), m.steps,
-                      m.lr, seed=c.seed + 7, snapshot=snapshot,
-                      snapshot_steps=tuple(c.student.snapshots),
-                      progress=lambda i, loss: say(f"  pretrain teacher: step {i + 1}/{m.steps} "
-                                                   f"loss {loss:.3f}"))
-    save(paths["teacher"], params)
+    report["student"] = _pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say, pick)
+    timings["student"] = report["student"]["seconds"]
     eligible = [st for st, acc in snapshots.items() if acc <= c.student.max_accuracy]
     if not eligible:
         raise ValueError(f"no student snapshot has dev accuracy <= {c.student.max_accuracy} "
                          f"({snapshots}); use earlier `student.snapshots`")
     chosen = max(eligible)
-    shutil.copytree(root / "snapshots" / f"step{chosen}", paths["student"])
-    report: dict[str, Any] = {
-        "vocab_size": len(tok),
-        "teacher": {"params": transformer.count_params(params), "seconds": time.time() - t1,
-                    "config": m.to_dict()},
-        "student": {"snapshot_step": chosen, "dev_accuracy_by_snapshot": snapshots,
-                    "params": transformer.count_params(params)},
-    }
-    for name in ("teacher", "student"):
-        report[name]["plain_accuracy"] = toy_accuracy(
-            paths[name], plain_dir, c.n_eval, 0, c.eval_max_new_tokens)["accuracy"]
-    report["teacher"]["context_accuracy_without_context"] = toy_accuracy(
-        paths["teacher"], ctx_dir, c.n_eval, 0, c.eval_max_new_tokens)["accuracy"]
-    report["teacher"]["context_accuracy_with_context"] = toy_accuracy(
-        paths["teacher"], ctx_dir, c.n_eval, c.context_k, c.eval_max_new_tokens)["accuracy"]
-    report["seconds"] = time.time() - t0
-    report["config"] = c.to_dict()
+    shutil.rmtree(paths["student"])
+    shutil.copytree(root / "student_snapshots" / f"step{chosen}", paths["student"])
+    report["student"].update(snapshot_step=chosen, dev_accuracy_by_snapshot=snapshots)
+
+    t1 = time.time()
+    tb = measure(c, data, paths, tok, report, say)
+    timings["measure"] = time.time() - t1
+    t1 = time.time()
+    tb["eval_pretrain_overlap"] = pretrain_overlap(
+        data.eval_solutions, [(c.teacher, c.seed + 1), (c.student, c.seed + 2)], c)
+    timings["overlap"] = time.time() - t1
+    testbed.judge(tb, c.checks)
+    timings["total"] = time.time() - t0
+    tb["prepare_seconds"] = timings
+    report.update(testbed=tb, seconds=timings["total"], config=c.to_dict())
+    (root / testbed.TESTBED_JSON).write_text(json.dumps(tb, indent=2, sort_keys=True))
     done.write_text(json.dumps(report, indent=2, sort_keys=True))
-    say(f"toy testbed ready in {report['seconds']:.0f}s: teacher {report['teacher']['plain_accuracy']:.1%}, "
-        f"student (snapshot {chosen}) {report['student']['plain_accuracy']:.1%}, context teacher "
-        f"{report['teacher']['context_accuracy_with_context']:.1%} vs without context "
-        f"{report['teacher']['context_accuracy_without_context']:.1%}")
+    say(f"toy testbed ready in {timings['total']:.0f}s: " + summary_line(tb))
+    say("\n".join(testbed.loud_lines(tb)))
     return Prepared(**paths, report=report)
+
+
+def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok: Any,
+            report: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """testbed.json's measurements (accuracies are fractions; every eval is greedy, held-out)."""
+    teacher, student = Model.load(paths["teacher"]), Model.load(paths["student"])
+    plain_eval = gsm8k.load_jsonl(data.plain / "test.jsonl")
+    size = {"teacher": {"params": report["teacher"]["params"],
+                        "accuracy": accuracy(teacher, plain_eval, c)},
+            "student": {"params": report["student"]["params"],
+                        "accuracy": accuracy(student, plain_eval, c),
+                        "snapshot_step": report["student"]["snapshot_step"]},
+            "oracle": {"accuracy": oracle(student, data.plain, c)}}
+    size["oracle_gain"] = size["oracle"]["accuracy"] - size["student"]["accuracy"]
+    size["param_ratio"] = size["teacher"]["params"] / size["student"]["params"]
+    say(f"  size: teacher {size['teacher']['accuracy']:.1%}, student {size['student']['accuracy']:.1%}, "
+        f"oracle {size['oracle']['accuracy']:.1%}")
+    sets = {str(v): gsm8k.load_jsonl(d / "test.jsonl") for v, d in data.contexts.items()}
+    student_acc = accuracies(teacher, sets, c)  # no context: one generation for every value
+    format_acc = accuracies(teacher, sets, c, shots=format_only_context(c, data.plain))
+    per_value = {}
+    for v, d in data.contexts.items():
+        row = {"teacher": accuracy(teacher, sets[str(v)], c, shots=run_context(d, c)),
+               "student": student_acc[str(v)], "format_only": format_acc[str(v)],
+               "oracle": oracle(teacher, d, c)}
+        per_value[str(v)] = row
+        say(f"  context value {v}: " + ", ".join(f"{k} {x:.1%}" for k, x in row.items()))
+    mean = lambda key: statistics.mean(r[key] for r in per_value.values())  # noqa: E731
+    context = {"values": list(c.context_values), "per_value": per_value,
+               "teacher": {"accuracy": mean("teacher"), "params": report["teacher"]["params"]},
+               "student": {"accuracy": mean("student"), "params": report["teacher"]["params"]},
+               "format_only": {"accuracy": mean("format_only")},
+               "oracle": {"accuracy": mean("oracle")},
+               "oracle_gain": mean("oracle") - mean("student"),
+               # the context student is the base model: its plain-task accuracy before any run
+               # (each context run's retention eval measures it after)
+               "retention_before": size["teacher"]["accuracy"]}
+    return {"size": size, "context": context, "n_eval": c.n_eval,
+            "eval_ci_halfwidth": testbed.ci_halfwidth(c.n_eval),
+            "mean_answer_tokens": mean_answer_tokens(tok, data.eval_solutions),
+            "seed_fraction": c.run.seed_fraction,
+            "seed_tokens": methods.seed_tokens(c.run.seed_fraction, c.run.max_new_tokens),
+            "completion_budget": c.run.max_new_tokens}
+
+
+def summary_line(tb: dict[str, Any]) -> str:
+    s, x = tb["size"], tb["context"]
+    return (f"size: teacher {s['teacher']['accuracy']:.1%} ({s['teacher']['params']:,} params) vs "
+            f"student {s['student']['accuracy']:.1%} ({s['student']['params']:,}), oracle gain "
+            f"{s['oracle_gain']:+.1%}; context (values {x['values']}): teacher "
+            f"{x['teacher']['accuracy']:.1%}, student {x['student']['accuracy']:.1%}, format-only "
+            f"{x['format_only']['accuracy']:.1%}, oracle gain {x['oracle_gain']:+.1%}; "
+            f"n_eval {tb['n_eval']} (95% half-width {tb['eval_ci_halfwidth']:.1%}), pretraining "
+            f"overlap {tb['eval_pretrain_overlap']:.1%}, answers {tb['mean_answer_tokens']:.1f} "
+            "tokens")

@@ -6,27 +6,34 @@
 The argument picks the setup; model and data paths point into the toy testbed that
 `python -m cliffdistill.main` (or `cliffdistill.toy.prepare`) builds in `TOY_CACHE`. The study's
 100-step schedule is scaled to 40 steps with every phase boundary at the same fraction
-(switch at 50%, seeding decays over the first 50%, reverse curriculum switches at 70%).
+(switch at 50%, seeding decays over the first 50%, reverse curriculum switches at 70%), and its
+teacher-seeded prefix to the same fraction (20/256) of the completion budget. The run budget
+(LoRA rank, lr, steps, batch, completion budget) is `cliffdistill.toy.run_budget()`: the
+testbed's oracle check is measured with exactly it.
 """
 
 import os
 
 import ml_collections
 
+from cliffdistill import methods, toy
 from configs import base
 
 TOY_CACHE = os.environ.get("CLIFFDISTILL_CACHE", os.path.expanduser("~/.cache/cliffdistill"))
-STEPS = 40
+BUDGET = toy.run_budget()
+STEPS = BUDGET.steps
+#: The context setup's hidden unit value when none is chosen (a sweep picks one per seed).
+DEFAULT_CONTEXT_VALUE = toy.default_prepare_config().context_values[0]
 
 
-def toy_paths(root: str, setup: str) -> dict:
+def toy_paths(root: str, setup: str, context_value: int = DEFAULT_CONTEXT_VALUE) -> dict:
     """Overrides that point a run at a prepared toy testbed (see cliffdistill.toy.prepare)."""
     if setup == "size":
         return {"student.path": f"{root}/student", "teacher.path": f"{root}/teacher",
                 "data.path": f"{root}/plain", "data.context": "none"}
     if setup == "context":  # teacher = the toy teacher's base weights WITH k solved examples
         return {"student.path": f"{root}/teacher", "teacher.path": "",
-                "data.path": f"{root}/context", "data.context": "fewshot"}
+                "data.path": str(toy.context_dir(root, context_value)), "data.context": "fewshot"}
     raise ValueError(f"configs/toy.py:<setup> needs 'size' or 'context', got {setup!r}")
 
 
@@ -41,21 +48,24 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
     for field, value in toy_paths(root or f"{TOY_CACHE}/<run cliffdistill.main first>", arg).items():
         section, key = field.split(".")
         c[section][key] = value
+    b, prep = BUDGET, toy.default_prepare_config()
     c.student.dtype = c.teacher.dtype = "float32"
-    c.lora.update(rank=8, alpha=16.0)
-    c.data.update(n_train=256, n_fewshot=64, n_eval=128, instruction="", context_k=3)
-    c.rollout.update(batch_size=32, max_new_tokens=32, max_prompt_len=64,
-                     max_teacher_prompt_len=256)
-    c.off_policy.update(max_new_tokens=32, gen_batch_size=64)
+    c.lora.update(rank=b.lora_rank, alpha=b.lora_alpha)
+    c.data.update(n_train=prep.n_train_prompts, n_fewshot=b.n_fewshot, n_eval=prep.n_eval,
+                  split_seed=b.split_seed, instruction="", context_k=prep.context_k)
+    c.rollout.update(batch_size=b.batch_size, max_new_tokens=b.max_new_tokens, max_prompt_len=128,
+                     max_teacher_prompt_len=512)
+    c.off_policy.update(max_new_tokens=b.max_new_tokens, gen_batch_size=64)
     c.replay.capacity = 128
     c.loss.update(vocab_chunk=4096, remat="none")
-    c.optim.update(lr=3e-3)
-    c.eval.update(every=10, max_new_tokens=48, batch_size=128)
+    c.optim.update(lr=b.lr)
+    c.eval.update(every=10, max_new_tokens=b.max_new_tokens, batch_size=prep.eval_batch_size)
     c.checkpoint.update(every=20, keep=2, async_save=False)
     s = c.schedule
     s.num_steps, s.extended_num_steps = STEPS, 2 * STEPS
     s.hybrid_switch_step = STEPS // 2
-    s.seed_max_tokens, s.seed_decay_steps = 8, STEPS // 2
+    s.seed_max_tokens = methods.seed_tokens(b.seed_fraction, b.max_new_tokens)
+    s.seed_decay_steps = STEPS // 2
     s.replay_period = 5
     s.reverse_switch_step = int(0.7 * STEPS)
     return c

@@ -32,12 +32,33 @@ EXPECTED = {
     "replay_buffer": {0: ON, 25: ON, 49: REPLAY, 50: ON, 69: REPLAY, 70: ON, 99: REPLAY},
     "kl_anchored": {0: ANCHOR, 25: ANCHOR, 49: ANCHOR, 50: ANCHOR, 69: ANCHOR, 70: ANCHOR, 99: ANCHOR},
     "reverse_curriculum": {0: ON, 25: ON, 49: ON, 50: ON, 69: ON, 70: OFF, 99: OFF},
+    # the pure off-policy row (not one of the study's eight): off-policy NLL at every step
+    "off_policy": {0: OFF, 25: OFF, 49: OFF, 50: OFF, 69: OFF, 70: OFF, 99: OFF},
 }
 
 
-def test_table_covers_exactly_the_eight_methods():
+def test_table_covers_the_eight_methods_and_off_policy():
     assert set(methods.METHODS) == set(EXPECTED)
-    assert len(methods.METHODS) == 8
+    assert len(methods.METHODS) == 9
+    assert list(methods.METHODS)[-1] == "off_policy"  # after the study's eight, in table order
+    assert methods.num_steps("off_policy") == 100
+
+
+@pytest.mark.parametrize("budget,want", [(256, 20), (128, 10), (64, 5), (96, 8), (32, 3)])
+def test_seed_tokens_is_a_fraction_of_the_budget(budget, want):
+    # 20/256 of the budget, rounded half up (96 * 20/256 = 7.5 -> 8)
+    assert methods.seed_tokens(methods.STUDY_SEED_FRACTION, budget) == want
+    c = methods.default_schedule_config()
+    c.seed_max_tokens, c.seed_decay_steps = methods.seed_tokens(20 / 256, budget), 20
+    got = [methods.get("teacher_seeded", c)(s).seed_tokens for s in (0, 10, 20)]
+    assert got == [want, round(want / 2), 0]
+
+
+def test_seed_tokens_rejects_bad_input():
+    with pytest.raises(ValueError, match="fraction"):
+        methods.seed_tokens(1.5, 128)
+    with pytest.raises(ValueError, match="budget"):
+        methods.seed_tokens(0.1, 0)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -342,3 +342,75 @@ def test_token_lengths(tok):
             assert max(prompts) <= 48 and max(solutions) <= 32, report[-1]
         assert max(prompts) <= 80 and max(solutions) <= 48, report[-1]
     print("\n".join(report))
+
+
+# ----------------------------------------------------------------------------- held-out compositions
+
+_WORKED = re.compile(r"^(\w+) (?:now )?has (\d+[-+*/]\d+=\d+) (\w+)\.$")
+
+
+@pytest.mark.parametrize("variant", synthetic.VARIANTS)
+def test_worked_style_is_the_terse_solution_restated(variant):
+    kw = dict(difficulty=range(1, 5), variant=variant)
+    terse = synthetic.generate(200, seed=5, **kw)
+    worked = synthetic.generate(200, seed=5, style="worked", **kw)
+    for t, w in zip(terse, worked):
+        assert (w.question, w.answer, w.composition) == (t.question, t.answer, t.composition)
+        *lines, final = w.solution.split("\n")
+        equations = []
+        for line in lines:
+            m = _WORKED.fullmatch(line)
+            assert m, line
+            assert m.group(1) in w.question and m.group(3) in w.question
+            equations.append(m.group(2))
+        assert "\n".join(equations + [final]) == t.solution
+    with pytest.raises(ValueError, match="style"):
+        synthetic.generate(1, seed=0, style="verbose")
+
+
+def test_composition_is_variant_ops_and_start():
+    p = synthetic.generate(1, seed=3, difficulty=3)[0]
+    lines = [_EQUATION.fullmatch(line) for line in p.solution.split("\n")[:-1]]
+    ops = "".join(m.group(2) for m in lines)
+    assert p.composition == f"plain|{ops}|{lines[0].group(1)}" and p.start == int(lines[0].group(1))
+    # each tail is the composition of the plain problem the solution ends like
+    assert p.tails == tuple(f"plain|{ops[i:]}|{m.group(1)}" for i, m in enumerate(lines))
+    q = synthetic.generate(1, seed=3, difficulty=3, variant="context", rule_value=4)[0]
+    assert q.composition.startswith("context|") and q.composition.endswith(f"|{q.start}")
+    assert q.solution.startswith(f"{q.start}*4=")
+
+
+@pytest.mark.parametrize("variant", synthetic.VARIANTS)
+def test_splits_partition_compositions(variant):
+    kw = dict(difficulty={2: 1, 3: 1, 4: 1}, variant=variant, style="worked")
+    held = synthetic.generate(300, seed=1, split="held_out", **kw)
+    seen = synthetic.generate(300, seed=1, split="seen", **kw)
+    assert all(synthetic.is_held_out(p) for p in held)
+    assert not any(synthetic.is_held_out(p) for p in seen)
+    assert all(synthetic.is_seen(p) for p in seen)
+    # no held-out composition occurs in a seen problem, whole or as the tail of its solution
+    seen_keys = {k for p in seen for k in (p.composition, *p.tails)}
+    assert not {p.composition for p in held} & seen_keys
+    everything = synthetic.generate(2000, seed=2, **kw)
+    share = sum(map(synthetic.is_held_out, everything)) / len(everything)
+    assert 0.15 < share < 0.35  # about 1 in HELD_OUT_MOD compositions
+    with pytest.raises(ValueError, match="split"):
+        synthetic.generate(1, seed=0, split="eval")
+
+
+def test_format_only_episodes_show_no_unit_value():
+    for e in synthetic.make_episodes(50, seed=4, k=2, difficulty=2, shot_variant="plain"):
+        assert all(s.rule is None and "zorp" not in s.question for s in e.shots)
+        assert e.query.rule_value == e.rule_value and "zorp" in e.query.question
+    with pytest.raises(ValueError, match="shot_variant"):
+        synthetic.make_episodes(1, seed=0, shot_variant="other")
+
+
+def test_worked_token_lengths(tok):
+    """The testbed's task: 2-4-step answers of roughly 30-60 tokens (+EOS), ~45 on average."""
+    for variant in synthetic.VARIANTS:
+        problems = synthetic.generate(300, seed=7, difficulty={2: 1, 3: 1, 4: 1}, variant=variant,
+                                      style="worked")
+        n = [len(tok.encode(p.solution)) + 1 for p in problems]
+        assert 26 <= min(n) and max(n) <= 66, (variant, min(n), max(n))
+        assert 40 <= statistics.mean(n) <= 50, (variant, statistics.mean(n))

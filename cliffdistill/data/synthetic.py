@@ -38,6 +38,7 @@ pretrained on it answers right after the assistant marker. Deterministic under `
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import numbers
 import os
@@ -83,6 +84,39 @@ _HALF_TEMPLATE = "{P} gives away half of them."  # the "/" template for k == 2 o
 
 Difficulty = int | Iterable[int] | Mapping[int, float]
 
+#: Solution styles: ``"terse"`` (``12+5=17`` per line) and ``"worked"`` (each line restates the
+#: running count, ``Ann now has 12+5=17 pens.``: about 14 tokens a line, so 2-4-step answers are
+#: 30-60 tokens long and errors have room to compound over a generation).
+STYLES: tuple[str, ...] = ("terse", "worked")
+#: Composition splits: ``"all"``, ``"seen"`` (pretraining text) and ``"held_out"`` (evaluation).
+SPLITS: tuple[str, ...] = ("all", "seen", "held_out")
+#: One composition in HELD_OUT_MOD is held out (by a stable hash of :attr:`Problem.composition`).
+HELD_OUT_MOD = 4
+
+
+def _held_out_key(composition: str, mod: int) -> bool:
+    """Stable across runs and processes: a SHA-256 of the composition, never the salted hash()."""
+    return int.from_bytes(hashlib.sha256(composition.encode()).digest()[:8], "big") % mod == 0
+
+
+def is_held_out(problem: "Problem", mod: int = HELD_OUT_MOD) -> bool:
+    """Whether ``problem``'s composition belongs to the held-out split."""
+    return _held_out_key(problem.composition, mod)
+
+
+def is_seen(problem: "Problem", mod: int = HELD_OUT_MOD) -> bool:
+    """Whether ``problem`` may be pretraining text: neither its composition nor that of any of
+    its line-aligned tails is held out. (A tail -- the solution from its i-th operation on -- is
+    itself the whole solution of a shorter plain problem: without this, a held-out solution
+    could appear verbatim at the end of a longer pretraining solution.)"""
+    return not any(_held_out_key(k, mod) for k in (problem.composition, *problem.tails))
+
+
+def _in_split(problem: "Problem", split: str, mod: int) -> bool:
+    if split == "all":
+        return True
+    return is_held_out(problem, mod) if split == "held_out" else is_seen(problem, mod)
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -99,6 +133,17 @@ class Problem:
     steps: int
     rule: str | None = None
     rule_value: int | None = None
+    ops: str = ""
+    start: int = 0
+    tails: tuple[str, ...] = ()  # compositions of the plain problems its solution ends like
+
+    @property
+    def composition(self) -> str:
+        """The problem's *composition*: variant, operation sequence and first number (the unit
+        count in the context variant). Names, items, templates and operands vary within one
+        composition; the held-out split (:func:`is_held_out`) is drawn over compositions, so a
+        held-out problem's worked solution never occurs in text built from the other split."""
+        return f"{'context' if self.rule else 'plain'}|{self.ops}|{self.start}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +205,13 @@ def _check_rule_value(rule_value: int) -> int:
     return int(rule_value)
 
 
-def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int | None) -> Problem:
+def _line(style: str, equation: str, name: str, items: str, verb: str = "now has") -> str:
+    """One solution line: the bare equation (terse) or ``Ann now has 12+5=17 pens.`` (worked)."""
+    return equation if style == "terse" else f"{name} {verb} {equation} {items}."
+
+
+def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int | None,
+                  style: str = "terse") -> Problem:
     """Draw one problem. For the context variant, all draws from ``rng`` are independent of
     ``rule_value``: the value is tracked symbolically as ``alpha * v + beta`` and every choice
     keeps it in bounds for *every* ``v`` in :data:`CONTEXT_RULE_RANGE`; ``rule_value`` is used
@@ -172,14 +223,18 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
     vmin, vmax = CONTEXT_RULE_RANGE if context else (0, 0)
 
     lines: list[str] = []
+    ops = ""
+    starts: list[int] = []  # the running count before each operation
     if context:
         alpha, beta = rng.randint(*_UNIT_COUNT), 0
+        start = alpha
         sentences = [f"{name} has {alpha} {CONTEXT_UNIT}s of {items}."]
         value = alpha * rule_value
-        lines.append(f"{alpha}*{rule_value}={value}")
+        lines.append(_line(style, f"{alpha}*{rule_value}={value}", name, items, verb="has"))
         n_ops = steps - 1
     else:
         alpha, beta = 0, rng.randint(*_PLAIN_START)
+        start = beta
         sentences = [f"{name} has {beta} {items}."]
         value = beta
         n_ops = steps
@@ -218,7 +273,9 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
             alpha, beta, new = alpha * b, beta * b, value * b
         else:
             alpha, beta, new = alpha // b, beta // b, value // b
-        lines.append(f"{value}{op}{b}={new}")
+        lines.append(_line(style, f"{value}{op}{b}={new}", name, items))
+        ops += op
+        starts.append(value)
         value = new
 
     now = " now" if n_ops else ""
@@ -231,6 +288,9 @@ def _make_problem(rng: random.Random, steps: int, variant: str, rule_value: int 
         steps=steps,
         rule=f"{CONTEXT_UNIT}={rule_value}" if context else None,
         rule_value=rule_value if context else None,
+        ops=ops,
+        start=start,
+        tails=tuple(f"plain|{ops[i:]}|{v}" for i, v in enumerate(starts)),
     )
 
 
@@ -241,6 +301,9 @@ def generate(
     variant: str = "plain",
     rule_value: int | None = None,
     exclude: Collection[str] = (),
+    style: str = "terse",
+    split: str = "all",
+    held_out_mod: int = HELD_OUT_MOD,
 ) -> list[Problem]:
     """``n`` problems, deterministic in all arguments (and prefix-stable in ``n``).
 
@@ -251,6 +314,10 @@ def generate(
         one per problem from :data:`CONTEXT_RULE_RANGE` (from a separate stream, so the
         questions are the same whatever the values).
     exclude: questions to skip (e.g. the evaluation set's, to keep training data disjoint).
+    style: solution style, one of :data:`STYLES`.
+    split: ``"all"``, or only problems whose composition is ``"seen"`` / ``"held_out"``
+        (:func:`is_held_out` with ``held_out_mod``): pretraining draws ``"seen"``, evaluation
+        ``"held_out"``, so no evaluation solution occurs in the pretraining text.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -260,6 +327,7 @@ def generate(
         rule_value = _check_rule_value(rule_value)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    _check_style_split(style, split)
     sample_steps = _difficulty_sampler(difficulty)
     rng = random.Random(seed)
     rule_rng = random.Random(f"{seed}:rule")
@@ -271,13 +339,14 @@ def generate(
         v = None
         if variant == "context":
             v = rule_value if rule_value is not None else rule_rng.randint(*CONTEXT_RULE_RANGE)
-        p = _make_problem(rng, steps, variant, v)
-        if p.question in excluded:
+        p = _make_problem(rng, steps, variant, v, style)
+        if p.question in excluded or not _in_split(p, split, held_out_mod):
             misses += 1
             if misses > 100 * (n + 10):
                 raise ValueError(
                     f"exclude: could not find {n} problems outside the {len(excluded)} excluded "
-                    f"questions (difficulty={difficulty!r}, variant={variant!r}); exclude fewer"
+                    f"questions in split {split!r} (difficulty={difficulty!r}, "
+                    f"variant={variant!r}); exclude fewer"
                 )
             continue
         out.append(p)
@@ -290,26 +359,47 @@ def make_episodes(
     k: int = 3,
     difficulty: Difficulty = 1,
     rule_value: int | None = None,
+    style: str = "terse",
+    split: str = "all",
+    held_out_mod: int = HELD_OUT_MOD,
+    shot_variant: str = "context",
 ) -> list[Episode]:
     """``n`` context-variant episodes of ``k`` solved shots plus a query, sharing one hidden
     value per episode (random from :data:`CONTEXT_RULE_RANGE` unless ``rule_value`` is given).
-    The query's question differs from its shots'."""
+    The query's question differs from its shots'. Every shot and query is in ``split``.
+
+    ``shot_variant="plain"`` gives *format-only* episodes: the shots are plain problems that show
+    the answer format but not the unit value, so the query's value stays unknown."""
     if k < 0:
         raise ValueError(f"k (shots per episode) must be >= 0, got {k}")
+    if shot_variant not in VARIANTS:
+        raise ValueError(f"shot_variant must be one of {VARIANTS}, got {shot_variant!r}")
+    _check_style_split(style, split)
     if rule_value is not None:
         rule_value = _check_rule_value(rule_value)
     sample_steps = _difficulty_sampler(difficulty)
     rng = random.Random(f"{seed}:episodes")
+    def draw(variant: str, v: int, avoid: set[str]) -> Problem:
+        while True:
+            p = _make_problem(rng, sample_steps(rng), variant, v if variant == "context" else None,
+                              style)
+            if p.question not in avoid and _in_split(p, split, held_out_mod):
+                return p
+
     out = []
     for _ in range(n):
         v = rule_value if rule_value is not None else rng.randint(*CONTEXT_RULE_RANGE)
-        shots = tuple(_make_problem(rng, sample_steps(rng), "context", v) for _ in range(k))
-        seen = {s.question for s in shots}
-        query = _make_problem(rng, sample_steps(rng), "context", v)
-        while query.question in seen:
-            query = _make_problem(rng, sample_steps(rng), "context", v)
+        shots = tuple(draw(shot_variant, v, set()) for _ in range(k))
+        query = draw("context", v, {s.question for s in shots})
         out.append(Episode(shots=shots, query=query, rule_value=v))
     return out
+
+
+def _check_style_split(style: str, split: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -397,5 +487,6 @@ def vocabulary_texts() -> list[str]:
                         )
                 texts.append(f"{start} How many {items} does {name} have?")
     texts.append("12+34=46\n46-5=41\n41*2=82\n82/2=41\n#### 41")
+    texts.append("Ann has 3*7=21 pens.\nAnn now has 21-5=16 pens.\n#### 16")
     texts.append("3*7=21\n#### 21")
     return texts

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from cliffdistill import methods, stats
+from cliffdistill import methods, stats, testbed
 from cliffdistill.report.aggregate import CORRECT
 from cliffdistill.report.markdown import finite, pct, pp, table
+
 
 def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tuple[str, ...]:
     """Methods (study order) whose default schedule satisfies `pred` at any (every) step."""
@@ -19,7 +20,8 @@ def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tup
 OFF_POLICY_METHODS = _methods_where(lambda p: p.off_weight > 0, every=False)
 ON_POLICY_METHODS = _methods_where(  # pure on-policy: no off-policy part, no teacher seeding
     lambda p: p.on_weight > 0 and p.off_weight == 0 and p.seed_tokens == 0, every=True)
-VERDICTS = ("supported", "contradicted", "inconclusive", "no data")
+# "not testable": the setup fails the testbed's headroom checks (cliffdistill.testbed.gate_claims)
+VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_TESTABLE)
 
 
 def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
