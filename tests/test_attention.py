@@ -52,7 +52,7 @@ def test_causal_attention_matches_einsum_values_and_grads(T, block):
     def loss(fn, q, k, v):
         return jnp.sum(jnp.where(real, fn(q, k, v) * jnp.cos(jnp.arange(8.0)), 0.0))
 
-    ours = lambda q, k, v: transformer._causal_attention(cfg, q, k, v, mask)  # noqa: E731
+    ours = lambda q, k, v: transformer.causal_attention(cfg, q, k, v, mask)  # noqa: E731
     ref = lambda q, k, v: einsum_attention(q, k, v, mask)  # noqa: E731
     np.testing.assert_allclose(jnp.where(real, ours(q, k, v), 0), jnp.where(real, ref(q, k, v), 0),
                                atol=1e-5, rtol=0)

@@ -126,7 +126,7 @@ def attention_impl(cfg: ModelConfig, dtype: Any) -> str:
     return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
 
 
-def _causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
+def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
                       mask: jax.Array | None) -> jax.Array:
     """Causal self-attention of a whole sequence with `jax.nn.dot_product_attention` (GQA native).
 
@@ -200,7 +200,7 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     q = rope(q, positions, inv_freq)
     k = rope(k, positions, inv_freq)
     if cache is None:
-        out = _causal_attention(cfg, q, k, v, mask)
+        out = causal_attention(cfg, q, k, v, mask)
     else:
         out = _decode_attention(q, k, v, cache)
     out = out.reshape(B, T, Hq * hd)
