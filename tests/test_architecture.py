@@ -34,9 +34,10 @@ def _is_function_level(tree: ast.Module) -> set[int]:
     return inner
 
 
-def _imports(path: Path) -> list[tuple[str, ast.AST]]:
-    """(imported project module, node) for every import of a `cliffdistill` module in `path`."""
-    tree = ast.parse(path.read_text())
+def _imports(path: Path, tree: ast.Module | None = None) -> list[tuple[str, ast.AST]]:
+    """(imported project module, node) for every import of a `cliffdistill` module in `path`
+    (pass the already parsed `tree` to compare node ids with it)."""
+    tree = ast.parse(path.read_text()) if tree is None else tree
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -94,8 +95,9 @@ def test_no_function_level_project_imports():
     """Project modules are imported at the top, where the dependency is visible."""
     hidden = []
     for name, path in MODULES.items():
-        inner = _is_function_level(ast.parse(path.read_text()))
-        tree_nodes = {id(node) for _, node in _imports(path)}
+        tree = ast.parse(path.read_text())  # one tree: node ids are compared within it
+        inner = _is_function_level(tree)
+        tree_nodes = {id(node) for _, node in _imports(path, tree)}
         hidden += [name for node_id in tree_nodes & inner]
     assert not hidden, f"function-level imports of cliffdistill modules in {sorted(set(hidden))}"
 
