@@ -306,11 +306,10 @@ def update_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: int
     against XLA like the other two). Then one layer at a time is recomputed and differentiated,
     and the loss head works on [b, G, vocab_chunk] fp32 blocks.
     """
-    from cliffdistill.models.transformer import remat_policy
 
     T = P + G
     N = b * T
-    policy = remat_policy(remat)
+    policy = transformer.remat_policy(remat)
     if policy != "none":
         saved = int(passes * SAVED_RESIDUAL_FACTOR * m.num_layers * N * m.hidden_size * a)
         if policy == "dots":
@@ -503,9 +502,8 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
     if uses["anchor"]:  # pi_0's hidden states [b, G, D] (no grad) and its logit chunks
         extra += b * bk.gen * s.hidden_size * a_s + LOGIT_BLOCK_COPIES * b * bk.gen * min(
             chunk, s.vocab_size) * 4
-    from cliffdistill.models.transformer import remat_policy
 
-    items[_SAVED_ITEM[remat_policy(cfg.loss.remat)]] = up["saved"]
+    items[_SAVED_ITEM[transformer.remat_policy(cfg.loss.remat)]] = up["saved"]
     items["update: one layer fwd+bwd, loss head"] = up["layer"] + extra
     items["update: LoRA grads + optimizer temps"] = 2 * lora
     phases["update"] = persistent + up["saved"] + up["layer"] + extra + 2 * lora
