@@ -91,8 +91,6 @@ def smoke_prepare_config() -> ml_collections.ConfigDict:
     Its numbers mean nothing; it exists so that CI (and a user checking an install) runs the
     real prepare -> sweep -> report path in a runtime-only environment.
     """
-    from cliffdistill import toy
-
     c = toy.default_prepare_config()
     c.n_eval, c.n_train_prompts, c.context_k, c.eval_max_new_tokens = 16, 32, 2, 16
     c.teacher.update(layers=2, hidden=32, heads=4, kv_heads=2, head_dim=8, mlp=64, steps=30,
