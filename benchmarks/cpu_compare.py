@@ -126,8 +126,8 @@ def ours_rollout(cfg: ModelConfig, params: Any, B: int, P: int, G: int, reps: in
     def run(n: int) -> Callable[[], Any]:
         return lambda: jax.block_until_ready(sampling.generate_arrays(
             cfg, params, None, prompt, jnp.ones((B, P), bool), jax.random.key(0),
-            jnp.arange(B, dtype=jnp.int32), jnp.asarray(n, jnp.int32), jnp.float32(1.0),
-            jnp.int32(0), jnp.float32(1.0), gen_len=G, eos_ids=(cfg.vocab_size,), pad_id=0))
+            jnp.arange(B, dtype=jnp.int32), sampling.SamplingParams.of(n), gen_len=G,
+            eos_ids=(cfg.vocab_size,), pad_id=0))
 
     n = G if steps is None else steps
     warm, t = best_time(run(n), reps)

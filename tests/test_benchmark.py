@@ -3,7 +3,6 @@
 No timing is asserted: only that every section exists and holds positive numbers.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -16,22 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import throughput as bench
+from benchmarks import throughput_phases as phases
+from benchmarks import throughput_report as report
 from cliffdistill.models import transformer
 from cliffdistill.models.config import preset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "throughput.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("cliffdistill_bench_throughput", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
 
 
 def _positive(x) -> bool:
@@ -127,7 +118,7 @@ def test_decode_floor_matches_the_design_figure():
     cfg = preset("qwen3_4b")
     W = 2 * transformer.count_params(transformer.param_shapes(cfg))
     roll = {"b64": {"B": 64, "P": 128, "G": 256, "decode_ms_per_step": 5.0}}
-    rf = bench.roofline(cfg, W, 4.3e12, roll)["b64"]
+    rf = report.roofline(cfg, W, 4.3e12, roll)["b64"]
     assert 2.0 < rf["floor_ms_per_step"] < 3.0
     assert 20e3 < rf["floor_new_tokens_per_s"] < 32e3
     assert rf["pct_of_floor"] == pytest.approx(100 * rf["floor_ms_per_step"] / 5.0)
@@ -137,7 +128,7 @@ def test_decode_floor_matches_the_design_figure():
 def test_update_flops_are_at_least_the_4n_rule():
     cfg = preset("qwen3_4b")
     B, P, G = 64, 128, 256
-    fl = bench.update_flops(cfg, B, P, G, rank=32)
+    fl = phases.update_flops(cfg, B, P, G, rank=32)
     n_body = bench.active_params(cfg) - cfg.hidden_size * cfg.vocab_size
     assert fl["model_flops"] > 4 * n_body * B * (P + G)
     assert fl["lora_fwd"] < 0.1 * fl["linear_fwd"]  # rank 32 adapters are a small extra
@@ -145,8 +136,8 @@ def test_update_flops_are_at_least_the_4n_rule():
 
 
 def test_init_on_device_has_the_param_tree_and_scale():
-    cfg = bench.SMOKE_TEACHER
-    params = bench.init_params_on_device(cfg, seed=0, dtype=jnp.float32)
+    cfg = phases.SMOKE_TEACHER
+    params = phases.init_params_on_device(cfg, seed=0, dtype=jnp.float32)
     ref = transformer.param_shapes(cfg, jnp.float32)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref)
     for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref)):
@@ -162,18 +153,18 @@ def test_benchmark_times_the_trainers_update():
     from cliffdistill import update
     from cliffdistill.models import lora as lora_lib
 
-    cfg = bench.SMOKE_STUDENT
+    cfg = phases.SMOKE_STUDENT
     params = transformer.init_params(cfg, jax.random.key(0), jnp.float32)
-    lora = lora_lib.init_lora(cfg, bench.LORA, jax.random.key(1), transformer.param_shapes(cfg))
+    lora = lora_lib.init_lora(cfg, phases.LORA, jax.random.key(1), transformer.param_shapes(cfg))
     layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)  # adapters matter
-    batch, plan = bench.update_batch(cfg, 2, 8, 8)
+    batch, plan = phases.update_batch(cfg, 2, 8, 8)
     spec = update.UpdateSpec(
-        student=cfg, teacher=bench.SMOKE_TEACHER, scale=bench.LORA.scale, has_on=True,
+        student=cfg, teacher=phases.SMOKE_TEACHER, scale=phases.LORA.scale, has_on=True,
         has_off=False, has_anchor=False, on_loss="sampled_rkl", off_loss="nll", shift_off=True,
-        vocab_chunk=bench.VOCAB_CHUNK, remat=True, moe_impl="ragged",
+        vocab_chunk=phases.VOCAB_CHUNK, remat=True, moe_impl="ragged",
         optim=update.OptimConfig(), num_steps=0)
     want, _ = update.loss_terms(spec, layers, params, None, batch, plan)
-    fn, opt = bench.make_update(cfg, bench.SMOKE_TEACHER, bench.LORA.scale)
+    fn, opt = phases.make_update(cfg, phases.SMOKE_TEACHER, phases.LORA.scale)
     new, _, aux = fn(layers, jax.jit(opt.init)(layers), params, batch, plan)  # donates layers
     assert float(aux["loss/total"]) == pytest.approx(float(want), rel=1e-5)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(new),

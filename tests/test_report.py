@@ -193,7 +193,8 @@ def test_group_statistics_match_hand_computation(sweep_dir):
     assert g["final_mean"] == pytest.approx(0.6)
     assert g["final_ci_low"] == pytest.approx(0.6 - 0.2484138, abs=1e-6)
     assert g["final_ci_high"] == pytest.approx(0.6 + 0.2484138, abs=1e-6)
-    assert g["status_counts"] == {"stable": 3, "partial": 0, "collapsed": 0}
+    assert g["status_counts"] == {"stable": 3, "partial": 0, "collapsed": 0,
+                                  "transient_collapse": 0}
     assert g["delta_mean"] == pytest.approx(0.1)  # (0 + 0.1 + 0.2) / 3
     assert g["best_mean"] == pytest.approx((0.55 + 0.6 + 0.7) / 3)
     assert (g["n_done"], g["n_failed"], g["n_pending"]) == (3, 0, 0)
@@ -212,7 +213,8 @@ def test_group_statistics_match_hand_computation(sweep_dir):
     assert g["final_mean"] == pytest.approx(0.2666667, abs=1e-6)
     assert g["final_ci_low"] == pytest.approx(0.2666667 - 0.6251613, abs=1e-5)
     assert g["final_ci_high"] == pytest.approx(0.2666667 + 0.6251613, abs=1e-5)
-    assert g["status_counts"] == {"stable": 1, "partial": 1, "collapsed": 1}
+    assert g["status_counts"] == {"stable": 1, "partial": 1, "collapsed": 1,
+                                  "transient_collapse": 0}
     assert g["delta_mean"] == pytest.approx((-0.5 - 0.2 + 0.0) / 3)
 
     g = _group(agg, "size", "hybrid", "no_shift")
@@ -258,7 +260,25 @@ def test_recorded_status_wins_over_recomputed(tmp_path):
     # final 0.5 from 0.5 is "stable" by the rule, but the trainer recorded "collapsed" with its thresholds.
     _run(root, "r0", evals=[(0, 0.5), (10, 0.5)], statuses={10: "collapsed"})
     g = report.aggregate(root)["groups"][0]  # no sweep.json: runs/ is scanned
-    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 1}
+    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 1,
+                                  "transient_collapse": 0}
+
+
+def test_status_from_the_whole_curve(tmp_path):
+    root = tmp_path / "s"
+    # fell from 49% to 8% (collapsed by the documented rule) and recovered: not "stable"
+    _run(root, "dip", seed=0, evals=[(0, 0.49), (10, 0.08), (20, 0.45), (40, 0.48)])
+    _run(root, "flat", seed=1, evals=[(0, 0.49), (10, 0.45), (20, 0.47), (40, 0.48)])
+    # the trainer's recorded status of an intermediate eval counts as well
+    _run(root, "rec", seed=2, evals=[(0, 0.5), (10, 0.5), (40, 0.5)], statuses={10: "collapsed"})
+    agg = report.aggregate(root)
+    runs = {r["name"]: r for r in agg["runs"]}
+    assert runs["dip"]["final_status"] == "transient_collapse"
+    assert runs["dip"]["min_accuracy"] == pytest.approx(0.08)
+    assert runs["flat"]["final_status"] == "stable"
+    assert runs["rec"]["final_status"] == "transient_collapse"
+    assert agg["groups"][0]["status_counts"] == {"stable": 1, "partial": 0, "collapsed": 0,
+                                                 "transient_collapse": 2}
 
 
 def test_jsonl_reading_is_robust(tmp_path):
@@ -301,8 +321,8 @@ def test_write_report_files_tables_plots_and_determinism(sweep_dir):
         "| **total** |",
     ):
         assert row in md, row
-    assert "| on_policy_gkd | 60.0 ± 24.8 | 3 / 0 / 0 | +10.0 pp |" in md
-    assert "| hybrid | 26.7 ± 62.5 | 1 / 1 / 1 | -23.3 pp |" in md
+    assert "| on_policy_gkd | 60.0 ± 24.8 | 3 / 0 / 0 / 0 | +10.0 pp |" in md
+    assert "| hybrid | 26.7 ± 62.5 | 1 / 1 / 1 / 0 | -23.3 pp |" in md
     assert "| method | correct | no_shift |" in md  # ablations side by side
     assert "![accuracy_size](plots/accuracy_size.png)" in md and "plots/bars_context.png" in md
     assert "| ts1 | RuntimeError: out of memory |" in md
@@ -333,7 +353,8 @@ def test_out_of_range_accuracy_is_reported_invalid_not_crashing(tmp_path):
     root = tmp_path / "s"
     _run(root, "pct", evals=[(0, 50.0), (10, 58.0)])  # a trainer that logged percentages
     g = report.aggregate(root)["groups"][0]
-    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 0, "invalid": 1}
+    assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 0,
+                                  "transient_collapse": 0, "invalid": 1}
     assert "0 / 0 / 0, invalid: 1" in report.write_report(root, plots=False)["md"].read_text()
 
 

@@ -135,7 +135,16 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
                 final_status = stats.classify_status(run["final_accuracy"], start)
             except ValueError:  # e.g. accuracy logged in % -- shown as "invalid", never a crash
                 final_status = "invalid"
+    # Status from the whole curve: an intermediate evaluation recorded (or classified) as
+    # collapsed turns a final "stable"/"partial" into "transient_collapse".
+    mid = [e for e in evals if e is not final_rec and int(e["step"]) > 0
+           and _num(e.get("accuracy")) is not None]
+    mid_status = [e.get("status") or (stats.classify_status(_num(e["accuracy"]), start)
+                                      if start is not None else None) for e in mid]
+    if final_status in ("stable", "partial") and "collapsed" in mid_status:
+        final_status = stats.TRANSIENT
     run["final_status"] = final_status
+    run["min_accuracy"] = min(after) if after else None
     run["delta_vs_start"] = (
         run["final_accuracy"] - start if run["final_accuracy"] is not None and start is not None else None
     )

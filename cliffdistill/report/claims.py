@@ -31,9 +31,8 @@ def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
 
 def _fmt_group(g: Mapping) -> str:
     counts = g["status_counts"]
-    return (f"{g['method']} {pct(g['final_mean'])} "
-            f"({counts.get('stable', 0)}/{counts.get('partial', 0)}/{counts.get('collapsed', 0)} "
-            f"stable/partial/collapsed)")
+    cells = "/".join(str(counts.get(s, 0)) for s in stats.STATUSES)
+    return f"{g['method']} {pct(g['final_mean'])} ({cells} {'/'.join(stats.STATUSES)})"
 
 
 def _majority(g: Mapping, status: str) -> bool:

@@ -13,6 +13,9 @@ from cliffdistill import stats
 from cliffdistill.report.aggregate import (BASELINE_TITLES, CORRECT, COST_FIELDS, DIAG_FIELDS,
                                            mean_of, method_rank)
 
+STATUS_HEADER = " / ".join(stats.STATUSES)  # the order of a status-count cell
+
+
 def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -155,7 +158,7 @@ def _results_section(agg: Mapping, groups: Sequence[Mapping]) -> list[str]:
     header = [
         "method",
         "accuracy (%) ± 95% CI",
-        "stable / partial / collapsed",
+        STATUS_HEADER,
         "Δ vs student step 0",
         "best (%)",
         "seeds",
@@ -186,7 +189,7 @@ def _ablations_section(groups: Sequence[Mapping]) -> list[str]:
                 row.append(f"{acc} ({_status_counts(g)})")
             rows.append(row)
         out += table(["method"] + variants, rows)
-        out += ["", "Cells: accuracy (%) ± 95% CI (stable / partial / collapsed).", ""]
+        out += ["", f"Cells: accuracy (%) ± 95% CI ({STATUS_HEADER}).", ""]
     return out
 
 
