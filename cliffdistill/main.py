@@ -77,16 +77,16 @@ def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
     """
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
-    context_values = tuple(context_values or (toy.DEFAULT_CONTEXT_VALUE,))
+    context_values = tuple(context_values or (toy_config.DEFAULT_CONTEXT_VALUE,))
     overrides = dict(overrides or {})
     overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
-        toy.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy.BUDGET.max_new_tokens)))
+        toy_config.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy_config.BUDGET.max_new_tokens)))
     seeds = (0,) if quick else (0, 1, 2)
     rows = [(setup, seed, False) for setup in ("size", "context") for seed in seeds]
     rows += [(setup, 0, True) for setup in ("size", "context")]
     zipped: dict[str, list] = {}
     for setup, seed, defects in rows:
-        paths = toy.toy_paths(str(root), setup, context_value(seed, context_values))
+        paths = toy_config.toy_paths(str(root), setup, context_value(seed, context_values))
         values = {"setup": setup, "seed": seed, **paths,
                   **{f"ablation.{name}": defects for name in ABLATIONS}}
         for field, value in values.items():

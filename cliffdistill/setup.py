@@ -30,7 +30,8 @@ SETUPS = ("size", "context")
 ON_POLICY_LOSSES = ("sampled_rkl", "jsd")
 OFF_POLICY_LOSSES = ("nll", "forward_kl")
 # The study's defects (DESIGN.md §1), each an off-by-default `config.ablation.<name>` switch.
-ABLATIONS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context")
+ABLATIONS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context",
+             "two_step_mixture", "zero_kl_anchor")
 
 # ============================================================================ config checks
 

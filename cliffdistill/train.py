@@ -238,6 +238,7 @@ def update_spec(c: Context, batch: dict[str, Any], plan: methods.StepPlan,
         has_anchor=plan.anchor_beta > 0 and bool(batch),
         on_loss=cfg.loss.on_policy, off_loss=cfg.loss.off_policy,
         shift_off=not cfg.ablation.unshifted_off_policy,
+        two_step_mixture=cfg.ablation.two_step_mixture, zero_kl_anchor=cfg.ablation.zero_kl_anchor,
         vocab_chunk=cfg.loss.vocab_chunk, remat=cfg.loss.remat, moe_impl=cfg.moe_impl,
         optim=optim_config(cfg),
         # a constant schedule does not depend on the run length: share the compile

@@ -111,6 +111,9 @@ class UpdateSpec:
     moe_impl: str
     optim: OptimConfig
     num_steps: int  # 0 for a constant schedule: runs of any length share the compile
+    # The study's defects (ablations, off by default; DESIGN §1):
+    two_step_mixture: bool = False  # on- and off-policy terms as two optimizer steps, not one sum
+    zero_kl_anchor: bool = False  # the KL anchor compares the policy with itself: value, grad 0
 
 
 def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: jax.Array | None,
@@ -157,13 +160,31 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         # KL(pi_theta || pi_0) on the step's off-policy batch (else its on-policy batch), where
         # pi_0 is the same base weights with the adapters off: no second copy of the model.
         b, h = anchor_batch
-        h0 = jax.lax.stop_gradient(hidden(b["prompt"], b["prompt_mask"], b["completion"], None,
-                                          shift=spec.shift_off if spec.has_off else True))
+        if spec.zero_kl_anchor:  # the study's defect: pi_0 := stop_gradient(pi_theta)
+            h0 = jax.lax.stop_gradient(h)
+        else:
+            h0 = jax.lax.stop_gradient(hidden(b["prompt"], b["prompt_mask"], b["completion"], None,
+                                              shift=spec.shift_off if spec.has_off else True))
         l_anchor = losses.generalized_jsd_chunked(h, w, h0, w, b["loss_mask"], 1.0, spec.vocab_chunk)
         aux["loss/anchor"] = l_anchor
         total = total + plan["anchor_beta"] * l_anchor
     aux["loss/total"] = total
     return total, aux
+
+
+def update_parts(spec: UpdateSpec) -> tuple[UpdateSpec, ...]:
+    """The loss terms of one training step, as the optimizer steps that apply them.
+
+    Correct: one step on the weighted sum of every term. With the `two_step_mixture` defect (the
+    study's `mixture`), a step that has both an on- and an off-policy batch becomes two optimizer
+    steps, the on-policy term first, then the off-policy term (with the anchor, if any) at the
+    updated adapters -- with Adam each step moves the adapters by ~lr whatever the term's weight,
+    so the 0.3 / 0.7 weighting is largely lost.
+    """
+    if not (spec.two_step_mixture and spec.has_on and spec.has_off):
+        return (spec,)
+    return (dataclasses.replace(spec, has_off=False, has_anchor=False),
+            dataclasses.replace(spec, has_on=False))
 
 
 _UPDATE_CACHE: dict[UpdateSpec, Callable] = {}
@@ -176,11 +197,16 @@ def update_fn(spec: UpdateSpec) -> Callable:
     optimizer = make_optimizer(spec.optim, max(spec.num_steps, 1))
 
     def update(lora_layers, opt_state, base, teacher_unembed, batch, plan):
-        grads, aux = jax.grad(loss_terms, argnums=1, has_aux=True)(
-            spec, lora_layers, base, teacher_unembed, batch, plan)
-        updates, opt_state = optimizer.update(grads, opt_state, lora_layers)
-        aux["grad_norm"] = optax.tree.norm(grads)
-        return optax.apply_updates(lora_layers, updates), opt_state, aux
+        aux: dict[str, jax.Array] = {}
+        for part in update_parts(spec):  # one part unless the two-step-mixture defect is on
+            grads, part_aux = jax.grad(loss_terms, argnums=1, has_aux=True)(
+                part, lora_layers, base, teacher_unembed, batch, plan)
+            updates, opt_state = optimizer.update(grads, opt_state, lora_layers)
+            lora_layers = optax.apply_updates(lora_layers, updates)
+            total = aux.get("loss/total", 0.0) + part_aux["loss/total"]
+            aux.update(part_aux)
+            aux["loss/total"], aux["grad_norm"] = total, optax.tree.norm(grads)
+        return lora_layers, opt_state, aux
 
     _UPDATE_CACHE[spec] = jax.jit(update, donate_argnums=(0, 1))
     return _UPDATE_CACHE[spec]

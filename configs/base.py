@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
         unshifted_off_policy=False,  # off-policy targets not shifted by one (model copies its input)
         on_policy_no_prompt=False,  # on-policy student forward without the prompt
         teacher_no_context=False,  # teacher scores without its context (context setup)
+        two_step_mixture=False,  # mixture as two optimizer steps (on, then off), not one sum
+        zero_kl_anchor=False,  # kl_anchored's KL term compares the policy with itself (always 0)
     ))
 
     # ---------------------------------------------------------------- optimisation
