@@ -75,7 +75,9 @@ class Record:
 
 
 def summarize(records: Sequence[Record]) -> dict[str, Any]:
-    """Accuracy with a 95% Wilson interval, failure-mode rates and mean length."""
+    """Accuracy with a 95% Wilson interval, failure-mode rates, mean length, and `per_question`:
+    one "1"/"0" character per record in question order, so the report can pair two runs (or a
+    run and its step 0) on the same questions."""
     n = len(records)
     if n == 0:
         raise ValueError("no evaluation records (is the eval split empty? check data.n_eval)")
@@ -86,6 +88,7 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
         "accuracy": correct / n, "ci_low": low, "ci_high": high, "n": n, "correct": correct,
         "truncation_rate": mean(lambda r: r.truncated), "empty_rate": mean(lambda r: r.empty),
         "repetition_rate": mean(lambda r: r.repetitive), "mean_length": mean(lambda r: r.length),
+        "per_question": "".join("1" if r.correct else "0" for r in records),
     }
 
 
