@@ -443,3 +443,50 @@ class Checkpoints:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+# ============================================================================ status CLI
+
+
+def status_line(workdir: str | os.PathLike, stale_after: float = STALE_AFTER_SECONDS) -> str:
+    """`<state> step=<final_step> <dir>` (+ why it is stale, or its error) for one run directory."""
+    status = read_status(workdir) or {}
+    state = run_state(workdir, stale_after)
+    line = f"{state:9s} step={status.get('final_step')} {workdir}"
+    if state == "stale":
+        line += f"  ({staleness(status, stale_after=stale_after)}; re-run it to resume)"
+    elif state == "failed":
+        line += f"  ({status.get('error')})"
+    if status.get("skipped_checkpoints"):
+        line += f"  [resumed from step {status.get('resumed_from')}, skipped unrestorable " \
+                f"checkpoint(s) {[s['step'] for s in status['skipped_checkpoints']]}]"
+    return line
+
+
+def status_lines(paths: Iterable[str | os.PathLike],
+                 stale_after: float = STALE_AFTER_SECONDS) -> list[str]:
+    """One line per run directory; a sweep directory (with runs/) lists each of its runs."""
+    lines = []
+    for path in map(Path, paths):
+        runs = path / RUNS_SUBDIR
+        dirs = sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else [path]
+        lines += [status_line(d, stale_after) for d in dirs]
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cliffdistill.rundir")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="state of run (or sweep) directories; stale = died running")
+    st.add_argument("dirs", nargs="+")
+    st.add_argument("--stale_after_s", type=float, default=STALE_AFTER_SECONDS,
+                    help="a running run with no heartbeat for this long is stale")
+    args = parser.parse_args(argv)
+    print("\n".join(status_lines(args.dirs, args.stale_after_s)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
