@@ -474,3 +474,10 @@ def test_sweep_killed_without_warning_reruns_only_the_unfinished_runs(base_path,
     assert "1/4 skip (done) method=hybrid.seed=0" in again.stderr
     assert "re-running stale run method=teacher_seeded.seed=0" in again.stderr
     assert "sweep 4/4 finished" in again.stderr
+
+
+def test_sweep_workdir_that_is_a_file_is_one_sentence(base_path, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        sweep.run_sweep(study_sweep(base_path), f, Trainer(), fake_baselines, progress=False)
