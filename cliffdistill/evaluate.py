@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cliffdistill import distributed, methods, rundir, sampling, stats
+from cliffdistill import distributed, methods, rundir, sampling, stats, validation
 from cliffdistill.data import gsm8k
 from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig
@@ -146,6 +146,8 @@ CURVE_FILE = "curve.json"
 BASELINES_FILE = "baselines.json"
 BASELINE_ROLES = tuple(rundir.BASELINE_TITLES)
 
+log = logging.getLogger(__name__)
+
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The run's resolved config, rebuilt from DIR/config.json (JSON lists stand in for tuples)."""
@@ -192,7 +194,8 @@ def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Pa
 
     The restore target is the trainer's own `init_state` (so the checkpoint's tree must match the
     run's config); only `setup.cfg/mesh/student_cfg` and the *shapes* of `setup.student_params`
-    are used. Every process of a multi-process job must call this.
+    are used. Every process of a multi-process job must call this. A checkpoint that cannot be
+    read raises `rundir.CheckpointError` naming its step and path.
     """
     workdir = Path(workdir)
     with _checkpoints(workdir, cfg) as ckpt:
@@ -373,7 +376,9 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
                  progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Evaluates checkpoint(s) of the run in `workdir` (and, with `baselines`, the step-0
     baselines) on its held-out questions; writes DIR/eval/ (process 0) and returns
-    `{"steps": {step: EVAL}, "baselines": {...} | None, "table": str}`.
+    `{"steps": {step: EVAL}, "baselines": {...} | None, "table": str, "skipped": [...]}`.
+    A checkpoint that cannot be restored fails a single `step` with its step and path named;
+    `step="all"` skips it with a warning (listed in `skipped` and summary.json).
 
     `n_eval` overrides `data.n_eval` (a fresh seeded sample of that many held-out questions; the
     training split does not depend on it); `max_new_tokens` overrides `eval.max_new_tokens`.
@@ -401,9 +406,19 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
 
     results: dict[int, dict[str, Any]] = {}
     computed: dict[int, tuple[dict, list[Record]]] = {}
+    skipped: list[dict[str, Any]] = []  # --step all: checkpoints that could not be restored
+    if _is_main():
+        validation.check_workdir(eval_dir)  # one plain sentence if DIR/eval cannot be written
     for n in steps:
         t0 = time.time()
-        lora = initial_lora(s, cfg) if n == 0 else restore_lora(s, cfg, workdir, n)
+        try:
+            lora = initial_lora(s, cfg) if n == 0 else restore_lora(s, cfg, workdir, n)
+        except rundir.CheckpointError as e:
+            if _parse_step(step) != "all":
+                raise
+            log.warning("--step all: skipping an unrestorable checkpoint: %s", e)  # the others stand
+            skipped.append({"step": n, "error": str(e)})
+            continue
         summary, records = evaluate_arrays(
             s, s.student_cfg, s.student_params, lora, s.eval.student, s.eval.student_mask,
             max_new_tokens=budget, batch_size=batch_size,
@@ -433,6 +448,8 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
                "steps": dict(sorted(stored.items(), key=lambda kv: int(kv[0])))}
         if base is not None:
             out["baselines"] = base
+        if skipped:
+            out["skipped_checkpoints"] = skipped
         rundir.write_json(summary_file, out)
         if _parse_step(step) == "all":
             rundir.write_json(eval_dir / CURVE_FILE, [results[n] for n in sorted(results)])
@@ -446,12 +463,13 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
                 rows.append((f"baseline: {title}{note}", base.get(role)))
     rows += [(f"step {n}" + (f" [{results[n]['status']}]" if "status" in results[n] else ""),
               results[n]) for n in sorted(results)]
+    rows += [(f"step {k['step']} [unrestorable, skipped]", None) for k in skipped]
     table = format_table(rows)
     if echo is not None and _is_main():
         echo(f"{workdir}: {n_questions} held-out questions ({cfg.data.eval_split} split), greedy, "
              f"max_new_tokens={budget}")
         echo(table)
-    return {"steps": results, "baselines": base, "table": table}
+    return {"steps": results, "baselines": base, "table": table, "skipped": skipped}
 
 
 # ============================================================================ CLI

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cliffdistill import evaluate
+from cliffdistill import evaluate, validation
 from cliffdistill.models import hf_io, sharding, transformer
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models.config import ModelConfig, load_hf_config
@@ -192,6 +192,7 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, step: int | None 
         _check_peft_exportable(setup.student_cfg, lora)  # before touching OUT
     if jax.process_index() != 0:
         return out
+    validation.check_workdir(out.parent)  # one plain sentence if OUT's parent cannot be written
     tmp = _prepare_out(out, overwrite)
     try:
         if fmt == "peft":

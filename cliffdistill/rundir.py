@@ -4,7 +4,8 @@ One home for the contract every other module (train, evaluate, sweep, report, ex
 writes, so a file name or a write discipline is never a string literal in two places:
 
     DIR/config.json      resolved config the run was started with
-    DIR/status.json      {"state": "running"|"done"|"failed"|"preempted", "error", "final_step", ...}
+    DIR/status.json      {"state": "running"|"done"|"failed"|"preempted", "error", "final_step",
+                          "pid", "host", "heartbeat", "resumed_from", "skipped_checkpoints", ...}
     DIR/metrics.jsonl    one record per train step (+ DIR/tb/ TensorBoard events)
     DIR/eval.jsonl       one record per periodic evaluation
     DIR/checkpoints/     orbax CheckpointManager of the train-state pytree
@@ -12,6 +13,10 @@ writes, so a file name or a write discipline is never a string literal in two pl
 Writers replace files atomically (temp file + rename): a killed process never leaves half a JSON
 file. Readers are tolerant: a missing or half-written file reads as None / is skipped, because
 report and sweep read directories of runs that may still be running or may have died.
+A running run renews a heartbeat in status.json (`Heartbeat`), so one killed without warning
+reads as `stale` (`staleness`) and is re-run. `Checkpoints.restore_latest` skips (and moves
+aside) checkpoints that fail to restore. `python -m cliffdistill.rundir status DIR...` prints
+the state of run directories. docs/RELIABILITY.md states what is guaranteed and how it is tested.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ import logging
 import math
 import os
 import re
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -67,11 +77,11 @@ def _json_default(value: Any) -> Any:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Temp file (per process) + rename: a killed process, or two sweep shards finishing
-    together, never leave a torn file."""
+    """Temp file (per process and thread) + rename: a killed process, or two sweep shards
+    finishing together, never leave a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -123,6 +133,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 # ============================================================================ status
 
+# A running trainer renews status.json's heartbeat this often (seconds) ...
+HEARTBEAT_SECONDS = 30.0
+# ... and a `running` status whose heartbeat is older than this reads as stale (a dead run).
+# Generous, because a heartbeat thread can be starved by a busy host; set it per call/CLI flag.
+STALE_AFTER_SECONDS = 900.0
+
 
 def read_status(workdir: str | os.PathLike) -> Optional[dict]:
     return read_json(Path(workdir) / STATUS_FILE)
@@ -132,10 +148,126 @@ def write_status(workdir: str | os.PathLike, status: Mapping[str, Any]) -> None:
     write_json(Path(workdir) / STATUS_FILE, dict(status))
 
 
-def run_state(workdir: str | os.PathLike) -> str:
-    """`done` / `failed` / `running` / `preempted` from status.json, `missing` without one."""
+def owner_fields() -> dict[str, Any]:
+    """Who is running a run and when it last said so: what `staleness` checks."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host and is not a zombie (killed, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    try:  # Linux: a zombie still answers kill(0) but will never write again
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def staleness(status: Mapping[str, Any], *, stale_after: float = STALE_AFTER_SECONDS,
+              now: Optional[float] = None, host: Optional[str] = None) -> Optional[str]:
+    """Why a `running` status belongs to a dead run, or None when it may still be alive.
+
+    Stale: no owner recorded (a writer that predates heartbeats, or a killed sweep's placeholder),
+    the owner's pid is dead on this host, or the heartbeat is older than `stale_after` seconds
+    (another host, or a reused pid here). Pure given `now`/`host`, so tests need no clock.
+    """
+    if status.get("state") != "running":
+        return None
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    pid, beat = status.get("pid"), status.get("heartbeat")
+    if not isinstance(pid, int) or not isinstance(beat, (int, float)):
+        return "no heartbeat recorded"
+    if status.get("host") == host and not pid_alive(pid):
+        return f"process {pid} on {host} is gone"
+    if now - beat > stale_after:
+        return (f"no heartbeat for {now - beat:.0f}s (> {stale_after:.0f}s) from process {pid} "
+                f"on {status.get('host')}")
+    return None
+
+
+def run_state(workdir: str | os.PathLike, stale_after: float = STALE_AFTER_SECONDS) -> str:
+    """`done` / `failed` / `running` / `preempted` / `stale` (a `running` run that died) from
+    status.json, `missing` without one."""
     status = read_status(workdir)
-    return "missing" if status is None else str(status.get("state", "missing"))
+    if status is None:
+        return "missing"
+    if staleness(status, stale_after=stale_after) is not None:
+        return "stale"
+    return str(status.get("state", "missing"))
+
+
+class Heartbeat:
+    """status.json of a live run: `running` + owner (pid, host) + a heartbeat a daemon thread
+    renews every `interval` seconds, so a run killed without warning (SIGKILL, OOM, a lost node)
+    is recognised as stale, even in a phase longer than a step (teacher samples, evals).
+
+    Every status write of the run goes through `update` / `finish` (one lock, one writer).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True,
+                 interval: float = HEARTBEAT_SECONDS):
+        self.workdir, self.enabled, self.interval = workdir, enabled, interval
+        self.status: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, **fields: Any) -> None:
+        """Writes `running` (+ `fields`) now and starts renewing the heartbeat."""
+        self.update(state="running", error=None, **fields)
+        if self.enabled:
+            self._thread = threading.Thread(target=self._beat, name="cliffdistill-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def update(self, **fields: Any) -> None:
+        """Merges `fields` into the status and writes it with a fresh heartbeat."""
+        with self._lock:
+            self.status.update(fields)
+            self._write()
+
+    def finish(self, **fields: Any) -> None:
+        """Stops the heartbeat and writes the final status (`done` / `failed` / `preempted`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.update(**fields)
+
+    def _write(self) -> None:
+        if self.enabled:
+            self.status.update(owner_fields())
+            write_status(self.workdir, self.status)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._write()
+                except OSError as e:  # a full or flaky disk must not kill the run; retry later
+                    log.warning("heartbeat: cannot write %s: %s", STATUS_FILE, e)
+
+
+# ============================================================================ fault injection
+
+# Test hook (tests/test_faults.py): `CLIFFDISTILL_FAULT=<point>:<index>` makes the process SIGKILL
+# itself when it reaches that point, a deterministic stand-in for a crash, OOM kill or lost node.
+# Points: `step:<i>` (train step i, after rollout/scoring, before the update), `checkpoint_write:<s>`
+# (right after the save of step s was started, before it is waited on), `teacher_cache:0` (the
+# teacher-sample cache written to its temp file, not yet renamed into place). Unset: no effect.
+FAULT_ENV = "CLIFFDISTILL_FAULT"
+
+
+def fault_point(name: str, index: int) -> None:
+    """SIGKILLs this process if `CLIFFDISTILL_FAULT` names this point (test hook; see above)."""
+    if os.environ.get(FAULT_ENV) == f"{name}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def prior_wall_seconds(workdir: str | os.PathLike) -> float:
@@ -207,6 +339,17 @@ def _abstract(target: Any) -> Any:
         if isinstance(x, jax.Array) else np.asarray(x), target)
 
 
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """The gist of a storage error (tensorstore appends kilobytes of JSON spec to its messages)."""
+    text = (str(e).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored (missing or corrupt files, a partial write, a tree
+    that does not match the run's config); the message names its step and path."""
+
+
 class Checkpoints:
     """Orbax CheckpointManager of DIR/checkpoints: async saves, keep-N, restore onto a target.
 
@@ -219,9 +362,11 @@ class Checkpoints:
         from etils import epath
 
         self._ocp = ocp
+        self.workdir = epath.Path(workdir)
+        self.directory = self.workdir / CHECKPOINT_DIR
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                             enable_async_checkpointing=async_save)
-        self._mngr = ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=opts)
+        self._mngr = ocp.CheckpointManager(self.directory, options=opts)
 
     def __enter__(self) -> "Checkpoints":
         return self
@@ -236,16 +381,112 @@ class Checkpoints:
     def latest(self) -> Optional[int]:
         return self._mngr.latest_step()
 
+    def path(self, step: int) -> str:
+        return str(self.directory / str(step))
+
     def save(self, state: dict[str, Any], *, wait: bool = False) -> None:
         """Saves `state` as step `state["step"]`; `wait` blocks until it is on disk."""
-        self._mngr.save(int(state["step"]), args=self._ocp.args.StandardSave(state))
+        step = int(state["step"])
+        self._mngr.save(step, args=self._ocp.args.StandardSave(state))
+        fault_point("checkpoint_write", step)
         if wait:
             self._mngr.wait_until_finished()
 
     def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoint `step` with `target`'s tree, shapes and shardings."""
-        return self._mngr.restore(step, args=self._ocp.args.StandardRestore(_abstract(target)))
+        """Checkpoint `step` with `target`'s tree, shapes and shardings; CheckpointError naming
+        the step and path when it cannot be read (orbax's own error is a page of internals)."""
+        try:
+            return self._mngr.restore(step, args=self._ocp.args.StandardRestore(_abstract(target)))
+        except Exception as e:  # noqa: BLE001 - any failure of the storage stack means "unreadable"
+            raise CheckpointError(f"checkpoint step {step} at {self.path(step)} cannot be "
+                                  f"restored ({type(e).__name__}: {_first_line(e)})") from e
+
+    def restore_latest(self, target: dict[str, Any],
+                       validate: Optional[Callable[[dict[str, Any]], None]] = None
+                       ) -> tuple[Optional[dict[str, Any]], list[dict[str, Any]]]:
+        """The newest checkpoint that restores (and passes `validate`, which raises ValueError on
+        a restored state it rejects), newest first; and the ones skipped, as
+        `{"step", "path", "error"}`, each logged and moved to DIR/checkpoints.bad/ so a later save
+        of the same step can take its place. (None, skipped) when nothing was saved; raises
+        CheckpointError listing every failure when checkpoints exist but none restores.
+        """
+        skipped: list[dict[str, Any]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, target)
+                if validate is not None:
+                    validate(state)
+            except (CheckpointError, ValueError) as e:
+                skipped.append({"step": step, "path": self.path(step), "error": str(e)})
+                log.warning("skipping checkpoint step %d (%s): %s", step, self.path(step), e)
+                continue
+            self._quarantine([s["step"] for s in skipped])
+            return state, skipped
+        if skipped:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored: "
+                + "; ".join(f"step {s['step']}: {s['error']}" for s in skipped)
+                + f". Delete {self.directory} to restart the run from step 0, or restore a backup.")
+        return None, skipped
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves unrestorable checkpoints to DIR/checkpoints.bad/<step>.<time> (kept for a
+        post-mortem, out of the manager's sight) on process 0, and re-reads the step list."""
+        if steps and jax.process_index() == 0:
+            bad = self.workdir / (CHECKPOINT_DIR + ".bad")
+            bad.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                (self.directory / str(step)).rename(bad / f"{step}.{int(time.time())}")
+        if steps:
+            self._mngr.reload()
 
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+# ============================================================================ status CLI
+
+
+def status_line(workdir: str | os.PathLike, stale_after: float = STALE_AFTER_SECONDS) -> str:
+    """`<state> step=<final_step> <dir>` (+ why it is stale, or its error) for one run directory."""
+    status = read_status(workdir) or {}
+    state = run_state(workdir, stale_after)
+    line = f"{state:9s} step={status.get('final_step')} {workdir}"
+    if state == "stale":
+        line += f"  ({staleness(status, stale_after=stale_after)}; re-run it to resume)"
+    elif state == "failed":
+        line += f"  ({status.get('error')})"
+    if status.get("skipped_checkpoints"):
+        line += f"  [resumed from step {status.get('resumed_from')}, skipped unrestorable " \
+                f"checkpoint(s) {[s['step'] for s in status['skipped_checkpoints']]}]"
+    return line
+
+
+def status_lines(paths: Iterable[str | os.PathLike],
+                 stale_after: float = STALE_AFTER_SECONDS) -> list[str]:
+    """One line per run directory; a sweep directory (with runs/) lists each of its runs."""
+    lines = []
+    for path in map(Path, paths):
+        runs = path / RUNS_SUBDIR
+        dirs = sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else [path]
+        lines += [status_line(d, stale_after) for d in dirs]
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cliffdistill.rundir")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="state of run (or sweep) directories; stale = died running")
+    st.add_argument("dirs", nargs="+")
+    st.add_argument("--stale_after_s", type=float, default=STALE_AFTER_SECONDS,
+                    help="a running run with no heartbeat for this long is stale")
+    args = parser.parse_args(argv)
+    print("\n".join(status_lines(args.dirs, args.stale_after_s)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

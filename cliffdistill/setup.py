@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cliffdistill import memplan, methods, update
+from cliffdistill import memplan, methods, update, validation
 from cliffdistill.data import gsm8k, prompts
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding
@@ -44,7 +44,11 @@ def _dtype(name: str, field: str) -> Any:
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig]:
-    """Every check that needs no weights, run before any compute. Returns (student, teacher) configs."""
+    """Every check that needs no weights, run before any compute. Returns (student, teacher) configs.
+
+    First the declared range of every field (`validation.RULES`: temperature >= 0, lr > 0, batch
+    >= 1, ...), so a nonsensical value fails here, naming the field, not later inside JAX."""
+    validation.check_config(cfg)
     if cfg.setup not in SETUPS:
         raise ValueError(f"config field `setup`={cfg.setup!r}; choose one of {SETUPS}")
     methods.get(cfg.method, cfg.schedule)  # unknown method -> error listing the known ones

@@ -25,7 +25,10 @@ Runs execute **in this process, one after another**, so jit caches are shared by
 shapes.  The runner is resumable and idempotent: ``DIR/runs/<name>/status.json`` with state
 ``done`` means skip; a run that raises is recorded as ``failed`` (error + traceback tail) and the
 sweep goes on; failed runs are re-run only with ``--retry_failed``; ``KeyboardInterrupt`` /
-``SystemExit`` stop the sweep and leave the run to be redone next time.  Each run's fully resolved
+``SystemExit`` stop the sweep and leave the run to be redone next time.  A run left ``running``
+by a process that died without warning (SIGKILL, OOM, a lost node) reads as ``stale`` (its pid is
+gone on this host, or its heartbeat is older than ``--stale_after_s``) and is re-run; a
+``running`` run whose owner is alive is skipped, so two sweeps never train into one directory.  Each run's fully resolved
 config is hashed into ``DIR/sweep.json``; resuming with a config that would change a finished run
 is refused (that run's results would silently be stale).
 """
@@ -51,9 +54,10 @@ from typing import Any, Optional
 
 import ml_collections
 
-from cliffdistill import report
-from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STATUS_FILE, SWEEP_FILE,
-                                 last_metric_step, read_json, run_state, safe_name, write_json)
+from cliffdistill import report, validation
+from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
+                                 SWEEP_FILE, last_metric_step, owner_fields, read_json, run_state,
+                                 safe_name, write_json)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_FN = "cliffdistill.train:run"
@@ -487,6 +491,7 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     base: Optional[ml_collections.ConfigDict] = None,
+    stale_after: float = STALE_AFTER_SECONDS,
 ) -> SweepResult:
     """Run (this shard of) a sweep in-process, sequentially; resumable; then write the report.
 
@@ -494,8 +499,10 @@ def run_sweep(
     (config.json, metrics.jsonl, eval.jsonl, status.json).  ``baseline_fn(setup_config, out_path)``
     writes ``DIR/baselines/<setup>.json``; setup j (in order of first appearance) belongs to shard
     ``j % n``.  The report is written by shard 0, and by any shard that finds every run finished.
-    ``base`` replaces loading ``sweep_cfg.base_config`` (tests).
+    ``base`` replaces loading ``sweep_cfg.base_config`` (tests).  ``stale_after``: seconds without a
+    heartbeat after which a ``running`` run counts as dead (``rundir.staleness``).
     """
+    validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     workdir = Path(workdir)
     base = load_config_file(sweep_cfg.base_config) if base is None else base
     specs = expand(sweep_cfg, base)
@@ -517,17 +524,19 @@ def run_sweep(
     for pos, idx in enumerate(selected):
         spec, cfg = specs[idx], configs[idx]
         rdir = run_dir(workdir, spec.name)
-        state = run_state(rdir)
-        if state == "done" or (state == "failed" and not retry_failed):
+        state = run_state(rdir, stale_after)
+        if state in ("done", "running") or (state == "failed" and not retry_failed):
             skipped.append(spec.name)
             if state == "failed":
                 failed.append(spec.name)
             log(f"{pos + 1}/{len(selected)} skip ({state}) {spec.name}")
             continue
+        if state == "stale":
+            log(f"{pos + 1}/{len(selected)} re-running stale run {spec.name} (its process died)")
         rdir.mkdir(parents=True, exist_ok=True)
-        # Mark it running: a retried run must not keep its old "failed" if run_fn writes no status,
-        # and a run killed from outside (preemption) then reads as unfinished, not as failed or done.
-        write_json(rdir / STATUS_FILE, {"state": "running", "error": None})
+        # Mark it running, with this process as owner: a retried run must not keep its old "failed"
+        # if run_fn writes no status, and if this process is killed the run reads as stale.
+        write_json(rdir / STATUS_FILE, {"state": "running", "error": None, **owner_fields()})
         t0 = time.monotonic()
         try:
             run_fn(cfg, rdir)
@@ -619,13 +628,15 @@ def _run_baselines(
     return done
 
 
-def dry_run_lines(sweep_cfg: ml_collections.ConfigDict, workdir: Path, shard: tuple[int, int]) -> list[str]:
-    """One line per run: index, whether this shard runs it, its current state and its name."""
+def dry_run_lines(sweep_cfg: ml_collections.ConfigDict, workdir: Path, shard: tuple[int, int],
+                  stale_after: float = STALE_AFTER_SECONDS) -> list[str]:
+    """One line per run: index, whether this shard runs it, its current state (``stale``: left
+    ``running`` by a dead process, re-run next time) and its name."""
     specs = expand(sweep_cfg)
     mine = set(shard_indices(len(specs), shard))
     lines = [f"{len(specs)} runs; shard {shard[0]}/{shard[1]} runs {len(mine)}"]
     for i, spec in enumerate(specs):
-        state = run_state(run_dir(workdir, spec.name))
+        state = run_state(run_dir(workdir, spec.name), stale_after)
         lines.append(f"{i:4d} {'*' if i in mine else ' '} {state:8s} {spec.name}")
     return lines
 
@@ -655,6 +666,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
     flags.DEFINE_bool("retry_failed", False, "Re-run runs whose status.json says failed.")
     flags.DEFINE_bool("dry_run", False, "List the runs and their state; run nothing.")
+    flags.DEFINE_float("stale_after_s", STALE_AFTER_SECONDS, "A `running` run whose heartbeat is "
+                       "older than this (seconds) is stale (its process died) and is re-run.")
     flags.DEFINE_string("run_fn", DEFAULT_RUN_FN, "module:function that trains one run.")
     flags.DEFINE_string(
         "baseline_fn", DEFAULT_BASELINE_FN, "module:function that writes a setup's baselines."
@@ -671,11 +684,12 @@ def main(argv: Sequence[str]) -> None:
     shard = parse_shard(f.shard)
     workdir = Path(f.workdir)
     if f.dry_run:
-        print("\n".join(dry_run_lines(f.config, workdir, shard)))
+        print("\n".join(dry_run_lines(f.config, workdir, shard, f.stale_after_s)))
         return
     run_fn = resolve_callable(f.run_fn)
     baseline_fn = resolve_callable(f.baseline_fn) if f.config.get("baselines", False) else None
-    result = run_sweep(f.config, workdir, run_fn, baseline_fn, shard=shard, retry_failed=f.retry_failed)
+    result = run_sweep(f.config, workdir, run_fn, baseline_fn, shard=shard,
+                       retry_failed=f.retry_failed, stale_after=f.stale_after_s)
     _log(
         f"shard {shard[0]}/{shard[1]}: ran {len(result.ran)}, skipped {len(result.skipped)}, "
         f"failed {len(result.failed)} of {len(result.selected)} (sweep total {result.total})"

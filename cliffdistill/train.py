@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cliffdistill import distributed, evaluate, methods, offpolicy, rundir, sampling, scoring, stats
+from cliffdistill import (distributed, evaluate, methods, offpolicy, rundir, sampling, scoring,
+                          stats, validation)
 from cliffdistill import update as update_lib
 from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
@@ -317,14 +318,14 @@ def _show(bar: Any, m: dict[str, Any]) -> None:
 class Clock:
     """Wall time of a run over all its segments (resumes), priced per device-hour."""
 
-    def __init__(self, workdir: epath.Path, usd_per_device_hour: float):
+    def __init__(self, workdir: epath.Path, usd_per_device_hour: float, n_devices: int):
         # read before this segment overwrites status.json with "running"
         self.t0, self.prior = time.time(), rundir.prior_wall_seconds(workdir)
-        self.usd = usd_per_device_hour
+        self.usd, self.n_devices = usd_per_device_hour, n_devices
 
-    def summary(self, n_devices: int) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         wall = self.prior + time.time() - self.t0
-        hours = wall * n_devices / 3600
+        hours = wall * self.n_devices / 3600
         return {"wall_seconds": wall, "cost": {"device_hours": hours, "usd": hours * self.usd}}
 
 
@@ -333,11 +334,52 @@ class Clock:
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup | None = None,
         step_hook: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Trains one run into `workdir` (resuming from its latest checkpoint) and returns its summary."""
+    """Trains one run into `workdir` (resuming from its newest restorable checkpoint) and returns
+    its summary. Any exception once the workdir exists (setup and restore included) leaves
+    status.json `failed` with the error and traceback; SIGTERM checkpoints and leaves `preempted`."""
+    validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     # A local path (made absolute: orbax requires it) or gs://... for checkpoints, metrics, status.
     workdir = epath.Path(workdir if "://" in str(workdir) else Path(workdir).resolve())
     workdir.mkdir(parents=True, exist_ok=True)
-    clock = Clock(workdir, float(cfg.cost.usd_per_device_hour))
+    # before "running" replaces status.json; the mesh's device count is known before any setup
+    clock = Clock(workdir, float(cfg.cost.usd_per_device_hour), math.prod(dict(cfg.mesh).values()))
+    beat = rundir.Heartbeat(workdir, enabled=jax.process_index() == 0)
+    beat.start(final_step=None)
+    try:
+        summary = _train(cfg, workdir, beat, clock, setup_obj, step_hook, progress)
+    except Preempted as e:
+        beat.finish(state="preempted", error=str(e), **clock.summary())
+        raise
+    except BaseException as e:
+        beat.finish(state="failed", error=f"{type(e).__name__}: {e}",
+                    traceback=traceback.format_exc()[-4000:], **clock.summary())
+        raise
+    beat.finish(**summary)
+    return summary
+
+
+def _resume(ckpt: rundir.Checkpoints, state: dict[str, Any], n_train: int,
+            beat: rundir.Heartbeat) -> dict[str, Any]:
+    """The newest restorable checkpoint's state (or `state` when none was saved); skipped
+    checkpoints are logged and recorded in status.json (`skipped_checkpoints`, `resumed_from`)."""
+    restored, skipped = ckpt.restore_latest(
+        state, validate=lambda st: offpolicy.check_replay(st["replay"], n_train))
+    if restored is None:
+        return state
+    step = int(restored["step"])
+    if skipped:
+        log.warning("resumed from step %d, the newest restorable checkpoint; skipped: %s", step,
+                    ", ".join(f"step {s['step']} ({s['path']})" for s in skipped))
+    else:
+        log.info("resumed from step %d", step)
+    beat.update(resumed_from=step, skipped_checkpoints=skipped)
+    return restored
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Heartbeat,
+           clock: Clock, setup_obj: Setup | None, step_hook: Callable[[int, dict], None] | None,
+           progress: bool) -> dict[str, Any]:
+    """`run`'s body: setup, resume, the step loop; returns the `done` summary."""
     main_proc = jax.process_index() == 0
     schedule = methods.get(cfg.method, cfg.schedule)
     num_steps = methods.num_steps(cfg.method, cfg.schedule)
@@ -345,26 +387,26 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
     n_devices = s.mesh.devices.size
     if main_proc:
         rundir.write_json(workdir / rundir.CONFIG_FILE, cfg.to_dict())
-        rundir.write_status(workdir, {"state": "running", "error": None})
     c = make_context(s, schedule_uses(schedule, num_steps), workdir)
-    state = init_state(s, num_steps)
-    ckpt = rundir.Checkpoints(workdir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    if ckpt.latest() is not None:
-        state = ckpt.restore(ckpt.latest(), state)
-        log.info("resumed from step %d", int(state["step"]))
-    start_step = int(state["step"])
-    writer = rundir.MetricsWriter(workdir, start_step, main_proc)
-    evals = rundir.evals_upto(workdir, start_step)
-    if main_proc:
-        rundir.write_jsonl(workdir / rundir.EVAL_FILE, evals)
-    evaluator = Evaluator(s, workdir, evals, main_proc)
-    preempt = {"flag": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: preempt.update(flag=True))
     B, n_samp, n_train = cfg.rollout.batch_size, cfg.rollout.n_samples, s.train.student.shape[0]
-    run_key = jax.random.wrap_key_data(jnp.asarray(state["rng"]))
-    peak = flops_lib.peak_flops(jax.devices()[0].device_kind, cfg.cost.peak_flops_per_device)
-    bar = _progress_bar(progress and main_proc, num_steps, start_step, cfg.name or cfg.method)
+    ckpt = rundir.Checkpoints(workdir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    writer = None
+    bar = None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        state = _resume(ckpt, init_state(s, num_steps), n_train, beat)
+        start_step = int(state["step"])
+        beat.update(final_step=start_step)
+        writer = rundir.MetricsWriter(workdir, start_step, main_proc)
+        evals = rundir.evals_upto(workdir, start_step)
+        if main_proc:
+            rundir.write_jsonl(workdir / rundir.EVAL_FILE, evals)
+        evaluator = Evaluator(s, workdir, evals, main_proc)
+        preempt = {"flag": False}
+        signal.signal(signal.SIGTERM, lambda *_: preempt.update(flag=True))
+        run_key = jax.random.wrap_key_data(jnp.asarray(state["rng"]))
+        peak = flops_lib.peak_flops(jax.devices()[0].device_kind, cfg.cost.peak_flops_per_device)
+        bar = _progress_bar(progress and main_proc, num_steps, start_step, cfg.name or cfg.method)
         with jax.set_mesh(s.mesh):
             if start_step == 0 and not evals:
                 evaluator(0, state["lora"])
@@ -385,6 +427,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                     batch["off"] = off_policy_batch(c, state, plan, step, prompt_idx, log_)
                 if c.uses["replay"]:  # the buffer collects every step's prompts (FIFO, bounded)
                     offpolicy.replay_push(state["replay"], idx)
+                rundir.fault_point("step", step)  # test hook: a crash mid-step
                 if batch:
                     update_step(c, state, batch, plan, step, num_steps, log_)            # update
                 state["step"] = np.asarray(step + 1, np.int64)
@@ -398,32 +441,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup
                     log_.metrics["time/checkpoint"] = time.time() - t0
                 m = log_.finish(time.time() - t_step, peak, n_devices)        # record
                 writer.write(m)
+                beat.update(final_step=step + 1)  # also renews the heartbeat
                 _show(bar, m)
                 if step_hook is not None:
                     step_hook(step, m)
                 if preempt["flag"]:
                     raise Preempted(f"SIGTERM at step {step + 1}: checkpoint saved in {workdir}")
-        summary = {"state": "done", "error": None, "final_step": num_steps,
-                   "final_eval": evals[-1] if evals else None, **clock.summary(n_devices)}
-        if main_proc:
-            rundir.write_status(workdir, summary)
-        return summary
-    except Preempted as e:
-        if main_proc:
-            rundir.write_status(workdir, {"state": "preempted", "error": str(e),
-                                          "final_step": int(state["step"]), **clock.summary(n_devices)})
-        raise
-    except BaseException as e:
-        if main_proc:
-            rundir.write_status(workdir, {
-                "state": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:], "final_step": int(state["step"]),
-                **clock.summary(n_devices)})
-        raise
+        return {"state": "done", "error": None, "final_step": num_steps,
+                "final_eval": evals[-1] if evals else None, **clock.summary()}
     finally:
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
 

@@ -6,9 +6,12 @@ status) deterministically from (method, seed), so no model is trained here.
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import ml_collections
@@ -406,3 +409,75 @@ def test_cli_dry_run_and_run(base_path, tmp_path):
     assert "4/4 done method=teacher_seeded.seed=1" in run.stderr
     assert "| teacher_seeded |" in (workdir / "REPORT.md").read_text()
     assert json.loads((workdir / "sweep.json").read_text())["runs"][0]["name"] == "method=hybrid.seed=0"
+
+
+# ----------------------------------------------------------------------------- stale runs (issue #13)
+
+
+def killing_run(cfg: ml_collections.ConfigDict, run_dir: Path) -> None:
+    """``fake_run``, but SIGKILLs the whole sweep process on the run named in $KILL_AT_RUN."""
+    if cfg.name == os.environ.get("KILL_AT_RUN"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    fake_run(cfg, run_dir)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_rerun_takes_failed_and_stale_runs_only_and_skips_live_ones(base_path, tmp_path):
+    workdir = tmp_path / "sweep"
+    bad, dead, live = "method=hybrid.seed=1", "method=on_policy_gkd.seed=1", "method=teacher_seeded.seed=0"
+    result = sweep.run_sweep(study_sweep(base_path), workdir, Trainer(crash=[bad]), fake_baselines,
+                             progress=False)
+    assert result.failed == [bad] and len(result.ran) == 6  # the others finished
+    owner = {"state": "running", "host": socket.gethostname(), "heartbeat": time.time()}
+    (workdir / "runs" / dead / "status.json").write_text(json.dumps({**owner, "pid": _dead_pid()}))
+    (workdir / "runs" / live / "status.json").write_text(json.dumps({**owner, "pid": os.getpid()}))
+    lines = sweep.dry_run_lines(study_sweep(base_path), workdir, (0, 1))
+    assert any(line.endswith(f"stale    {dead}") for line in lines)
+    assert any(line.endswith(f"running  {live}") for line in lines)
+    retry = Trainer()
+    result = sweep.run_sweep(study_sweep(base_path), workdir, retry, fake_baselines,
+                             retry_failed=True, progress=False)
+    assert retry.calls == [dead, bad]  # sweep order; done and live runs untouched
+    assert live in result.skipped and result.failed == []
+
+
+def test_sweep_killed_without_warning_reruns_only_the_unfinished_runs(base_path, tmp_path):
+    sweep_file = tmp_path / "sweep_cfg.py"
+    sweep_file.write_text(textwrap.dedent(f"""
+        import ml_collections
+        def get_config():
+            c = ml_collections.ConfigDict()
+            c.base_config = {str(base_path)!r}
+            c.product = {{"method": ("hybrid", "teacher_seeded"), "seed": (0, 1)}}
+            c.baselines = False
+            return c
+    """))
+    env = {**os.environ, "KILL_AT_RUN": "method=teacher_seeded.seed=0",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    workdir = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cliffdistill.sweep", f"--config={sweep_file}",
+           f"--workdir={workdir}", "--run_fn=test_sweep:killing_run"]
+    killed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    dry = subprocess.run(cmd + ["--dry_run"], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert "* stale    method=teacher_seeded.seed=0" in dry.stdout, dry.stdout
+    assert "* missing  method=teacher_seeded.seed=1" in dry.stdout
+    del env["KILL_AT_RUN"]
+    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "1/4 skip (done) method=hybrid.seed=0" in again.stderr
+    assert "re-running stale run method=teacher_seeded.seed=0" in again.stderr
+    assert "sweep 4/4 finished" in again.stderr
+
+
+def test_sweep_workdir_that_is_a_file_is_one_sentence(base_path, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        sweep.run_sweep(study_sweep(base_path), f, Trainer(), fake_baselines, progress=False)

@@ -1,11 +1,20 @@
 """Config validation as data: every numeric field has a declared range, checked before compute."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from cliffdistill import methods, validation
+from cliffdistill import methods, train, validation
+from cliffdistill.models import hf_io, sharding
 from configs import base, toy
+from tests.tiny import tiny_run_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _numeric_leaves(cfg):
@@ -119,3 +128,42 @@ def test_workdir_write_failures_are_one_sentence(tmp_path, monkeypatch, error, n
 def test_workdir_is_created(tmp_path):
     validation.check_workdir(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
+
+
+# ----------------------------------------------------------------------------- wired into the CLIs
+
+
+@pytest.mark.parametrize("path,value", [("rollout.temperature", -1.0), ("optim.lr", -1.0),
+                                        ("rollout.batch_size", 0)])
+def test_train_run_fails_before_loading_models_naming_the_field(tiny_pair, tmp_path, monkeypatch,
+                                                               path, value):
+    def no_loads(*args, **kwargs):
+        raise AssertionError("a mesh was built or a model loaded before the config was checked")
+
+    # make_mesh is the first thing setup does after validate_config (load_hf is memoised)
+    monkeypatch.setattr(sharding, "make_mesh", no_loads)
+    monkeypatch.setattr(hf_io, "load_hf", no_loads)
+    cfg = tiny_run_config(tiny_pair)
+    _set(cfg, path, value)
+    with pytest.raises(ValueError, match=f"`{path}`"):
+        train.run(cfg, tmp_path / "run", progress=False)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and f"`{path}`" in status["error"]
+
+
+def test_train_run_workdir_that_is_a_file(tiny_pair, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        train.run(tiny_run_config(tiny_pair), f, progress=False)
+    assert f.read_text() == "x"
+
+
+def test_train_cli_rejects_a_negative_temperature_with_the_field_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cliffdistill.train", "--config", "configs/base.py",
+         f"--workdir={tmp_path / 'run'}", "--config.rollout.temperature=-1.0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "config field `rollout.temperature`=-1.0 is invalid: must be >= 0.0" in proc.stderr
