@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from cliffdistill import report, stats
+from cliffdistill.report import claims as claims_lib
 
 T2 = 4.302653  # t_{0.975, 2}
 T1 = 12.706205  # t_{0.975, 1}
@@ -361,13 +364,21 @@ def test_out_of_range_accuracy_is_reported_invalid_not_crashing(tmp_path):
 # ----------------------------------------------------------------------------- study claims
 
 
+def _per_question(acc, q=400, seed=0):
+    """A 0/1 string with round(acc * q) ones at random (seeded) positions."""
+    bits = np.zeros(q, int)
+    bits[np.random.default_rng(seed).permutation(q)[:round(acc * q)]] = 1
+    return "".join(map(str, bits))
+
+
 def _claim_group(method, finals, start, statuses, setup="size", variant="correct"):
     counts = {s: statuses.count(s) for s in ("stable", "partial", "collapsed")}
     mean, low, high = stats.mean_ci(finals)
     return {"setup": setup, "method": method, "variant": variant, "n_done": len(finals),
             "final_mean": mean, "final_ci_low": low, "final_ci_high": high,
             "status_counts": counts, "start_mean": start,
-            "delta_per_seed": [f - start for f in finals]}
+            "delta_per_seed": [f - start for f in finals],
+            "final_per_question": [_per_question(f, seed=i) for i, f in enumerate(finals)]}
 
 
 def test_study_claims_verdicts_follow_the_documented_rules():
@@ -384,16 +395,82 @@ def test_study_claims_verdicts_follow_the_documented_rules():
     assert verdicts["Every method with an off-policy part collapses"] == "contradicted"
     assert verdicts["Pure on-policy distillation works"] == "supported"
     assert verdicts["Teacher seeding is the best method"] == "supported"
-    assert verdicts["The collapse is produced by the study's implementation defects"] == "supported"
+    # (the defects claim needs every variant's cliff pattern: test_cliff_pattern_on_...)
     # the study's world: off-policy collapses even when implemented correctly
     for g in groups:
         if g["method"] in off and g["variant"] == "correct":
             g.update(_claim_group(g["method"], [0.0, 0.01, 0.0], 0.3, ["collapsed"] * 3))
     verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
     assert verdicts["Every method with an off-policy part collapses"] == "supported"
-    assert verdicts["The collapse is produced by the study's implementation defects"] == "contradicted"
     # on-policy losing accuracy with a CI below zero
     groups[0].update(_claim_group("on_policy_gkd", [0.1, 0.12, 0.11], 0.3, ["partial"] * 3))
     groups[1].update(_claim_group("extended_on_policy", [0.1, 0.1, 0.12], 0.3, ["partial"] * 3))
     verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
     assert verdicts["Pure on-policy distillation works"] == "contradicted"
+
+
+def _world(off_correct, on_defects="stable", variant="defects"):
+    """Groups of one setup: pure on-policy, teacher_seeded and off-policy methods, correct and
+    one defect variant whose off-policy methods collapse."""
+    off = ("hybrid", "mixture", "kl_anchored", "off_policy")
+    on = ("on_policy_gkd", "extended_on_policy")
+    good, dead = [0.5, 0.52, 0.51], [0.0, 0.01, 0.0]
+    gs = [_claim_group(m, good, 0.3, ["stable"] * 3) for m in on]
+    gs += [_claim_group(m, dead if off_correct == "collapsed" else good, 0.3, [off_correct] * 3)
+           for m in off]
+    gs += [_claim_group(m, dead, 0.3, ["collapsed"] * 3, variant=variant) for m in off]
+    gs += [_claim_group(m, dead if on_defects == "collapsed" else good, 0.3, [on_defects] * 3,
+                        variant=variant) for m in on]
+    return {"setups": ["size"], "groups": gs}
+
+
+def _by(verdicts):
+    return {(v["claim"], v["variant"]): v for v in verdicts}
+
+
+def test_cliff_pattern_on_constructed_aggregates():
+    from cliffdistill import report as rep
+
+    v = _by(rep.study_claims(_world("stable")))
+    assert v[("Cliff pattern under `correct`", "correct")]["verdict"] == "no cliff"
+    assert v[("Cliff pattern under `defects`", "defects")]["verdict"] == "reproduces the study's cliff"
+    assert v[("The collapse is produced by the study's implementation defects", None)][
+        "verdict"] == "supported"
+    # a defect that kills pure on-policy too destroys every method: no selective cliff
+    v = _by(rep.study_claims(_world("stable", on_defects="collapsed")))
+    assert v[("Cliff pattern under `defects`", "defects")]["verdict"] == "destroys every method"
+    assert v[("The collapse is produced by the study's implementation defects", None)][
+        "verdict"] == "contradicted"
+    # the study's world: the cliff appears with the correct implementation
+    v = _by(rep.study_claims(_world("collapsed")))
+    assert v[("Cliff pattern under `correct`", "correct")]["verdict"] == "reproduces the study's cliff"
+    assert v[("The collapse is produced by the study's implementation defects", None)][
+        "verdict"] == "contradicted"
+    for row in v.values():
+        assert row["rule"] in claims_lib.RULES and row["verdict"] in claims_lib.PATTERNS + rep.VERDICTS
+
+
+def test_every_variant_is_judged():
+    from cliffdistill import report as rep
+
+    agg = _world("stable")
+    agg["groups"] += _world("stable", variant="zero_kl_anchor")["groups"][6:]
+    variants = {v["variant"] for v in rep.study_claims(agg) if v["rule"] == "cliff_pattern"}
+    assert variants == {"correct", "defects", "zero_kl_anchor"}
+
+
+def test_no_significant_winner_and_holm():
+    from cliffdistill import report as rep
+
+    same = [0.5, 0.5, 0.5]
+    groups = {m: _claim_group(m, same, 0.3, ["stable"] * 3)
+              for m in ("on_policy_gkd", "hybrid", "teacher_seeded")}
+    pairs = claims_lib.pairwise(groups)
+    assert len(pairs) == 3 and all(r["p_holm"] >= r["p"] for r in pairs.values())
+    assert claims_lib.best_method(groups, pairs) is None
+    assert claims_lib._claim_seeding_best(groups)[0] == "inconclusive"
+    groups["teacher_seeded"] = _claim_group("teacher_seeded", [0.9, 0.9, 0.9], 0.3, ["stable"] * 3)
+    pairs = claims_lib.pairwise(groups)
+    assert claims_lib.best_method(groups, pairs) == "teacher_seeded"
+    groups["teacher_seeded"] = _claim_group("teacher_seeded", [0.1, 0.1, 0.1], 0.3, ["stable"] * 3)
+    assert claims_lib._claim_seeding_best(groups)[0] == "contradicted"

@@ -125,6 +125,10 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
     after = [a for s, a in acc if s > 0]
     run["best_accuracy"] = max(after) if after else (max(a for _, a in acc) if acc else None)
     run["final_diagnostics"] = {f: _num(final_rec.get(f)) for f in DIAG_FIELDS} if final_rec else {}
+    # per-question correctness ("1"/"0" per held-out question) of step 0 and the final eval
+    first = next((e for e in evals if int(e["step"]) == 0), None)
+    run["start_per_question"] = first.get("per_question") if first else None
+    run["final_per_question"] = final_rec.get("per_question") if final_rec else None
     final_status = None
     if final_rec is not None:
         recorded = final_rec.get("status")
@@ -234,6 +238,9 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
         "variant": variant,
         "seeds": [r["seed"] for r in done],
         "final_per_seed": finals,
+        # [seed][question] 0/1 of the final and the step-0 evals (None where not recorded)
+        "final_per_question": [r["final_per_question"] for r in done],
+        "start_per_question": [r["start_per_question"] for r in done],
         "final_mean": final["mean"],
         "final_ci_low": final["ci_low"],
         "final_ci_high": final["ci_high"],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Optional
+
+import numpy as np
 
 from cliffdistill import methods, stats, testbed
 from cliffdistill.report.aggregate import CORRECT
@@ -22,6 +25,10 @@ ON_POLICY_METHODS = _methods_where(  # pure on-policy: no off-policy part, no te
     lambda p: p.on_weight > 0 and p.off_weight == 0 and p.seed_tokens == 0, every=True)
 # "not testable": the setup fails the testbed's headroom checks (cliffdistill.testbed.gate_claims)
 VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_TESTABLE)
+# Outcomes of the cliff-pattern rule (`cliff_pattern`), one per (setup, implementation variant).
+REPRODUCES, DESTROYS, NO_CLIFF = "reproduces the study's cliff", "destroys every method", "no cliff"
+PATTERNS = (REPRODUCES, DESTROYS, NO_CLIFF, "inconclusive", "no data", testbed.NOT_TESTABLE)
+ALPHA = 0.05  # family-wise error rate of the pairwise comparisons (Holm)
 
 
 def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
@@ -74,70 +81,159 @@ def _claim_on_policy_works(groups: Mapping[str, Mapping]) -> tuple[str, str]:
     return verdict, "; ".join(parts)
 
 
+def _matrix(g: Mapping, field: str = "final_per_question") -> Optional[np.ndarray]:
+    """[seeds, questions] 0/1 matrix of a group's evals, or None when a run did not record it."""
+    rows = g.get(field) or []
+    if not rows or any(not r for r in rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return np.array([[c == "1" for c in r] for r in rows], dtype=np.float64)
+
+
+def pairwise(groups: Mapping[str, Mapping], n_boot: int = 2000) -> dict[tuple[str, str], dict]:
+    """Paired two-way bootstrap (seeds x questions) of every pair of methods, Holm-adjusted.
+
+    Methods are paired on the same questions and on seed index (seed i of one with seed i of the
+    other; the first min(S_a, S_b) seeds). Keys (a, b) with a before b in the study's order;
+    values: diff = mean(a) - mean(b), its 95% interval, p and the Holm-adjusted p.
+    """
+    mats = {m: _matrix(g) for m, g in groups.items()}
+    names = [m for m in methods.METHODS if mats.get(m) is not None]
+    out: dict[tuple[str, str], dict] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            k = min(mats[a].shape[0], mats[b].shape[0])
+            if mats[a].shape[1] == mats[b].shape[1]:
+                out[(a, b)] = stats.paired_bootstrap(mats[a][:k], mats[b][:k], n_boot=n_boot)
+    adjusted = stats.holm([r["p"] for r in out.values()]) if out else []
+    for r, p_adj in zip(out.values(), adjusted):
+        r["p_holm"] = float(p_adj)
+    return out
+
+
+def _beats(pairs: Mapping[tuple[str, str], dict], a: str, b: str) -> bool:
+    """a is significantly better than b after Holm correction."""
+    if (a, b) in pairs:
+        r = pairs[(a, b)]
+        return r["p_holm"] <= ALPHA and r["diff"] > 0
+    r = pairs.get((b, a))
+    return r is not None and r["p_holm"] <= ALPHA and r["diff"] < 0
+
+
+def best_method(groups: Mapping[str, Mapping], pairs: Mapping[tuple[str, str], dict]
+                ) -> Optional[str]:
+    """The method that beats every other one after Holm correction, or None (no significant
+    winner). Never the post-hoc highest mean alone."""
+    names = {m for pair in pairs for m in pair}
+    for m in sorted(names):
+        if all(_beats(pairs, m, other) for other in names - {m}):
+            return m
+    return None
+
+
 def _claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
     if "teacher_seeded" not in groups or len(groups) < 2:
         return "no data", ""
+    pairs = pairwise(groups)
+    if not any("teacher_seeded" in pair for pair in pairs):
+        return "no data", "no per-question results recorded"
     ranked = sorted(groups.values(), key=lambda g: -(g["final_mean"] or 0.0))
-    ts = groups["teacher_seeded"]
-    best, runner = ranked[0], ranked[1]
     evidence = ", ".join(f"{g['method']} {pct(g['final_mean'])}" for g in ranked[:4])
-    if best is ts:
-        separated = finite(ts["final_ci_low"]) and ts["final_ci_low"] > (runner["final_mean"] or 0)
-        return ("supported" if separated else "inconclusive"), evidence + (
-            "" if separated else " (best mean, but within the CI of the runner-up)")
-    if finite(best["final_ci_low"]) and best["final_ci_low"] > (ts["final_mean"] or 0):
-        return "contradicted", evidence
-    return "inconclusive", evidence + " (teacher_seeded not best, within noise)"
+    winner = best_method(groups, pairs)
+    beaten_by = [m for m in groups if m != "teacher_seeded" and _beats(pairs, m, "teacher_seeded")]
+    if winner == "teacher_seeded":
+        return "supported", evidence + "; teacher_seeded beats every other method (Holm)"
+    if beaten_by:
+        return "contradicted", evidence + f"; significantly better than teacher_seeded (Holm): " \
+            + ", ".join(beaten_by)
+    return "inconclusive", evidence + (f"; best method: {winner}" if winner else
+                                       "; no significant winner (paired tests, Holm)")
 
 
-def _claim_defects_cause_cliff(correct: Mapping[str, Mapping], defects: Mapping[str, Mapping]
-                               ) -> tuple[str, str]:
-    pairs = [(m, correct[m], defects[m]) for m in OFF_POLICY_METHODS if m in correct and m in defects]
-    if not pairs:
+def cliff_pattern(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+    """The study's picture in one rule: every method with an off-policy part collapses AND every
+    pure on-policy method does not (a method collapses when most of its seeds end collapsed).
+
+    reproduces the study's cliff: off-policy parts all collapse, pure on-policy all survive;
+    destroys every method: everything collapses, pure on-policy included; no cliff: some method
+    with an off-policy part does not collapse; inconclusive: some but not all pure on-policy
+    methods collapse; no data: a side of the comparison has no finished runs.
+    """
+    off = [groups[m] for m in OFF_POLICY_METHODS if m in groups]
+    on = [groups[m] for m in ON_POLICY_METHODS if m in groups]
+    if not off or not on:
         return "no data", ""
-    evidence = "; ".join(f"{m}: correct {pct(c['final_mean'])} vs defects {pct(d['final_mean'])}"
-                         for m, c, d in pairs)
-    collapsed_only_with_defects = [m for m, c, d in pairs
-                                   if _majority(d, "collapsed") and not _majority(c, "collapsed")]
-    if len(collapsed_only_with_defects) * 2 > len(pairs):
+    evidence = "; ".join(_fmt_group(g) for g in off + on)
+    off_collapsed = [_majority(g, "collapsed") for g in off]
+    on_collapsed = [_majority(g, "collapsed") for g in on]
+    if not all(off_collapsed):
+        return NO_CLIFF, evidence
+    if not any(on_collapsed):
+        return REPRODUCES, evidence
+    return (DESTROYS if all(on_collapsed) else "inconclusive"), evidence
+
+
+def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
+    """supported: some defect variant reproduces the cliff and the correct implementation does
+    not; contradicted: the correct implementation reproduces it itself, or no variant does."""
+    if CORRECT not in patterns or len(patterns) < 2:
+        return "no data", ""
+    evidence = "; ".join(f"{v}: {p}" for v, p in patterns.items())
+    reproducing = [v for v, p in patterns.items() if v != CORRECT and p == REPRODUCES]
+    if patterns[CORRECT] == REPRODUCES:
+        return "contradicted", evidence
+    if reproducing:
         return "supported", evidence
-    if not collapsed_only_with_defects:
+    if all(p in (NO_CLIFF, DESTROYS) for v, p in patterns.items() if v != CORRECT):
         return "contradicted", evidence
     return "inconclusive", evidence
 
 
-def study_claims(agg: Mapping) -> list[dict]:
-    """A verdict per (claim, setup) from the aggregated numbers, with the evidence behind it.
+RULES = {
+    "off_policy_collapses": "supported if every method with an off-policy part ends collapsed in "
+                            "most seeds; contradicted if any ends stable in most seeds",
+    "on_policy_works": "supported if the across-seed 95% CI of the gain over step 0 is above 0; "
+                       "contradicted if below 0 or most seeds collapse",
+    "seeding_best": "paired two-way bootstrap (seeds x questions) between every pair of methods, "
+                    f"Holm-corrected at {ALPHA}: supported if teacher_seeded beats every other "
+                    "method, contradicted if another method beats it, else no significant winner",
+    "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
+                     "collapses AND every pure on-policy method does not (`cliff_pattern`)",
+    "defects_cause_cliff": "supported if some defect variant reproduces the cliff pattern and the "
+                           "correct implementation does not",
+}
 
-    Rules (status = the majority of a group's seeds, see `stats.classify_status`):
-    * "off-policy collapses": supported if every method with an off-policy part is mostly
-      collapsed under the *correct* implementation; contradicted if any is mostly stable.
-    * "pure on-policy works": supported if the across-seed 95% CI of the accuracy gain over the
-      step-0 student is above 0; contradicted if it is below 0 or the runs mostly collapse.
-    * "teacher seeding is best": supported if teacher_seeded has the highest mean and its CI
-      lies above the runner-up's mean; contradicted if another method's CI lies above it.
-    * "the cliff comes from the study's defects" (our question): supported if most off-policy
-      methods collapse with the defects switched on but not in the correct implementation.
-    Anything in between is "inconclusive"; a missing group is "no data".
-    """
+
+def study_claims(agg: Mapping) -> list[dict]:
+    """A verdict per (claim, setup[, variant]) from the aggregated numbers, with the rule that
+    decided it and the evidence behind it (rules: `RULES`; status = the majority of a group's
+    seeds, see `stats.classify_curve`). Every implementation variant gets a cliff-pattern row."""
     out = []
     for setup in agg["setups"]:
-        correct = _groups_of(agg, setup, CORRECT)
-        variants = sorted({g["variant"] for g in agg["groups"] if g["setup"] == setup} - {CORRECT})
-        defects = _groups_of(agg, setup, variants[-1]) if variants else {}
-        for claim, (verdict, evidence) in (
-            ("Every method with an off-policy part collapses", _claim_off_policy_collapse(correct)),
-            ("Pure on-policy distillation works", _claim_on_policy_works(correct)),
-            ("Teacher seeding is the best method", _claim_seeding_best(correct)),
+        variants = sorted({g["variant"] for g in agg["groups"] if g["setup"] == setup},
+                          key=lambda v: (v != CORRECT, v))
+        by_variant = {v: _groups_of(agg, setup, v) for v in variants}
+        correct = by_variant.get(CORRECT, {})
+        patterns = {v: cliff_pattern(gs)[0] for v, gs in by_variant.items()}
+        rows = [
+            ("Every method with an off-policy part collapses", "off_policy_collapses", CORRECT,
+             _claim_off_policy_collapse(correct)),
+            ("Pure on-policy distillation works", "on_policy_works", CORRECT,
+             _claim_on_policy_works(correct)),
+            ("Teacher seeding is the best method", "seeding_best", CORRECT,
+             _claim_seeding_best(correct)),
             ("The collapse is produced by the study's implementation defects",
-             _claim_defects_cause_cliff(correct, defects)),
-        ):
-            out.append({"claim": claim, "setup": setup, "verdict": verdict, "evidence": evidence,
-                        "defects_variant": variants[-1] if variants else None})
+             "defects_cause_cliff", None, _claim_defects_cause_cliff(patterns)),
+        ]
+        rows += [(f"Cliff pattern under `{v}`", "cliff_pattern", v, cliff_pattern(gs))
+                 for v, gs in by_variant.items()]
+        for claim, rule, variant, (verdict, evidence) in rows:
+            out.append({"claim": claim, "setup": setup, "variant": variant, "rule": rule,
+                        "rule_text": RULES[rule], "verdict": verdict, "evidence": evidence})
     return out
 
 
 def render_claims(verdicts: Sequence[Mapping]) -> list[str]:
-    rows = [[v["claim"], v["setup"], f"**{v['verdict']}**", v["evidence"]] for v in verdicts]
-    return table(["claim", "setup", "verdict", "evidence (correct implementation unless stated)"],
-                  rows)
+    rows = [[v["claim"], v["setup"], f"**{v['verdict']}**", f"`{v.get('rule', '')}`", v["evidence"]]
+            for v in verdicts]
+    return table(["claim", "setup", "verdict", "rule", "evidence (correct implementation unless "
+                  "stated)"], rows) + ["", "Rules:", ""] + [f"- `{k}`: {t}" for k, t in RULES.items()]
