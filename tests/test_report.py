@@ -468,9 +468,9 @@ def test_no_significant_winner_and_holm():
     pairs = claims_lib.pairwise(groups)
     assert len(pairs) == 3 and all(r["p_holm"] >= r["p"] for r in pairs.values())
     assert claims_lib.best_method(groups, pairs) is None
-    assert claims_lib._claim_seeding_best(groups)[0] == "inconclusive"
+    assert claims_lib.claim_seeding_best(groups)[0] == "inconclusive"
     groups["teacher_seeded"] = _claim_group("teacher_seeded", [0.9, 0.9, 0.9], 0.3, ["stable"] * 3)
     pairs = claims_lib.pairwise(groups)
     assert claims_lib.best_method(groups, pairs) == "teacher_seeded"
     groups["teacher_seeded"] = _claim_group("teacher_seeded", [0.1, 0.1, 0.1], 0.3, ["stable"] * 3)
-    assert claims_lib._claim_seeding_best(groups)[0] == "contradicted"
+    assert claims_lib.claim_seeding_best(groups)[0] == "contradicted"

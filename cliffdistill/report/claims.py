@@ -130,7 +130,7 @@ def best_method(groups: Mapping[str, Mapping], pairs: Mapping[tuple[str, str], d
     return None
 
 
-def _claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+def claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
     if "teacher_seeded" not in groups or len(groups) < 2:
         return "no data", ""
     pairs = pairwise(groups)
@@ -220,7 +220,7 @@ def study_claims(agg: Mapping) -> list[dict]:
             ("Pure on-policy distillation works", "on_policy_works", CORRECT,
              _claim_on_policy_works(correct)),
             ("Teacher seeding is the best method", "seeding_best", CORRECT,
-             _claim_seeding_best(correct)),
+             claim_seeding_best(correct)),
             ("The collapse is produced by the study's implementation defects",
              "defects_cause_cliff", None, _claim_defects_cause_cliff(patterns)),
         ]
