@@ -308,10 +308,6 @@ def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
              methods: tuple[str, ...] = METHODS, steps: int | None = None,
              overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
     """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
-    # Compiled programs persist across invocations: a re-run (or --quick after the full job)
-    # skips most XLA compilation, which dominates the toy runs' time on CPU.
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     t0 = time.time()
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
     prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
@@ -374,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                        "runs/main_quick" if args.quick else "runs/main")
     workdir = Path(args.workdir or default_workdir)
     cache_dir = Path(args.cache_dir or toy_config.TOY_CACHE)
+    # Compiled programs persist across invocations: a re-run (or --quick after the full job)
+    # skips most XLA compilation, which dominates the toy runs' time on CPU. Set here, by the
+    # command, not by run_main: the setting is process-global and would follow a library caller.
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if args.smoke:
         _, result = run_main(workdir, cache_dir, quick=True, prepare_cfg=smoke_prepare_config(),
                              methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)

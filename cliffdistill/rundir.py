@@ -362,7 +362,10 @@ class Checkpoints:
         from etils import epath
 
         self._ocp = ocp
-        self.workdir = epath.Path(workdir)
+        # orbax needs absolute paths: a relative local workdir is resolved here, once, for
+        # every caller (trainer, evaluate, the main job's retention eval); gs://... is kept
+        local = "://" not in os.fspath(workdir)
+        self.workdir = epath.Path(os.path.abspath(workdir) if local else workdir)
         self.directory = self.workdir / CHECKPOINT_DIR
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                             enable_async_checkpointing=async_save)

@@ -232,3 +232,18 @@ def test_heartbeat_renews_and_status_cli_reports_stale(tmp_path, capsys):
     assert "is gone; re-run it to resume" in out[1]
     beat.finish(state="done")
     assert rundir.run_state(tmp_path / "live") == "done"
+
+
+
+def test_checkpoints_accept_a_relative_workdir(tmp_path, monkeypatch):
+    """orbax needs absolute paths; Checkpoints resolves a relative local workdir itself (the
+    main job's retention eval restores from a relative run directory)."""
+    monkeypatch.chdir(tmp_path)
+    state = {"step": np.int32(1), "w": np.arange(4.0, dtype=np.float32)}
+    with rundir.Checkpoints("rel/run", keep=1, async_save=False) as ckpt:
+        ckpt.save(state, wait=True)
+    with rundir.Checkpoints("rel/run", keep=1, async_save=False) as ckpt:
+        assert ckpt.all_steps() == [1]
+        got = ckpt.restore(1, {"step": np.int32(0), "w": np.zeros(4, np.float32)})
+    np.testing.assert_array_equal(got["w"], state["w"])
+    assert (tmp_path / "rel" / "run" / rundir.CHECKPOINT_DIR / "1").is_dir()
