@@ -55,6 +55,11 @@ BASELINE_TITLES = {"student": "student (step 0)", "teacher": "teacher",
                    "teacher_with_context": "teacher + context"}
 
 
+class Preempted(Exception):
+    """Raised by the trainer after a SIGTERM-triggered checkpoint (status `preempted`): callers
+    stop -- a sweep does not go on to its next run on a machine that is being taken away."""
+
+
 def safe_name(text: str) -> str:
     """Filesystem-safe, stable: keep `[A-Za-z0-9_.=+-]`, map everything else to `_`."""
     text = re.sub(r"[^A-Za-z0-9_.=+\-]", "_", text)

@@ -56,7 +56,7 @@ import ml_collections
 
 from cliffdistill import report, validation
 from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
-                                 SWEEP_FILE, last_metric_step, owner_fields, read_json, run_state,
+                                 SWEEP_FILE, Preempted, last_metric_step, owner_fields, read_json, run_state,
                                  safe_name, write_json)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -540,6 +540,10 @@ def run_sweep(
         t0 = time.monotonic()
         try:
             run_fn(cfg, rdir)
+        except Preempted:
+            log(f"{pos + 1}/{len(selected)} preempted {spec.name}: stopping the sweep "
+                "(re-run the same command to resume)")
+            raise
         except Exception as exc:  # noqa: BLE001 - any run error is recorded; the sweep goes on
             seconds = time.monotonic() - t0
             _record_failure(rdir, exc, seconds)

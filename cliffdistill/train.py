@@ -35,13 +35,10 @@ from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
 from cliffdistill.models import sharding, transformer
 from cliffdistill.models.lora import LoraParams
+from cliffdistill.rundir import Preempted  # noqa: F401  (raised here; part of train's API)
 from cliffdistill.setup import Setup, init_state, lora_scale, make_setup, optim_config
 
 log = logging.getLogger(__name__)
-
-
-class Preempted(Exception):
-    """Raised after a SIGTERM-triggered checkpoint, so callers (sweeps) stop cleanly."""
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:

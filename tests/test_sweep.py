@@ -307,6 +307,30 @@ def test_crashing_run_is_recorded_and_retried_only_on_request(base_path, tmp_pat
     assert json.loads((workdir / "runs" / bad / "status.json").read_text())["state"] == "done"
 
 
+def test_preempted_run_stops_the_sweep(base_path, tmp_path):
+    """SIGTERM (the trainer raises Preempted after its checkpoint) ends the sweep: no later run
+    starts on a machine that is being taken away; the same command resumes."""
+    from cliffdistill import rundir
+
+    workdir = tmp_path / "sweep"
+    calls = []
+
+    def preempted_second(cfg, run_dir):
+        calls.append(cfg.name)
+        if len(calls) == 2:  # as the trainer: checkpoint saved, status "preempted", then raise
+            rundir.write_status(run_dir, {"state": "preempted", "error": "SIGTERM at step 1"})
+            raise rundir.Preempted("SIGTERM at step 1")
+        Trainer()(cfg, run_dir)
+
+    with pytest.raises(rundir.Preempted):
+        sweep.run_sweep(study_sweep(base_path), workdir, preempted_second, fake_baselines,
+                        progress=False)
+    assert len(calls) == 2
+    again = Trainer()
+    sweep.run_sweep(study_sweep(base_path), workdir, again, fake_baselines, progress=False)
+    assert calls[1] in again.calls and calls[0] not in again.calls
+
+
 def test_runner_writes_status_when_run_fn_does_not(base_path, tmp_path):
     workdir = tmp_path / "sweep"
     cfg = make_sweep(base_path, product={"seed": (0,)})
