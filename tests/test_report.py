@@ -474,3 +474,18 @@ def test_no_significant_winner_and_holm():
     assert claims_lib.best_method(groups, pairs) == "teacher_seeded"
     groups["teacher_seeded"] = _claim_group("teacher_seeded", [0.1, 0.1, 0.1], 0.3, ["stable"] * 3)
     assert claims_lib.claim_seeding_best(groups)[0] == "contradicted"
+
+
+def test_on_policy_gain_uses_question_noise_with_one_seed():
+    g = _claim_group("on_policy_gkd", [0.6], 0.1, ["stable"])
+    g["start_per_question"] = [_per_question(0.1, seed=7)]
+    mean, low, high, how = claims_lib.gain_ci(g)
+    assert how.startswith("seeds x questions") and mean == pytest.approx(0.5, abs=0.01)
+    assert 0 < low < mean < high  # one seed, 400 questions: a real interval
+    assert claims_lib.RULES["on_policy_works"]
+    flat = _claim_group("on_policy_gkd", [0.1], 0.1, ["stable"])
+    flat["start_per_question"] = [_per_question(0.1, seed=0)]  # the same answers as the final
+    _, low, high, _ = claims_lib.gain_ci(flat)
+    assert low <= 0 <= high
+    no_pq = _claim_group("on_policy_gkd", [0.6], 0.1, ["stable"])
+    assert claims_lib.gain_ci(no_pq)[3] == "t over seeds"  # one seed: no interval -> inconclusive

@@ -58,23 +58,36 @@ def _claim_off_policy_collapse(groups: Mapping[str, Mapping]) -> tuple[str, str]
     return "inconclusive", evidence
 
 
+def gain_ci(g: Mapping) -> tuple[Optional[float], Optional[float], Optional[float], str]:
+    """(gain over step 0, 95% low, high, how): the paired two-way bootstrap (seeds x questions,
+    final vs the same run's step 0 on the same questions) when per-question results exist, else
+    the across-seed t-interval of the per-seed gains (no interval from one seed)."""
+    final, start = _matrix(g, "final_per_question"), _matrix(g, "start_per_question")
+    if final is not None and start is not None and final.shape == start.shape:
+        r = stats.paired_bootstrap(final, start, n_boot=2000)
+        return r["diff"], r["low"], r["high"], "seeds x questions bootstrap"
+    if not g["delta_per_seed"]:
+        return None, None, None, ""
+    mean, low, high = stats.mean_ci(g["delta_per_seed"])
+    return mean, low, high, "t over seeds"
+
+
 def _claim_on_policy_works(groups: Mapping[str, Mapping]) -> tuple[str, str]:
     on = [groups[m] for m in ON_POLICY_METHODS if m in groups]
     if not on:
         return "no data", ""
     parts, verdicts = [], []
     for g in on:
-        mean, low, high = stats.mean_ci(g["delta_per_seed"]) if g["delta_per_seed"] else (None,) * 3
+        mean, low, high, how = gain_ci(g)
         parts.append(f"{g['method']}: {pct(g['start_mean'])} -> {pct(g['final_mean'])} "
-                     f"(gain {pp(mean)}, 95% CI {pp(low)} to {pp(high)})")
+                     f"(gain {pp(mean)}, 95% CI {pp(low)} to {pp(high)}, {how}; "
+                     f"{g['n_done']} seed(s))")
         if mean is None:
             verdicts.append("no data")
         elif finite(low) and low > 0:
             verdicts.append("supported")
         elif finite(high) and high < 0 or _majority(g, "collapsed"):
             verdicts.append("contradicted")
-        elif not finite(low) and mean > 0 and _majority(g, "stable"):
-            verdicts.append("supported")  # one seed: no CI; a gain with a stable run
         else:
             verdicts.append("inconclusive")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
@@ -191,8 +204,9 @@ def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
 RULES = {
     "off_policy_collapses": "supported if every method with an off-policy part ends collapsed in "
                             "most seeds; contradicted if any ends stable in most seeds",
-    "on_policy_works": "supported if the across-seed 95% CI of the gain over step 0 is above 0; "
-                       "contradicted if below 0 or most seeds collapse",
+    "on_policy_works": "supported if the 95% CI of the gain over step 0 (paired bootstrap over "
+                       "seeds x questions; t over seeds where per-question results are missing) "
+                       "is above 0; contradicted if below 0 or most seeds collapse",
     "seeding_best": "paired two-way bootstrap (seeds x questions) between every pair of methods, "
                     f"Holm-corrected at {ALPHA}: supported if teacher_seeded beats every other "
                     "method, contradicted if another method beats it, else no significant winner",
