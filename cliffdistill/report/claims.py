@@ -162,32 +162,51 @@ def claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
                                        "; no significant winner (paired tests, Holm)")
 
 
-def cliff_pattern(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+def _survives(g: Mapping, reference: Optional[Mapping]) -> bool:
+    """A pure on-policy method survives a variant: most of its seeds do not end collapsed, and,
+    for a defect variant, its mean does not collapse relative to the same method implemented
+    correctly (`reference`) -- falling from 65% to 4% is not surviving because the step-0
+    student had 11%."""
+    if _majority(g, "collapsed"):
+        return False
+    if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
+        return True
+    return stats.classify_status(g["final_mean"], reference["final_mean"]) != "collapsed"
+
+
+def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]] = None
+                  ) -> tuple[str, str]:
     """The study's picture in one rule: every method with an off-policy part collapses AND every
-    pure on-policy method does not (a method collapses when most of its seeds end collapsed).
+    pure on-policy method survives (most seeds not collapsed; under a defect variant also not
+    collapsed relative to the correct implementation's result, `reference`).
 
     reproduces the study's cliff: off-policy parts all collapse, pure on-policy all survive;
     destroys every method: everything collapses, pure on-policy included; no cliff: some method
     with an off-policy part does not collapse; inconclusive: some but not all pure on-policy
-    methods collapse; no data: a side of the comparison has no finished runs.
+    methods survive; no data: a side of the comparison has no finished runs.
     """
     off = [groups[m] for m in OFF_POLICY_METHODS if m in groups]
     on = [groups[m] for m in ON_POLICY_METHODS if m in groups]
     if not off or not on:
         return "no data", ""
     evidence = "; ".join(_fmt_group(g) for g in off + on)
-    off_collapsed = [_majority(g, "collapsed") for g in off]
-    on_collapsed = [_majority(g, "collapsed") for g in on]
-    if not all(off_collapsed):
+    if reference:
+        evidence += "; pure on-policy when implemented correctly: " + ", ".join(
+            f"{g['method']} {pct(reference[g['method']]['final_mean'])}" for g in on
+            if g["method"] in reference)
+    if not all(_majority(g, "collapsed") for g in off):
         return NO_CLIFF, evidence
-    if not any(on_collapsed):
+    survived = [_survives(g, (reference or {}).get(g["method"])) for g in on]
+    if all(survived):
         return REPRODUCES, evidence
-    return (DESTROYS if all(on_collapsed) else "inconclusive"), evidence
+    return (DESTROYS if not any(survived) else "inconclusive"), evidence
 
 
 def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
-    """supported: some defect variant reproduces the cliff and the correct implementation does
-    not; contradicted: the correct implementation reproduces it itself, or no variant does."""
+    """supported: some defect variant reproduces the cliff pattern and the correct implementation
+    does not; contradicted: the correct implementation reproduces it itself; otherwise
+    inconclusive (e.g. the tested variants destroy every method: another combination might
+    still produce the selective cliff)."""
     if CORRECT not in patterns or len(patterns) < 2:
         return "no data", ""
     evidence = "; ".join(f"{v}: {p}" for v, p in patterns.items())
@@ -196,8 +215,6 @@ def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
         return "contradicted", evidence
     if reproducing:
         return "supported", evidence
-    if all(p in (NO_CLIFF, DESTROYS) for v, p in patterns.items() if v != CORRECT):
-        return "contradicted", evidence
     return "inconclusive", evidence
 
 
@@ -211,9 +228,13 @@ RULES = {
                     f"Holm-corrected at {ALPHA}: supported if teacher_seeded beats every other "
                     "method, contradicted if another method beats it, else no significant winner",
     "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
-                     "collapses AND every pure on-policy method does not (`cliff_pattern`)",
+                     "collapses AND every pure on-policy method survives (not collapsed vs its "
+                     "step 0, and under a defect variant not collapsed vs the same method "
+                     "implemented correctly); destroys every method if pure on-policy collapses "
+                     "too",
     "defects_cause_cliff": "supported if some defect variant reproduces the cliff pattern and the "
-                           "correct implementation does not",
+                           "correct implementation does not; contradicted if the correct "
+                           "implementation reproduces it; else inconclusive",
 }
 
 
@@ -227,7 +248,9 @@ def study_claims(agg: Mapping) -> list[dict]:
                           key=lambda v: (v != CORRECT, v))
         by_variant = {v: _groups_of(agg, setup, v) for v in variants}
         correct = by_variant.get(CORRECT, {})
-        patterns = {v: cliff_pattern(gs)[0] for v, gs in by_variant.items()}
+        judged = {v: cliff_pattern(gs, None if v == CORRECT else correct)
+                  for v, gs in by_variant.items()}
+        patterns = {v: p for v, (p, _) in judged.items()}
         rows = [
             ("Every method with an off-policy part collapses", "off_policy_collapses", CORRECT,
              _claim_off_policy_collapse(correct)),
@@ -235,11 +258,10 @@ def study_claims(agg: Mapping) -> list[dict]:
              _claim_on_policy_works(correct)),
             ("Teacher seeding is the best method", "seeding_best", CORRECT,
              claim_seeding_best(correct)),
-            ("The collapse is produced by the study's implementation defects",
+            ("The study's picture is produced by its implementation defects",
              "defects_cause_cliff", None, _claim_defects_cause_cliff(patterns)),
         ]
-        rows += [(f"Cliff pattern under `{v}`", "cliff_pattern", v, cliff_pattern(gs))
-                 for v, gs in by_variant.items()]
+        rows += [(f"Cliff pattern under `{v}`", "cliff_pattern", v, judged[v]) for v in by_variant]
         for claim, rule, variant, (verdict, evidence) in rows:
             out.append({"claim": claim, "setup": setup, "variant": variant, "rule": rule,
                         "rule_text": RULES[rule], "verdict": verdict, "evidence": evidence})
