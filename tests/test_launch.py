@@ -290,7 +290,11 @@ def test_local_multiprocess_runs_two_jax_processes(tmp_path):
 def test_local_multiprocess_fails_fast_when_one_process_fails(tmp_path):
     p = _sh(
         "launch/local_multiprocess.sh", "-n", "3", "--platform", "cpu", "--port", "1", "--log-dir", str(tmp_path),
-        "--", "bash", "-c", 'echo "hello $CLIFFDISTILL_PROCESS_ID"; [ "$CLIFFDISTILL_PROCESS_ID" != 1 ] || exit 3; sleep 60',
+        # process 1 fails only once every peer has written its line, so the logs' content does
+        # not depend on how fast a loaded machine starts the other processes
+        "--", "bash", "-c", 'echo "hello $CLIFFDISTILL_PROCESS_ID"; [ "$CLIFFDISTILL_PROCESS_ID" != 1 ] && '
+        f'exec sleep 60; for _ in $(seq 200); do grep -qs hello {tmp_path}/process-0.log && '
+        f'grep -qs hello {tmp_path}/process-2.log && break; sleep 0.05; done; exit 3',
         timeout=30,
     )  # fmt: skip
     assert p.returncode == 1
