@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before JAX initialises), fp32 matmuls, shared helpers."""
 
+import gc
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -32,3 +33,18 @@ def tiny_pair(tmp_path_factory):
     from tests.tiny import make_tiny_pair
 
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop every compiled program after each test module.
+
+    XLA:CPU maps a few memory regions per compiled executable and keeps them while the program is
+    cached. A whole suite in one process compiles thousands of programs and would reach the
+    kernel's per-process map limit (vm.max_map_count, 65530 by default), at which point the next
+    compilation aborts the interpreter. Modules do not share programs, so clearing between them
+    only costs recompiles that would not have been cache hits anyway.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
