@@ -34,6 +34,7 @@ METHOD, STEPS = "mixture", 2
 MESH = "data=2,fsdp=2,tensor=2"
 PHASE_KEYS = ("time/rollout", "time/score", "time/update", "time/step")
 TOKEN_KEYS = ("tokens/sampled", "tokens/scored", "tokens/trained")
+GLOO_DEADLINE = "Gloo context initialization failed: DEADLINE_EXCEEDED"
 
 
 def _free_port() -> int:
@@ -132,19 +133,25 @@ def test_two_processes_train_like_one(tiny_pair, tmp_path):
     single = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
               for path, leaf in flat}
 
-    # two processes x 4 devices, one shared run directory
-    port = _free_port()
-    mp_dir = tmp_path / "multi" / "run"
-    results = _check_ok(_run_workers(
-        [common + ["--workdir", str(mp_dir), "--out", str(tmp_path / "multi.npz"),
-                   "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                   "--process_id", str(i)] for i in range(2)], 4, tmp_path / "logs_multi"))
+    # two processes x 4 devices, one shared run directory. gloo gives the two processes a fixed
+    # 30 s to meet at their first collective; on 2 oversubscribed cores one may still be compiling
+    # then, so that one infrastructure timeout (and nothing else) is retried once.
+    for attempt in range(2):
+        port = _free_port()
+        mp_dir, npz = tmp_path / f"multi{attempt}" / "run", tmp_path / f"multi{attempt}.npz"
+        outs = _run_workers(
+            [common + ["--workdir", str(mp_dir), "--out", str(npz),
+                       "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                       "--process_id", str(i)] for i in range(2)], 4, tmp_path / f"logs_multi{attempt}")
+        if not (attempt == 0 and any(rc != 0 and GLOO_DEADLINE in text for rc, text in outs)):
+            break
+    results = _check_ok(outs)
     for i, r in enumerate(results):
         assert (r["process_id"], r["num_processes"], r["local_devices"], r["global_devices"]) == (i, 2, 4, 8)
         assert r["state"] == "done" and r["final_step"] == STEPS and r["restored_step"] == STEPS
 
     # same LoRA params as one process
-    multi = np.load(tmp_path / "multi.npz")
+    multi = np.load(npz)
     assert sorted(single) == sorted(multi.files) and single
     for k, v in single.items():
         np.testing.assert_allclose(multi[k], v, atol=1e-5, rtol=0, err_msg=k)
