@@ -1,7 +1,8 @@
 """The embedded default: the whole study in miniature, on CPU, with no downloads.
 
-    python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the study's defects
+    python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the defect factorial
     python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
+    python -m cliffdistill.main --full     # 5 seeds per method, 3 per defect row
     python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
     python -m cliffdistill.main --publish  # ... and copy the results into docs/
 
@@ -21,6 +22,7 @@ Re-running resumes: finished runs are skipped, so an interrupted main job contin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -41,9 +43,10 @@ from cliffdistill import evaluate, report, rundir, sweep, toy, train
 from cliffdistill import methods as methods_lib
 from cliffdistill import testbed as testbed_lib
 from cliffdistill import setup as setup_lib
-from cliffdistill.setup import ABLATIONS
+from cliffdistill.setup import TRAINING_DEFECTS
 
-METHODS = tuple(methods_lib.METHODS)  # the study's table order (+ off_policy)
+METHODS = methods_lib.STUDY_METHODS  # the study's table order (+ off_policy)
+SETUPS = ("size", "context")
 CLAIMS_FILE = "claims.json"
 RETENTION_JSON = "retention.json"
 
@@ -66,43 +69,87 @@ def context_value(seed: int, values: Sequence[int]) -> int:
     return int(values[seed % len(values)])
 
 
-def sweep_config(root: Path, quick: bool, methods: tuple[str, ...] = METHODS,
-                 steps: int | None = None, overrides: dict[str, Any] | None = None,
-                 context_values: Sequence[int] | None = None) -> ml_collections.ConfigDict:
-    """Methods (product) x rows (zip) of (setup, seed, implementation).
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """How much of the study one invocation runs (seeds per row, run length)."""
 
-    The correct implementation runs every seed; the study's defects (all switched on together,
-    as in the study's code) run seed 0 only, to show whether the cliff reproduces. The seed
-    prefix of teacher_seeded is the budget's seed fraction of the completion budget in use.
-    """
+    name: str
+    correct_seeds: int  # seeds of every method, correct implementation
+    defect_seeds: int  # seeds of each (defect combination, factorial method) row
+    step_divisor: int = 1  # runs of STEPS // step_divisor steps
+
+
+MODES = {
+    # 1 seed, half-length runs: a first look in minutes once the testbed is cached
+    "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2),
+    # the default (<= 30 min cold on 2 CPU cores): every verdict decided, fewer defect seeds
+    "default": Mode("default", correct_seeds=3, defect_seeds=1),
+    # the whole factorial at the issue's statistics: >= 5 correct seeds, >= 3 per defect row
+    "full": Mode("full", correct_seeds=5, defect_seeds=3),
+}
+#: Methods of the defect factorial: pure on-policy, pure off-policy, mixed and seeded.
+FACTORIAL_METHODS = ("on_policy_gkd", "off_policy", "hybrid", "mixture", "kl_anchored",
+                     "teacher_seeded")
+
+
+def defect_combinations(setup: str, methods: Sequence[str], each: bool = True
+                        ) -> list[tuple[str, ...]]:
+    """The factorial's defect combinations on `setup`: each training defect alone (those that
+    touch one of `methods` there) and all of them together; `each=False`: the bundle only."""
+    applicable = tuple(d for d in setup_lib.TRAINING_DEFECTS
+                       if any(setup_lib.defect_applies(d, m, setup) for m in methods))
+    singles = [(d,) for d in applicable] if each else []
+    return singles + ([applicable] if len(applicable) > 1 or not each else [])
+
+
+def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[str],
+               each: bool = True) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """(setup, method, seed, defects) of every run: each method x `correct_seeds` seeds,
+    correctly implemented; then each defect combination x the factorial methods it touches x
+    `defect_seeds` seeds. A method no defect of a combination touches is not run under it -- its
+    run would be identical to the correct one, which the report reuses."""
+    rows = [(setup, m, seed, ()) for setup in SETUPS for m in methods
+            for seed in range(mode.correct_seeds)]
+    for setup in SETUPS:
+        for combo in defect_combinations(setup, factorial_methods, each):
+            rows += [(setup, m, seed, combo) for m in factorial_methods
+                     if any(setup_lib.defect_applies(d, m, setup) for d in combo)
+                     for seed in range(mode.defect_seeds)]
+    return rows
+
+
+def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
+                 factorial_methods: Sequence[str] = FACTORIAL_METHODS, steps: int | None = None,
+                 overrides: dict[str, Any] | None = None,
+                 context_values: Sequence[int] | None = None,
+                 each_defect: bool = True) -> ml_collections.ConfigDict:
+    """The main job's sweep: one zip row per run (`sweep_rows`). Every run also evaluates under
+    the study's protocol (`ablation.study_eval`); the seed prefix of teacher_seeded is the
+    budget's seed fraction of the completion budget in use."""
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     context_values = tuple(context_values or (toy_config.DEFAULT_CONTEXT_VALUE,))
     overrides = dict(overrides or {})
     overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
         toy_config.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy_config.BUDGET.max_new_tokens)))
-    seeds = (0,) if quick else (0, 1, 2)
-    rows = [(setup, seed, False) for setup in ("size", "context") for seed in seeds]
-    rows += [(setup, 0, True) for setup in ("size", "context")]
     zipped: dict[str, list] = {}
-    for setup, seed, defects in rows:
+    for setup, method, seed, defects in sweep_rows(mode, methods, factorial_methods, each_defect):
         paths = toy_config.toy_paths(str(root), setup, context_value(seed, context_values))
-        values = {"setup": setup, "seed": seed, **paths,
-                  **{f"ablation.{name}": defects for name in ABLATIONS}}
+        values = {"setup": setup, "method": method, "seed": seed, **paths,
+                  **{f"ablation.{d}": d in defects for d in TRAINING_DEFECTS}}
         for field, value in values.items():
             zipped.setdefault(field, []).append(value)
     c = ml_collections.ConfigDict()
-    c.name = "toy study (quick)" if quick else "toy study"
+    c.name = f"toy study ({mode.name})"
     c.base_config = "configs/toy.py"
-    steps = steps or (toy_config.STEPS // 2 if quick else toy_config.STEPS)
+    steps = steps or toy_config.STEPS // mode.step_divisor
     c.base_overrides = _nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
-        "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // (2 if quick else 4),
-        "checkpoint.every": steps, **overrides})
-    c.order = ("setup", "ablation.unshifted_off_policy", "method", "seed")
-    c.name_fields = ("setup", "method", "seed", "ablation.unshifted_off_policy")
-    c.product = {"method": tuple(methods)}
+        "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // 4,
+        "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
+    c.order = ("setup", "method", "seed")
+    c.name_fields = ("setup", "method", "seed", *(f"ablation.{d}" for d in TRAINING_DEFECTS))
     c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
@@ -134,6 +181,15 @@ SMOKE_OVERRIDES = {
 }
 SMOKE_METHODS = ("on_policy_gkd", "off_policy")
 SMOKE_STEPS = 4
+FLAGS = {"quick": " --quick", "default": "", "full": " --full", "smoke": " --smoke"}
+
+
+def run_smoke(workdir: Path, cache_dir: Path) -> tuple[Path, Any]:
+    """The micro main job: 2 methods x 4 steps x 1 seed, correct and the all-defects bundle."""
+    return run_main(workdir, cache_dir, dataclasses.replace(MODES["quick"], name="smoke"),
+                    prepare_cfg=smoke_prepare_config(), methods=SMOKE_METHODS,
+                    factorial_methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES,
+                    each_defect=False)
 
 
 def machine() -> dict[str, Any]:
@@ -235,7 +291,7 @@ def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick: bool,
+def write_results(workdir: Path, prepared: Any, timings: dict[str, float], mode: Mode,
                   sweep_cfg: ml_collections.ConfigDict) -> Path:
     """RESULTS.md: when/where/how it ran, the testbed's checks, the verdicts, the report."""
     agg = report.aggregate(workdir)
@@ -243,15 +299,16 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], quick
     verdicts = testbed_lib.gate_claims(report.study_claims(agg), tb)
     m = machine()
     lines = [
-        "# Results of `python -m cliffdistill.main" + (" --quick" if quick else "") + "`", "",
+        "# Results of `python -m cliffdistill.main" + FLAGS[mode.name] + "`", "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {m['platform']}, {m['cpus']} CPUs, backend {m['backend']}, "
         f"python {m['python']}, jax {m['jax']}",
         f"- wall time: prepare {timings['prepare']:.0f} s, sweep {timings['sweep']:.0f} s, "
         f"total {timings['total']:.0f} s",
-        f"- runs: {len(report.run_entries(workdir)[1])} ({len(sweep_cfg.product['method'])} "
-        f"methods x {len(sweep_cfg.zip['seed'])} (setup, seed, implementation) rows; the study's "
-        "defects: seed 0 only)",
+        f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
+        f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
+        f"{', '.join(FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
+        "touch reuses its correct run; `--full`: 5 and 3 seeds)",
         "", "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
         *testbed_lines(tb), "",
         "## The study's claims on this testbed", "",
@@ -303,10 +360,11 @@ def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> Non
                         prepared.testbed["context"]["retention_before"])
 
 
-def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
+def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
-             methods: tuple[str, ...] = METHODS, steps: int | None = None,
-             overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
+             methods: tuple[str, ...] = METHODS, factorial_methods: tuple[str, ...] = FACTORIAL_METHODS,
+             steps: int | None = None, overrides: dict[str, Any] | None = None,
+             each_defect: bool = True) -> tuple[Path, Any]:
     """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
     t0 = time.time()
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
@@ -314,15 +372,15 @@ def run_main(workdir: Path, cache_dir: Path, quick: bool, *,
     workdir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
     t_prep = time.time() - t0
-    cfg = sweep_config(prepared.root, quick, methods, steps, overrides,
-                       context_values=tuple(prepared.context_data))
+    cfg = sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
+                       context_values=tuple(prepared.context_data), each_defect=each_defect)
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
     result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: run_one(c, d, prepared),
                              baseline_fn=evaluate.run_baselines)
     t_sweep = time.time() - t0 - t_prep
     print("[3/3] report", flush=True)
     timings = {"prepare": t_prep, "sweep": t_sweep, "total": time.time() - t0}
-    path = write_results(workdir, prepared, timings, quick, cfg)
+    path = write_results(workdir, prepared, timings, mode, cfg)
     print(f"done in {timings['total']:.0f} s: {path} ({len(result.failed)} failed runs)")
     print("\n".join(toy_claims_summary(workdir)))
     return path, result
@@ -350,9 +408,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="1 seed, 20-step runs")
+    mode.add_argument("--full", action="store_true",
+                      help="the whole factorial: 5 seeds per method, 3 per defect row")
     mode.add_argument("--smoke", action="store_true",
                       help="micro testbed, 2 methods x 4 steps (~1-2 min): checks an install")
-    p.add_argument("--workdir", default=None, help="default: runs/main (runs/main_quick)")
+    p.add_argument("--workdir", default=None,
+                   help="default: runs/main (runs/main_quick, runs/main_full, runs/main_smoke)")
     p.add_argument("--cache_dir", default=None,
                    help="toy testbed cache (default $CLIFFDISTILL_CACHE or ~/.cache/cliffdistill)")
     p.add_argument("--publish", action="store_true",
@@ -366,9 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(repo))  # configs/ lives at the repo root
     from configs import toy as toy_config
 
-    default_workdir = ("runs/main_smoke" if args.smoke else
-                       "runs/main_quick" if args.quick else "runs/main")
-    workdir = Path(args.workdir or default_workdir)
+    name = "smoke" if args.smoke else "quick" if args.quick else "full" if args.full else "default"
+    workdir = Path(args.workdir or ("runs/main" if name == "default" else f"runs/main_{name}"))
     cache_dir = Path(args.cache_dir or toy_config.TOY_CACHE)
     # Compiled programs persist across invocations: a re-run (or --quick after the full job)
     # skips most XLA compilation, which dominates the toy runs' time on CPU. Set here, by the
@@ -376,10 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if args.smoke:
-        _, result = run_main(workdir, cache_dir, quick=True, prepare_cfg=smoke_prepare_config(),
-                             methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)
+        _, result = run_smoke(workdir, cache_dir)
     else:
-        _, result = run_main(workdir, cache_dir, args.quick)
+        _, result = run_main(workdir, cache_dir, MODES[name])
     if args.publish:
         print("published:", ", ".join(str(p) for p in publish(workdir, repo / "docs")))
     return 1 if result.failed else 0

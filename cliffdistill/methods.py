@@ -191,6 +191,11 @@ METHODS: dict[str, Schedule] = {
     "off_policy": off_policy,
 }
 
+# The study's eight methods and the pure off-policy row: what the main job sweeps and judges.
+STUDY_METHODS: tuple[str, ...] = (
+    "on_policy_gkd", "extended_on_policy", "hybrid", "teacher_seeded", "mixture",
+    "replay_buffer", "kl_anchored", "reverse_curriculum", "off_policy")
+
 # Methods that run for c.extended_num_steps instead of c.num_steps.
 _EXTENDED = frozenset({"extended_on_policy"})
 
@@ -224,6 +229,24 @@ _INT_FIELDS = (
     "reverse_switch_step",
 )
 _FLOAT_FIELDS = ("mixture_off_weight", "replay_weight", "anchor_beta")
+
+
+def _kind(plan: StepPlan) -> tuple[bool, bool, bool]:
+    return plan.on_weight > 0, plan.off_weight > 0, plan.seed_tokens > 0
+
+
+def switch_step(name: str, c: Optional[ml_collections.ConfigDict] = None) -> int:
+    """The step at which a method changes phase for good (hybrid: off -> on; reverse_curriculum:
+    on -> off; teacher_seeded: the last seeded step + 1), 0 for a method without one (constant or
+    periodic plans). The kind of a step is which parts it has (on / off / seeded); the switch is
+    where one kind that held from step 0 gives way to another that holds to the end. Plots align
+    each method's curves on it."""
+    schedule, n = get(name, c), num_steps(name, c)
+    kinds = [_kind(schedule(i)) for i in range(n)]
+    first = next((i for i, k in enumerate(kinds) if k != kinds[0]), n)
+    if first == n or any(k != kinds[first] for k in kinds[first:]):
+        return 0
+    return first
 
 
 def validate_schedule_config(c: ml_collections.ConfigDict) -> None:

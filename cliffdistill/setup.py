@@ -29,9 +29,32 @@ from cliffdistill.models.config import ModelConfig
 SETUPS = ("size", "context")
 ON_POLICY_LOSSES = ("sampled_rkl", "jsd")
 OFF_POLICY_LOSSES = ("nll", "forward_kl")
-# The study's defects (DESIGN.md §1), each an off-by-default `config.ablation.<name>` switch.
-ABLATIONS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context",
-             "two_step_mixture", "zero_kl_anchor")
+# The study's defects (DESIGN.md §1), each an off-by-default `config.ablation.<name>` switch:
+# five change training, `study_eval` only adds an evaluation under the study's protocol.
+TRAINING_DEFECTS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context",
+                    "two_step_mixture", "zero_kl_anchor")
+EVAL_ONLY_SWITCHES = ("study_eval",)
+ABLATIONS = (*TRAINING_DEFECTS, *EVAL_ONLY_SWITCHES)
+# Which steps a training defect changes (by the step's plan and the setup): a defect that changes
+# no step of a method leaves its run identical to the correct one (tests/test_defects.py), so a
+# factorial need not run it.
+_DEFECT_TOUCHES: dict[str, Any] = {
+    "unshifted_off_policy": lambda setup, p: p.off_weight > 0,
+    "on_policy_no_prompt": lambda setup, p: p.on_weight > 0,
+    "teacher_no_context": lambda setup, p: setup == "context" and p.on_weight > 0,
+    "two_step_mixture": lambda setup, p: p.on_weight > 0 and p.off_weight > 0,
+    "zero_kl_anchor": lambda setup, p: p.anchor_beta > 0,
+}
+
+
+def defect_applies(defect: str, method: str, setup: str,
+                   schedule_cfg: ml_collections.ConfigDict | None = None) -> bool:
+    """Whether training `defect` changes any step of `method` on `setup`."""
+    if defect not in _DEFECT_TOUCHES:
+        raise ValueError(f"unknown training defect {defect!r}; known: {TRAINING_DEFECTS}")
+    schedule = methods.get(method, schedule_cfg)
+    return any(_DEFECT_TOUCHES[defect](setup, schedule(i))
+               for i in range(methods.num_steps(method, schedule_cfg)))
 
 # ============================================================================ config checks
 
@@ -61,6 +84,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
     unknown = sorted(set(cfg.ablation) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"config field `ablation` has unknown switch(es) {unknown}; known: {ABLATIONS}")
+    if cfg.ablation.study_eval and cfg.eval.study_n > cfg.data.n_train:
+        raise ValueError(f"config field `eval.study_n`={cfg.eval.study_n} exceeds `data.n_train`="
+                         f"{cfg.data.n_train}: the study's protocol scores the first train "
+                         "questions; lower eval.study_n")
     for field in ("student.dtype", "teacher.dtype", "lora.dtype"):
         _dtype(cfg[field.split(".")[0]][field.split(".")[1]], field)
     if not cfg.student.path:

@@ -125,6 +125,15 @@ def default_status_thresholds() -> ml_collections.ConfigDict:
     return c
 
 
+def default_claim_thresholds() -> ml_collections.ConfigDict:
+    """The report's verdict thresholds (`config.eval.claims`; docs/METRICS.md)."""
+    c = ml_collections.ConfigDict()
+    c.alpha = 0.05  # family-wise error rate of the pairwise method comparisons (Holm)
+    c.majority = 0.5  # a group "is" collapsed/stable when more than this share of its seeds is
+    c.n_boot = 2000  # bootstrap resamples (seeds x questions) behind every interval and p-value
+    return c
+
+
 def classify_status(
     final_acc: float, start_acc: float, thresholds: Optional[ml_collections.ConfigDict] = None
 ) -> str:

@@ -3,18 +3,21 @@
 `prepare(cache_dir, cfg)` builds (once; later runs reuse the cache):
 
 * a tokenizer trained on the synthetic task (HF format, with a chat template);
-* data (GSM8K-format jsonl): `plain/` for the size setup, `context_v<V>/` for each hidden unit
-  value V of the context setup. Problems are mostly 2-4 steps with worked solutions of ~30-60
+* data (GSM8K-format jsonl): `size/` for the size setup (unit problems, "a zorp is
+  `size_value` units"), `context_v<V>/` for each hidden unit value V of the context setup and
+  `plain/` (the retention eval). Problems are mostly 2-4 steps with worked solutions of ~30-60
   tokens. Evaluation and distillation prompts come from *held-out compositions*
   (`synthetic.is_held_out`): pretraining never sees them, so no eval solution occurs verbatim
   in the pretraining stream (measured: `eval_pretrain_overlap`);
-* a toy **teacher** pretrained from scratch (next-token loss on answers), also on *context
-  episodes* (k solved examples sharing a hidden unit value, then a query; some episodes show
+* a toy **teacher** pretrained from scratch (next-token loss on answers) on plain problems,
+  zero-shot unit problems with `size_value` (knowledge it carries in its weights), and *context
+  episodes* (1..k solved examples sharing a hidden unit value, then a query; some episodes show
   plain, format-only examples), so with solved examples in its prompt it infers the value: the
   same weights with that context are the context-distillation teacher, without it the student;
-* a toy **student** for the size setup with its own, smaller architecture (same tokenizer),
-  pretrained here on plain problems: the last of `student.snapshots` whose dev accuracy is at
-  most `student.max_accuracy` (a student that has the foundations but not the skill);
+* a toy **student** for the size setup with its own, ~4x smaller architecture (same tokenizer),
+  pretrained here on plain problems and zero-shot unit problems whose value is never
+  `size_value`: it has the format and (weaker) arithmetic, not the teacher's fact. Headroom comes
+  from the fact (transferable in a few steps), the gap that stays from capacity;
 * the method-neutral **headroom checks** (`cliffdistill.testbed`): teacher - student gap, a
   ground-truth oracle's gain under the runs' LoRA rank and step budget, the eval's CI width and
   its verbatim overlap with pretraining. `testbed.json` records them; a setup that fails is
@@ -73,14 +76,22 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     c.context_k = 2  # solved examples in the context-distillation teacher's prompt
     c.context_values = (3, 5, 8)  # hidden unit values of the context setup (one per run seed)
     c.format_episode_fraction = 0.25  # pretraining episodes whose shots are format-only
+    # The size setup's task: unit problems whose value (a zorp is `size_value` units) the teacher
+    # learned in pretraining and the student never saw -- knowledge a few supervised steps can
+    # transfer -- on top of the capacity gap (the student's arithmetic stays weaker). A plain
+    # arithmetic gap alone gives no headroom: LoRA on the runs' budget cannot teach arithmetic
+    # (measured: ground-truth oracle +0.8..+5.5 pp at 40-100 steps, any learning rate).
+    c.size_value = 6  # not one of context_values
+    c.unit_fraction = 0.25  # share of a plain pretraining batch that is zero-shot unit problems
     c.teacher = ml_collections.ConfigDict(dict(
         layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1500, batch=32,
-        lr=3e-3, episode_every=4))
+        lr=3e-3, episode_every=4, knows_size_value=True))
     # Half the width, so ~4.3x fewer parameters (the embedding is shared by every width); two
     # layers, because locating the i-th operand and carrying the running count needs depth.
+    # Its zero-shot unit problems use every value but size_value: it knows the format, not the fact.
     c.student = ml_collections.ConfigDict(dict(
-        layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=1000, batch=32,
-        lr=3e-3, episode_every=0, snapshots=(250, 500, 750, 1000), max_accuracy=0.30))
+        layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=2500, batch=32,
+        lr=3e-3, episode_every=0, knows_size_value=False, snapshots=(2500,), max_accuracy=0.30))
     c.seq_len = 128  # pretraining sequence length of plain problems (episodes use 3x)
     c.run = run_budget()
     c.checks = testbed.default_checks()
@@ -150,18 +161,34 @@ def stream_items(c: ml_collections.ConfigDict, m: ml_collections.ConfigDict, see
     """
     step_seed = int(np.random.default_rng([seed, step]).integers(2**31))
     if not _is_episode_step(m, step):
-        plain = synthetic.generate(m.batch, seed=step_seed, **_gen_kw(c, "seen"))
-        return [StreamItem(synthetic.prompt_text(p), p.solution, (p.solution,)) for p in plain]
+        n_unit = round(c.unit_fraction * m.batch)
+        problems = synthetic.generate(m.batch - n_unit, seed=step_seed, **_gen_kw(c, "seen"))
+        for i, v in enumerate(unit_values(c, m, step_seed, n_unit)):
+            problems += synthetic.generate(1, seed=step_seed + 1 + i, variant="context",
+                                           rule_value=v, **_gen_kw(c, "seen"))
+        return [StreamItem(synthetic.prompt_text(p), p.solution, (p.solution,)) for p in problems]
     rng = np.random.default_rng(step_seed)
     items = []
     for i in range(m.batch):
-        k = int(rng.integers(0, c.context_k + 1))
+        # >= 1 shot: a zero-shot unit problem means `size_value` to a model that knows it
+        k = int(rng.integers(1, c.context_k + 1))
         shots = "plain" if rng.random() < c.format_episode_fraction else "context"
         (e,) = synthetic.make_episodes(1, seed=step_seed + i, k=k, shot_variant=shots,
                                        **_gen_kw(c, "seen"))
         items.append(StreamItem(synthetic.episode_prompt_text(e), e.query.solution,
                                 tuple(s.solution for s in e.shots) + (e.query.solution,)))
     return items
+
+
+def unit_values(c: ml_collections.ConfigDict, m: ml_collections.ConfigDict, seed: int,
+                n: int) -> list[int]:
+    """The hidden values of a step's `n` zero-shot unit problems: always `size_value` for a model
+    that knows it (the teacher), uniform over the other values for one that does not."""
+    if m.knows_size_value:
+        return [c.size_value] * n
+    lo, hi = synthetic.CONTEXT_RULE_RANGE
+    others = [v for v in range(lo, hi + 1) if v != c.size_value]
+    return [int(v) for v in np.random.default_rng([seed, 1]).choice(others, n)]
 
 
 def pretraining_stream(tokenizer: Any, c: ml_collections.ConfigDict, m: ml_collections.ConfigDict,
@@ -259,18 +286,25 @@ def context_dir(root: Path, value: int) -> Path:
     return Path(root) / f"context_v{value}"
 
 
+def size_dir(root: Path) -> Path:
+    """The size setup's data: zero-shot unit problems with the teacher's `size_value`."""
+    return Path(root) / "size"
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     plain: Path
+    size: Path
     contexts: dict[int, Path]
-    eval_solutions: list[str]  # every eval solution (plain and each context value)
+    eval_solutions: list[str]  # every eval solution (plain, size and each context value)
 
 
 def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
-    """plain/{train,test,dev}.jsonl and context_v<V>/{train,test}.jsonl for each value V.
+    """plain/{train,test,dev}.jsonl (retention eval), size/{train,test,dev}.jsonl (unit problems
+    with `size_value`) and context_v<V>/{train,test}.jsonl for each context value V.
 
     Every eval, dev and train problem is from a held-out composition (never pretrained on);
-    questions are pairwise distinct across splits. The context questions are the same for every
+    questions are pairwise distinct across splits. The unit questions are the same for every
     value (the question text does not depend on it); only the solutions differ.
     """
     held = _gen_kw(c, "held_out")
@@ -284,15 +318,20 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
     synthetic.write_jsonl(plain_dev, root / "plain" / "dev.jsonl")
     solutions = [p.solution for p in plain_eval]
     contexts = {}
-    for v in c.context_values:
+    for v in (*c.context_values, c.size_value):
         kw = dict(held, variant="context", rule_value=v)
         ctx_eval = distinct(c.n_eval, c.seed + 202, set(), **kw)
         ctx_train = distinct(n_train, c.seed + 404, {p.question for p in ctx_eval}, **kw)
-        contexts[v] = context_dir(root, v)
-        synthetic.write_jsonl(ctx_train, contexts[v] / "train.jsonl")
-        synthetic.write_jsonl(ctx_eval, contexts[v] / "test.jsonl")
+        out = size_dir(root) if v == c.size_value else context_dir(root, v)
+        synthetic.write_jsonl(ctx_train, out / "train.jsonl")
+        synthetic.write_jsonl(ctx_eval, out / "test.jsonl")
+        if v == c.size_value:
+            dev = distinct(c.n_dev, c.seed + 606, {p.question for p in ctx_eval + ctx_train}, **kw)
+            synthetic.write_jsonl(dev, out / "dev.jsonl")
+        else:
+            contexts[v] = out
         solutions += [p.solution for p in ctx_eval]
-    return Data(root / "plain", contexts, solutions)
+    return Data(root / "plain", size_dir(root), contexts, solutions)
 
 
 def run_splits(data_dir: Path, c: ml_collections.ConfigDict) -> gsm8k.Splits:
@@ -413,6 +452,7 @@ class Prepared:
     teacher: Path
     student: Path
     plain_data: Path
+    size_data: Path
     context_data: dict[int, Path]
     report: dict[str, Any]
 
@@ -427,7 +467,7 @@ def _key(c: ml_collections.ConfigDict) -> str:
 
 def _paths(root: Path, c: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(root=root, tokenizer=root / "tokenizer", teacher=root / "teacher",
-                student=root / "student", plain_data=root / "plain",
+                student=root / "student", plain_data=root / "plain", size_data=size_dir(root),
                 context_data={v: context_dir(root, v) for v in c.context_values})
 
 
@@ -480,7 +520,7 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     report["teacher"] = _pretrain_model(root, "teacher", c.teacher, c, tok, c.seed + 1, say)
     timings["teacher"] = report["teacher"]["seconds"]
 
-    dev = gsm8k.load_jsonl(data.plain / "dev.jsonl")
+    dev = gsm8k.load_jsonl(data.size / "dev.jsonl")
     snapshots: dict[int, float] = {}
 
     def pick(step: int, path: Path) -> None:
@@ -521,12 +561,15 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
     """testbed.json's measurements (accuracies are fractions; every eval is greedy, held-out)."""
     teacher, student = Model.load(paths["teacher"]), Model.load(paths["student"])
     plain_eval = gsm8k.load_jsonl(data.plain / "test.jsonl")
-    size = {"teacher": {"params": report["teacher"]["params"],
-                        "accuracy": accuracy(teacher, plain_eval, c)},
+    size_eval = gsm8k.load_jsonl(data.size / "test.jsonl")
+    size = {"value": c.size_value,
+            "teacher": {"params": report["teacher"]["params"],
+                        "accuracy": accuracy(teacher, size_eval, c)},
             "student": {"params": report["student"]["params"],
-                        "accuracy": accuracy(student, plain_eval, c),
+                        "accuracy": accuracy(student, size_eval, c),
+                        "plain_accuracy": accuracy(student, plain_eval, c),
                         "snapshot_step": report["student"]["snapshot_step"]},
-            "oracle": {"accuracy": oracle(student, data.plain, c)}}
+            "oracle": {"accuracy": oracle(student, data.size, c)}}
     size["oracle_gain"] = size["oracle"]["accuracy"] - size["student"]["accuracy"]
     size["param_ratio"] = size["teacher"]["params"] / size["student"]["params"]
     say(f"  size: teacher {size['teacher']['accuracy']:.1%}, student {size['student']['accuracy']:.1%}, "
@@ -550,7 +593,7 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
                "oracle_gain": mean("oracle") - mean("student"),
                # the context student is the base model: its plain-task accuracy before any run
                # (each context run's retention eval measures it after)
-               "retention_before": size["teacher"]["accuracy"]}
+               "retention_before": accuracy(teacher, plain_eval, c)}
     return {"size": size, "context": context, "n_eval": c.n_eval,
             "eval_ci_halfwidth": testbed.ci_halfwidth(c.n_eval),
             "mean_answer_tokens": mean_answer_tokens(tok, data.eval_solutions),

@@ -277,14 +277,23 @@ class Evaluator:
         self.s, self.file, self.evals, self.enabled = s, workdir / rundir.EVAL_FILE, evals, enabled
         self.start_acc = next((e["accuracy"] for e in evals if e["step"] == 0), None)
 
+    def _score(self, views: Any, n: int, lora_layers: Any, max_new_tokens: int) -> dict[str, Any]:
+        """Greedy accuracy of the student (+ adapters) on the first `n` prompts of `views`."""
+        s, cfg = self.s, self.s.cfg
+        summary, _ = evaluate.evaluate_prompts(
+            s.student_cfg, s.student_params, LoraParams(lora_layers, lora_scale(cfg)),
+            s.tokenizer, views.student[:n], views.student_mask[:n], views.questions[:n],
+            views.golds[:n], max_new_tokens=max_new_tokens, batch_size=cfg.eval.batch_size,
+            eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
+        return summary
+
     def __call__(self, step: int, lora_layers: Any) -> dict[str, Any]:
         s, cfg = self.s, self.s.cfg
         t0 = time.time()
-        summary, _ = evaluate.evaluate_prompts(
-            s.student_cfg, s.student_params, LoraParams(lora_layers, lora_scale(cfg)),
-            s.tokenizer, s.eval.student, s.eval.student_mask, s.eval.questions, s.eval.golds,
-            max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-            eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
+        summary = self._score(s.eval, len(s.eval.questions), lora_layers, cfg.eval.max_new_tokens)
+        if cfg.ablation.study_eval:  # the study's protocol on the same adapters (DESIGN §1)
+            study = self._score(s.train, cfg.eval.study_n, lora_layers, cfg.eval.study_max_new_tokens)
+            summary["study"] = {k: study[k] for k in ("accuracy", "n", "truncation_rate")}
         if self.start_acc is None:
             self.start_acc = summary["accuracy"]
         summary["status"] = stats.classify_status(summary["accuracy"], self.start_acc,

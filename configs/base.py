@@ -90,6 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
         teacher_no_context=False,  # teacher scores without its context (context setup)
         two_step_mixture=False,  # mixture as two optimizer steps (on, then off), not one sum
         zero_kl_anchor=False,  # kl_anchored's KL term compares the policy with itself (always 0)
+        # evaluation protocol, not training: every eval ALSO scores the first `eval.study_n`
+        # *training* questions with `eval.study_max_new_tokens` (the study's 50 / 256), recorded
+        # beside the held-out eval as `study` (the same checkpoints, two protocols)
+        study_eval=False,
     ))
 
     # ---------------------------------------------------------------- optimisation
@@ -102,7 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
         every=25,  # also at step 0 (the untrained student) and at the last step
         max_new_tokens=1024,
         batch_size=64,
+        study_n=50,  # ablation.study_eval: the study's protocol scored the first 50 train questions
+        study_max_new_tokens=256,  # ... with 256-token answers
         status=stats.default_status_thresholds(),
+        claims=stats.default_claim_thresholds(),  # the report's verdict thresholds
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, async_save=True))
     c.log_every = 1

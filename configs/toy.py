@@ -30,7 +30,7 @@ def toy_paths(root: str, setup: str, context_value: int = DEFAULT_CONTEXT_VALUE)
     """Overrides that point a run at a prepared toy testbed (see cliffdistill.toy.prepare)."""
     if setup == "size":
         return {"student.path": f"{root}/student", "teacher.path": f"{root}/teacher",
-                "data.path": f"{root}/plain", "data.context": "none"}
+                "data.path": str(toy.size_dir(root)), "data.context": "none"}
     if setup == "context":  # teacher = the toy teacher's base weights WITH k solved examples
         return {"student.path": f"{root}/teacher", "teacher.path": "",
                 "data.path": str(toy.context_dir(root, context_value)), "data.context": "fewshot"}
@@ -59,7 +59,9 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
     c.replay.capacity = 128
     c.loss.update(vocab_chunk=4096, remat="none")
     c.optim.update(lr=b.lr)
-    c.eval.update(every=10, max_new_tokens=b.max_new_tokens, batch_size=prep.eval_batch_size)
+    # study_eval: the study's 256-token budget is the toy's whole completion budget
+    c.eval.update(every=10, max_new_tokens=b.max_new_tokens, batch_size=prep.eval_batch_size,
+                  study_max_new_tokens=b.max_new_tokens)
     c.checkpoint.update(every=20, keep=2, async_save=False)
     s = c.schedule
     s.num_steps, s.extended_num_steps = STEPS, 2 * STEPS

@@ -1,14 +1,15 @@
 """The study's training defects as switches, each against its definition (DESIGN §1)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
 import optax
 import pytest
 
+from cliffdistill import methods, train, update
 from cliffdistill import setup as setup_lib
-from cliffdistill import update
 from cliffdistill.models import lora as lora_lib
 from tests.tiny import tiny_run_config
 
@@ -95,3 +96,45 @@ def test_zero_kl_anchor_gives_the_off_policy_gradient_alone(pieces):
     assert _max_diff(g_zero, g_off) < 1e-6
     assert float(aux_anchor["loss/anchor"]) > 1e-4  # the correct anchor is a real KL ...
     assert _max_diff(g_anchor, g_off) > 1e-5  # ... with a gradient of its own
+
+
+# ----------------------------------------------------------------------------- applicability
+
+# (defect, setup, a method it leaves alone): the factorial in cliffdistill.main skips these runs
+# and reuses the correct ones, so they must be identical, not just close.
+UNTOUCHED = [("unshifted_off_policy", "size", "on_policy_gkd"),
+             ("on_policy_no_prompt", "size", "off_policy"),
+             ("teacher_no_context", "context", "off_policy"),
+             ("two_step_mixture", "size", "hybrid"),
+             ("zero_kl_anchor", "size", "mixture")]
+
+
+def test_defect_applicability_table():
+    touched = {d: [m for m in methods.METHODS if setup_lib.defect_applies(d, m, "context")]
+               for d in setup_lib.TRAINING_DEFECTS}
+    assert touched["unshifted_off_policy"] == ["hybrid", "mixture", "replay_buffer", "kl_anchored",
+                                               "reverse_curriculum", "off_policy"]
+    assert touched["zero_kl_anchor"] == ["kl_anchored"]
+    assert touched["two_step_mixture"] == ["mixture", "replay_buffer"]
+    assert "off_policy" not in touched["on_policy_no_prompt"]
+    assert touched["teacher_no_context"] == touched["on_policy_no_prompt"]
+    assert not any(setup_lib.defect_applies("teacher_no_context", m, "size")
+                   for m in methods.METHODS)
+    for defect, setup, method in UNTOUCHED:
+        assert not setup_lib.defect_applies(defect, method, setup)
+
+
+def _metrics(cfg, workdir):
+    train.run(cfg, workdir, progress=False)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.mark.parametrize("defect,setup,method", UNTOUCHED)
+def test_a_defect_that_touches_no_step_leaves_the_run_identical(tiny_pair, tmp_path, defect, setup,
+                                                                 method):
+    cfg = tiny_run_config(tiny_pair, method, setup, steps=2)
+    correct = _metrics(cfg, tmp_path / "correct")
+    with cfg.unlocked():
+        cfg.ablation[defect] = True
+    assert _metrics(cfg, tmp_path / "defect") == correct

@@ -21,22 +21,43 @@ def _get(tree, dotted):
 
 
 def test_sweep_config_cycles_context_values_and_scales_the_seed_prefix(tmp_path):
-    cfg = main.sweep_config(tmp_path, quick=False, context_values=(3, 5, 8))
-    rows = list(zip(cfg.zip.setup, cfg.zip.seed, cfg.zip.data.path))
-    context = [(seed, path) for setup, seed, path in rows if setup == "context"]
-    assert [p.rsplit("_v", 1)[1] for _, p in context] == ["3", "5", "8", "3"]  # seeds 0,1,2 + defects
+    cfg = main.sweep_config(tmp_path, main.MODES["default"], context_values=(3, 5, 8))
+    rows = list(zip(cfg.zip.setup, cfg.zip.method, cfg.zip.seed, cfg.zip.data.path))
+    context = [(seed, path) for setup, method, seed, path in rows
+               if setup == "context" and method == "hybrid"]
+    # seeds 0,1,2 of the correct implementation, then seed 0 of each defect row touching hybrid
+    assert [p.rsplit("_v", 1)[1] for _, p in context][:3] == ["3", "5", "8"]
     assert cfg.base_overrides.schedule.seed_max_tokens == 10  # 20/256 of the 128-token budget
-    assert "off_policy" in cfg.product.method and len(cfg.product.method) == 9
-    small = main.sweep_config(tmp_path, quick=True, overrides={"rollout.max_new_tokens": 64})
+    assert cfg.base_overrides.ablation.study_eval is True
+    assert set(cfg.zip.method) == set(main.METHODS) and "off_policy" in cfg.zip.method
+    small = main.sweep_config(tmp_path, main.MODES["quick"], overrides={"rollout.max_new_tokens": 64})
     assert small.base_overrides.schedule.seed_max_tokens == 5
+
+
+def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_touches():
+    rows = main.sweep_rows(main.MODES["full"], main.METHODS, main.FACTORIAL_METHODS)
+    correct = [r for r in rows if not r[3]]
+    assert len(correct) == 2 * len(main.METHODS) * 5
+    combos = {(setup, defects) for setup, _, _, defects in rows if defects}
+    for setup in ("size", "context"):
+        singles = {d for s, c in combos if s == setup and len(c) == 1 for d in c}
+        bundle = [c for s, c in combos if s == setup and len(c) > 1]
+        assert len(bundle) == 1 and set(bundle[0]) == singles
+        assert ("teacher_no_context" in singles) == (setup == "context")
+    by_combo = {}
+    for setup, method, seed, defects in rows:
+        if defects:
+            by_combo.setdefault((setup, defects), set()).add((method, seed))
+    assert by_combo[("size", ("zero_kl_anchor",))] == {("kl_anchored", s) for s in range(3)}
+    assert {m for m, _ in by_combo[("size", ("unshifted_off_policy",))]} == {
+        "off_policy", "hybrid", "mixture", "kl_anchored"}
+    assert "on_policy_gkd" not in {m for m, _ in by_combo[("context", ("unshifted_off_policy",))]}
 
 
 @pytest.mark.slow
 def test_main_pipeline_micro(tmp_path):
     run = tmp_path / "run"
-    results, sweep_result = main.run_main(
-        run, tmp_path / "cache", quick=True, prepare_cfg=main.smoke_prepare_config(),
-        methods=main.SMOKE_METHODS, steps=main.SMOKE_STEPS, overrides=main.SMOKE_OVERRIDES)
+    results, sweep_result = main.run_smoke(run, tmp_path / "cache")
     assert not sweep_result.failed
     assert len(sweep_result.ran) == 2 * 4  # 2 methods x (2 setups x {correct, defects})
     text = results.read_text()
@@ -72,7 +93,5 @@ def test_main_pipeline_micro(tmp_path):
     assert (tmp_path / "docs" / "results" / testbed.TESTBED_JSON).exists()
     assert "](results/" in (tmp_path / "docs" / "RESULTS.md").read_text() and len(published) > 3
     # a second call reuses the testbed and skips every finished run
-    _, again = main.run_main(
-        run, tmp_path / "cache", quick=True, prepare_cfg=main.smoke_prepare_config(),
-        methods=main.SMOKE_METHODS, steps=main.SMOKE_STEPS, overrides=main.SMOKE_OVERRIDES)
+    _, again = main.run_smoke(run, tmp_path / "cache")
     assert again.ran == [] and len(again.skipped) == 8

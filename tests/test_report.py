@@ -1,5 +1,6 @@
 """cliffdistill.report on hand-built run dirs: every number below is computed by hand in comments."""
 
+import importlib
 import json
 import math
 import struct
@@ -324,8 +325,9 @@ def test_write_report_files_tables_plots_and_determinism(sweep_dir):
         "| **total** |",
     ):
         assert row in md, row
-    assert "| on_policy_gkd | 60.0 ± 24.8 | 3 / 0 / 0 / 0 | +10.0 pp |" in md
-    assert "| hybrid | 26.7 ± 62.5 | 1 / 1 / 1 / 0 | -23.3 pp |" in md
+    # no per-question results in these runs: t-interval over seeds; step 0 beside every row
+    assert "| on_policy_gkd | 50.0 | 60.0 ± 24.8 | 3 / 0 / 0 / 0 | +10.0 pp |" in md
+    assert "| hybrid | 50.0 | 26.7 ± 62.5 | 1 / 1 / 1 / 0 | -23.3 pp |" in md
     assert "| method | correct | no_shift |" in md  # ablations side by side
     assert "![accuracy_size](plots/accuracy_size.png)" in md and "plots/bars_context.png" in md
     assert "| ts1 | RuntimeError: out of memory |" in md
@@ -506,3 +508,15 @@ def test_on_policy_that_falls_far_below_its_correct_result_does_not_survive():
     assert claims_lib.cliff_pattern({g["method"]: g for g in agg["groups"]
                                      if g["variant"] == "defects"})[0] == (
         "reproduces the study's cliff")  # judged against step 0 alone it would pass
+
+
+def test_group_ci_includes_question_sampling_noise():
+    """With per-question results the CI is the two-way bootstrap (one seed still gets an
+    interval, of about the binomial width); without, a t-interval over seeds."""
+    aggregate_lib = importlib.import_module("cliffdistill.report.aggregate")  # `aggregate` is also a function
+
+    one = aggregate_lib.final_ci([0.5], ["10" * 256])
+    assert one["how"] == "seeds x questions bootstrap" and one["n"] == 1
+    assert 0.03 < (one["ci_high"] - one["ci_low"]) / 2 < 0.06  # ~1.96 * sqrt(.25 / 512) = 0.043
+    seeds = aggregate_lib.final_ci([0.5, 0.6])
+    assert seeds["how"] == "t over seeds" and seeds["ci_low"] < 0.5

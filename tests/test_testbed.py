@@ -24,7 +24,7 @@ def test_no_eval_solution_occurs_in_pretraining(tmp_path):
     as a whole solution and as a line-aligned tail of a longer one."""
     c = small_config()
     data = toy.write_data(tmp_path, c)
-    assert len(data.eval_solutions) == c.n_eval * (1 + len(c.context_values))
+    assert len(data.eval_solutions) == c.n_eval * (2 + len(c.context_values))  # plain, size, contexts
     seen = set()
     for step in range(c.teacher.steps):
         for item in toy.stream_items(c, c.teacher, seed=1, step=step):
@@ -56,10 +56,33 @@ def test_eval_and_train_prompts_are_held_out_and_distinct(tmp_path):
     assert [len(plain[s]) for s in ("train", "test", "dev")] == [40, 64, 16]
     questions = [e.question for exs in plain.values() for e in exs]
     assert len(set(questions)) == len(questions)
-    for v in c.context_values:
-        test = gsm8k.load_jsonl(toy.context_dir(tmp_path, v) / "test.jsonl")
+    dirs = {v: toy.context_dir(tmp_path, v) for v in c.context_values}
+    for v, d in {**dirs, c.size_value: toy.size_dir(tmp_path)}.items():
+        test = gsm8k.load_jsonl(d / "test.jsonl")
         assert all(e.solution.startswith(e.question.split()[0]) and f"*{v}=" in e.solution
                    for e in test)
+    assert len(gsm8k.load_jsonl(toy.size_dir(tmp_path) / "dev.jsonl")) == 16
+
+
+def test_only_the_teacher_learns_the_size_value():
+    """The size setup's knowledge gap: the teacher's zero-shot unit problems all use
+    `size_value`; the student's use every other value and never it (episodes always show >= 1
+    solved example, so a zero-shot unit problem is unambiguous)."""
+    c = small_config()
+    c.student.update(episode_every=0)
+
+    def unit_values(m):
+        out = []
+        for step in range(8):
+            for it in toy.stream_items(c, m, seed=1, step=step):
+                if "zorp" in it.prompt and it.prompt.count("zorp") == 1:
+                    out.append(int(it.answer.split("*")[1].split("=")[0]))
+        return out
+
+    c.teacher.update(episode_every=0)
+    teacher, student = unit_values(c.teacher), unit_values(c.student)
+    assert teacher and set(teacher) == {c.size_value}
+    assert len(student) >= 40 and c.size_value not in student and len(set(student)) >= 5
 
 
 # ----------------------------------------------------------------------------- headroom checks

@@ -11,8 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import ml_collections
+
 from cliffdistill import methods, rundir, stats
 from cliffdistill.rundir import BASELINE_TITLES, read_json, read_jsonl
+from cliffdistill.setup import EVAL_ONLY_SWITCHES
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -33,6 +36,9 @@ _TIME_KEYS = {
 }
 COST_FIELDS = tuple(_TOKEN_KEYS) + tuple(_TIME_KEYS) + ("flops", "device_hours", "usd")
 DIAG_FIELDS = ("mean_length", "truncation_rate", "empty_rate", "repetition_rate")
+# Per-step training metrics (metrics.jsonl, on-policy steps) the report draws aligned on each
+# method's switch point, beside held-out accuracy.
+STEP_SERIES = ("entropy", "reverse_kl", "teacher_score", "truncation_rate", "repetition_rate")
 
 # ----------------------------------------------------------------------------- reading run files
 
@@ -58,17 +64,26 @@ def _num(value: Any) -> Optional[float]:
 
 
 def variant_name(ablation: Any) -> str:
-    """``correct`` when no ablation switch is on, else the switched-on names joined by ``+``."""
+    """``correct`` when no training defect is on, else the switched-on names joined by ``+``
+    (``study_eval`` adds an evaluation protocol and changes no training: not part of the name)."""
     if not isinstance(ablation, Mapping):
         return CORRECT
     on = []
-    for key in sorted(ablation):
+    for key in sorted(k for k in ablation if k not in EVAL_ONLY_SWITCHES):
         value = ablation[key]
         if value is True:
             on.append(str(key))
         elif value not in (False, None, 0, "", "none", "off"):
             on.append(f"{key}={value}")
     return "+".join(on) if on else CORRECT
+
+
+def _switch_step(method: str, schedule: Any) -> int:
+    """The method's switch step under the run's own schedule config (0 for unknown methods)."""
+    if method not in methods.METHODS:
+        return 0
+    cfg = ml_collections.ConfigDict(schedule) if isinstance(schedule, Mapping) else None
+    return methods.switch_step(method, cfg)
 
 
 def run_entries(sweep_dir: Path) -> tuple[str, list[dict]]:
@@ -84,7 +99,7 @@ def run_entries(sweep_dir: Path) -> tuple[str, list[dict]]:
 
 
 def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str, float]) -> dict:
-    """Everything the report needs from one run dir (plus its teacher-score curve under ``_ts``)."""
+    """Everything the report needs from one run dir (plus its per-step series under ``_series``)."""
     name = str(entry["name"])
     rdir = sweep_dir / rundir.RUNS_SUBDIR / name
     cfg = read_json(rdir / rundir.CONFIG_FILE) or {}
@@ -161,7 +176,14 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
     cost["usd"] = _num(status_cost.get("usd")) or 0.0
     cost["wall_seconds"] = _num((status or {}).get("wall_seconds"))
     run["cost"] = cost
-    run["_ts"] = [(int(m["step"]), v) for m in metrics if (v := _num(m.get("teacher_score"))) is not None]
+    run["_series"] = {f: [(int(m["step"]), v) for m in metrics if (v := _num(m.get(f))) is not None]
+                      for f in STEP_SERIES}
+    # the study's protocol on the same checkpoints (ablation.study_eval): first train questions
+    study = [(int(e["step"]), _num((e.get("study") or {}).get("accuracy"))) for e in evals]
+    study = [(st, a) for st, a in study if a is not None]
+    run["switch_step"] = _switch_step(run["method"], cfg.get("schedule"))
+    run["study_start_accuracy"] = next((a for st, a in study if st == 0), None)
+    run["study_final_accuracy"] = study[-1][1] if study else None
     return run
 
 
@@ -178,9 +200,18 @@ def _group_sort_key(key: tuple[str, str, str]) -> tuple:
     return (setup, method_rank(method), variant != CORRECT, variant)
 
 
-def _ci_dict(values: Sequence[float]) -> dict:
-    mean, low, high = stats.mean_ci(values)
-    return {"mean": mean, "ci_low": low, "ci_high": high, "n": len(values)}
+def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = ()) -> dict:
+    """Mean and 95% CI of a group's final accuracy: the two-way bootstrap over seeds x questions
+    when every run recorded per-question results on the same questions (the CI then includes
+    question-sampling noise, and one seed still gets an interval), else a t-interval over seeds."""
+    rows = list(per_question)
+    if rows and all(rows) and len({len(r) for r in rows}) == 1 and len(rows) == len(values):
+        matrix = [[c == "1" for c in r] for r in rows]
+        mean, low, high = stats.bootstrap_ci(matrix, n_boot=2000)
+        how = "seeds x questions bootstrap"
+    else:
+        (mean, low, high), how = stats.mean_ci(values), "t over seeds"
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": len(values), "how": how}
 
 
 def _curve(points_per_run: Iterable[Iterable[tuple[int, float]]]) -> dict:
@@ -231,7 +262,7 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
     deltas = [r["delta_vs_start"] for r in done if r["delta_vs_start"] is not None]
     bests = [r["best_accuracy"] for r in done if r["best_accuracy"] is not None]
     starts = [r["start_accuracy"] for r in done if r["start_accuracy"] is not None]
-    final = _ci_dict(finals)
+    final = final_ci(finals, [r["final_per_question"] for r in done])
     return {
         "setup": setup,
         "method": method,
@@ -244,6 +275,7 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
         "final_mean": final["mean"],
         "final_ci_low": final["ci_low"],
         "final_ci_high": final["ci_high"],
+        "final_ci_how": final["how"],
         "n_done": len(done),
         "n_failed": sum(r["state"] == "failed" for r in runs),
         "n_pending": sum(r["state"] not in ("done", "failed") for r in runs),
@@ -255,9 +287,12 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
         "delta_mean": mean_of(deltas),
         "delta_per_seed": deltas,
         "final_diagnostics": {f: mean_of(r["final_diagnostics"].get(f) for r in done) for f in DIAG_FIELDS},
+        "study_final_mean": mean_of(r["study_final_accuracy"] for r in done),
+        "study_start_mean": mean_of(r["study_start_accuracy"] for r in done),
+        "switch_step": done[0]["switch_step"] if done else 0,
         "curves": {
             "accuracy": _curve([(s, a) for s, a in r["eval_curve"]] for r in done),
-            "teacher_score": _curve(r["_ts"] for r in done),
+            **{f: _curve(r["_series"][f] for r in done) for f in STEP_SERIES},
         },
         "cost": _sum_costs(runs),
     }
@@ -331,8 +366,15 @@ def aggregate(sweep_dir: str | Path) -> dict:
     cost_by_setup = {s: _sum_costs([r for r in runs if r["setup"] == s]) for s in setups}
 
     for r in runs:
-        r.pop("_ts")
+        r.pop("_series")
     states = [r["state"] for r in runs]
+    # the verdict thresholds the runs were configured with (config.eval.claims), else defaults
+    claim_t = stats.default_claim_thresholds()
+    for e in entries:
+        cfg = read_json(sweep_dir / rundir.RUNS_SUBDIR / str(e["name"]) / rundir.CONFIG_FILE) or {}
+        if (cfg.get("eval") or {}).get("claims"):
+            claim_t.update(cfg["eval"]["claims"])
+            break
     return {
         "name": name,
         "counts": {
@@ -342,6 +384,7 @@ def aggregate(sweep_dir: str | Path) -> dict:
             "pending": len(runs) - states.count("done") - states.count("failed"),
         },
         "status_thresholds": stats.default_status_thresholds().to_dict(),
+        "claim_thresholds": claim_t.to_dict(),
         "setups": setups,
         "baselines": {s: baselines.get(s, {}) for s in setups},
         "baseline_errors": baseline_errors,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
+import ml_collections
 import numpy as np
 
 from cliffdistill import methods, stats, testbed
+from cliffdistill import setup as setup_lib
 from cliffdistill.report.aggregate import CORRECT
 from cliffdistill.report.markdown import finite, pct, pp, table
 
@@ -28,12 +30,33 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_
 # Outcomes of the cliff-pattern rule (`cliff_pattern`), one per (setup, implementation variant).
 REPRODUCES, DESTROYS, NO_CLIFF = "reproduces the study's cliff", "destroys every method", "no cliff"
 PATTERNS = (REPRODUCES, DESTROYS, NO_CLIFF, "inconclusive", "no data", testbed.NOT_TESTABLE)
-ALPHA = 0.05  # family-wise error rate of the pairwise comparisons (Holm)
+Thresholds = ml_collections.ConfigDict  # stats.default_claim_thresholds(): alpha, majority, n_boot
+
+
+def _t(t: Optional[Thresholds]) -> Thresholds:
+    return t if t is not None else stats.default_claim_thresholds()
 
 
 def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
-    return {g["method"]: g for g in agg["groups"]
-            if g["setup"] == setup and g["variant"] == variant and g["n_done"] > 0}
+    """The variant's finished groups by method. For a defect variant, a study method that none of
+    its defects touches (`setup.defect_applies`) and that did not run under it takes the correct
+    implementation's group: its run would be identical (tests/test_defects.py), so the factorial
+    skips it."""
+    def finished(v: str) -> dict[str, Mapping]:
+        return {g["method"]: g for g in agg["groups"]
+                if g["setup"] == setup and g["variant"] == v and g["n_done"] > 0}
+
+    groups = finished(variant)
+    if variant == CORRECT:
+        return groups
+    defects = variant.split("+")
+    if not set(defects) <= set(setup_lib.TRAINING_DEFECTS):
+        return groups
+    for m, g in finished(CORRECT).items():
+        if m not in groups and m in methods.STUDY_METHODS and not any(
+                setup_lib.defect_applies(d, m, setup) for d in defects):
+            groups[m] = {**g, "variant": variant, "reused_from": CORRECT}
+    return groups
 
 
 def _fmt_group(g: Mapping) -> str:
@@ -42,29 +65,31 @@ def _fmt_group(g: Mapping) -> str:
     return f"{g['method']} {pct(g['final_mean'])} ({cells} {'/'.join(stats.STATUSES)})"
 
 
-def _majority(g: Mapping, status: str) -> bool:
-    return g["status_counts"].get(status, 0) * 2 > g["n_done"]
+def _majority(g: Mapping, status: str, t: Optional[Thresholds] = None) -> bool:
+    """More than `majority` of the group's finished seeds ended with `status`."""
+    return g["status_counts"].get(status, 0) > _t(t).majority * g["n_done"]
 
 
-def _claim_off_policy_collapse(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+def _claim_off_policy_collapse(groups: Mapping[str, Mapping], t: Optional[Thresholds] = None
+                               ) -> tuple[str, str]:
     off = [groups[m] for m in OFF_POLICY_METHODS if m in groups]
     if not off:
         return "no data", ""
     evidence = "; ".join(_fmt_group(g) for g in off)
-    if all(_majority(g, "collapsed") for g in off):
+    if all(_majority(g, "collapsed", t) for g in off):
         return "supported", evidence
-    if any(_majority(g, "stable") for g in off):
+    if any(_majority(g, "stable", t) for g in off):
         return "contradicted", evidence
     return "inconclusive", evidence
 
 
-def gain_ci(g: Mapping) -> tuple[Optional[float], Optional[float], Optional[float], str]:
+def gain_ci(g: Mapping, t: Optional[Thresholds] = None) -> tuple[Optional[float], Optional[float], Optional[float], str]:
     """(gain over step 0, 95% low, high, how): the paired two-way bootstrap (seeds x questions,
     final vs the same run's step 0 on the same questions) when per-question results exist, else
     the across-seed t-interval of the per-seed gains (no interval from one seed)."""
     final, start = _matrix(g, "final_per_question"), _matrix(g, "start_per_question")
     if final is not None and start is not None and final.shape == start.shape:
-        r = stats.paired_bootstrap(final, start, n_boot=2000)
+        r = stats.paired_bootstrap(final, start, n_boot=_t(t).n_boot)
         return r["diff"], r["low"], r["high"], "seeds x questions bootstrap"
     if not g["delta_per_seed"]:
         return None, None, None, ""
@@ -72,13 +97,14 @@ def gain_ci(g: Mapping) -> tuple[Optional[float], Optional[float], Optional[floa
     return mean, low, high, "t over seeds"
 
 
-def _claim_on_policy_works(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+def _claim_on_policy_works(groups: Mapping[str, Mapping], t: Optional[Thresholds] = None
+                           ) -> tuple[str, str]:
     on = [groups[m] for m in ON_POLICY_METHODS if m in groups]
     if not on:
         return "no data", ""
     parts, verdicts = [], []
     for g in on:
-        mean, low, high, how = gain_ci(g)
+        mean, low, high, how = gain_ci(g, t)
         parts.append(f"{g['method']}: {pct(g['start_mean'])} -> {pct(g['final_mean'])} "
                      f"(gain {pp(mean)}, 95% CI {pp(low)} to {pp(high)}, {how}; "
                      f"{g['n_done']} seed(s))")
@@ -86,7 +112,7 @@ def _claim_on_policy_works(groups: Mapping[str, Mapping]) -> tuple[str, str]:
             verdicts.append("no data")
         elif finite(low) and low > 0:
             verdicts.append("supported")
-        elif finite(high) and high < 0 or _majority(g, "collapsed"):
+        elif finite(high) and high < 0 or _majority(g, "collapsed", t):
             verdicts.append("contradicted")
         else:
             verdicts.append("inconclusive")
@@ -123,36 +149,38 @@ def pairwise(groups: Mapping[str, Mapping], n_boot: int = 2000) -> dict[tuple[st
     return out
 
 
-def _beats(pairs: Mapping[tuple[str, str], dict], a: str, b: str) -> bool:
-    """a is significantly better than b after Holm correction."""
+def _beats(pairs: Mapping[tuple[str, str], dict], a: str, b: str, alpha: float) -> bool:
+    """a is significantly better than b after Holm correction at family-wise level `alpha`."""
     if (a, b) in pairs:
         r = pairs[(a, b)]
-        return r["p_holm"] <= ALPHA and r["diff"] > 0
+        return r["p_holm"] <= alpha and r["diff"] > 0
     r = pairs.get((b, a))
-    return r is not None and r["p_holm"] <= ALPHA and r["diff"] < 0
+    return r is not None and r["p_holm"] <= alpha and r["diff"] < 0
 
 
-def best_method(groups: Mapping[str, Mapping], pairs: Mapping[tuple[str, str], dict]
-                ) -> Optional[str]:
+def best_method(groups: Mapping[str, Mapping], pairs: Mapping[tuple[str, str], dict],
+                t: Optional[Thresholds] = None) -> Optional[str]:
     """The method that beats every other one after Holm correction, or None (no significant
     winner). Never the post-hoc highest mean alone."""
     names = {m for pair in pairs for m in pair}
     for m in sorted(names):
-        if all(_beats(pairs, m, other) for other in names - {m}):
+        if all(_beats(pairs, m, other, _t(t).alpha) for other in names - {m}):
             return m
     return None
 
 
-def claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
+def claim_seeding_best(groups: Mapping[str, Mapping], t: Optional[Thresholds] = None
+                       ) -> tuple[str, str]:
     if "teacher_seeded" not in groups or len(groups) < 2:
         return "no data", ""
-    pairs = pairwise(groups)
+    pairs = pairwise(groups, n_boot=_t(t).n_boot)
     if not any("teacher_seeded" in pair for pair in pairs):
         return "no data", "no per-question results recorded"
     ranked = sorted(groups.values(), key=lambda g: -(g["final_mean"] or 0.0))
     evidence = ", ".join(f"{g['method']} {pct(g['final_mean'])}" for g in ranked[:4])
-    winner = best_method(groups, pairs)
-    beaten_by = [m for m in groups if m != "teacher_seeded" and _beats(pairs, m, "teacher_seeded")]
+    winner = best_method(groups, pairs, t)
+    beaten_by = [m for m in groups
+                 if m != "teacher_seeded" and _beats(pairs, m, "teacher_seeded", _t(t).alpha)]
     if winner == "teacher_seeded":
         return "supported", evidence + "; teacher_seeded beats every other method (Holm)"
     if beaten_by:
@@ -162,20 +190,20 @@ def claim_seeding_best(groups: Mapping[str, Mapping]) -> tuple[str, str]:
                                        "; no significant winner (paired tests, Holm)")
 
 
-def _survives(g: Mapping, reference: Optional[Mapping]) -> bool:
+def _survives(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None) -> bool:
     """A pure on-policy method survives a variant: most of its seeds do not end collapsed, and,
     for a defect variant, its mean does not collapse relative to the same method implemented
     correctly (`reference`) -- falling from 65% to 4% is not surviving because the step-0
     student had 11%."""
-    if _majority(g, "collapsed"):
+    if _majority(g, "collapsed", t):
         return False
     if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
         return True
     return stats.classify_status(g["final_mean"], reference["final_mean"]) != "collapsed"
 
 
-def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]] = None
-                  ) -> tuple[str, str]:
+def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]] = None,
+                  t: Optional[Thresholds] = None) -> tuple[str, str]:
     """The study's picture in one rule: every method with an off-policy part collapses AND every
     pure on-policy method survives (most seeds not collapsed; under a defect variant also not
     collapsed relative to the correct implementation's result, `reference`).
@@ -194,9 +222,9 @@ def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str
         evidence += "; pure on-policy when implemented correctly: " + ", ".join(
             f"{g['method']} {pct(reference[g['method']]['final_mean'])}" for g in on
             if g["method"] in reference)
-    if not all(_majority(g, "collapsed") for g in off):
+    if not all(_majority(g, "collapsed", t) for g in off):
         return NO_CLIFF, evidence
-    survived = [_survives(g, (reference or {}).get(g["method"])) for g in on]
+    survived = [_survives(g, (reference or {}).get(g["method"]), t) for g in on]
     if all(survived):
         return REPRODUCES, evidence
     return (DESTROYS if not any(survived) else "inconclusive"), evidence
@@ -225,7 +253,7 @@ RULES = {
                        "seeds x questions; t over seeds where per-question results are missing) "
                        "is above 0; contradicted if below 0 or most seeds collapse",
     "seeding_best": "paired two-way bootstrap (seeds x questions) between every pair of methods, "
-                    f"Holm-corrected at {ALPHA}: supported if teacher_seeded beats every other "
+                    "Holm-corrected at `eval.claims.alpha`: supported if teacher_seeded beats every other "
                     "method, contradicted if another method beats it, else no significant winner",
     "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
                      "collapses AND every pure on-policy method survives (not collapsed vs its "
@@ -243,21 +271,22 @@ def study_claims(agg: Mapping) -> list[dict]:
     decided it and the evidence behind it (rules: `RULES`; status = the majority of a group's
     seeds, see `stats.classify_curve`). Every implementation variant gets a cliff-pattern row."""
     out = []
+    t = ml_collections.ConfigDict(agg.get("claim_thresholds") or stats.default_claim_thresholds())
     for setup in agg["setups"]:
         variants = sorted({g["variant"] for g in agg["groups"] if g["setup"] == setup},
-                          key=lambda v: (v != CORRECT, v))
+                          key=lambda v: (v != CORRECT, v.count("+"), v))
         by_variant = {v: _groups_of(agg, setup, v) for v in variants}
         correct = by_variant.get(CORRECT, {})
-        judged = {v: cliff_pattern(gs, None if v == CORRECT else correct)
+        judged = {v: cliff_pattern(gs, None if v == CORRECT else correct, t)
                   for v, gs in by_variant.items()}
         patterns = {v: p for v, (p, _) in judged.items()}
         rows = [
             ("Every method with an off-policy part collapses", "off_policy_collapses", CORRECT,
-             _claim_off_policy_collapse(correct)),
+             _claim_off_policy_collapse(correct, t)),
             ("Pure on-policy distillation works", "on_policy_works", CORRECT,
-             _claim_on_policy_works(correct)),
+             _claim_on_policy_works(correct, t)),
             ("Teacher seeding is the best method", "seeding_best", CORRECT,
-             claim_seeding_best(correct)),
+             claim_seeding_best(correct, t)),
             ("The study's picture is produced by its implementation defects",
              "defects_cause_cliff", None, _claim_defects_cause_cliff(patterns)),
         ]

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from cliffdistill import stats
+from cliffdistill import methods, stats
+from cliffdistill import setup as setup_lib
 from cliffdistill.report.aggregate import (BASELINE_TITLES, CORRECT, COST_FIELDS, DIAG_FIELDS,
                                            mean_of, method_rank)
 
@@ -25,7 +26,7 @@ def pct(x: Any, digits: int = 1) -> str:
 
 
 def _acc_ci(mean: Any, low: Any, high: Any, n: int) -> str:
-    """``58.6 ± 3.1`` (percent, half-width of the t-CI); one seed gives ``58.6 (1 seed)``."""
+    """``58.6 ± 3.1`` (percent, half-width of the 95% CI); no interval gives ``58.6 (1 seed)``."""
     if not finite(mean):
         return "n/a"
     if finite(low) and finite(high):
@@ -145,10 +146,12 @@ def _results_section(agg: Mapping, groups: Sequence[Mapping]) -> list[str]:
     for g in main:
         row = [
             label(g),
+            pct(g["start_mean"]),
             _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"]),
             _status_counts(g),
             pp(g["delta_mean"]),
             pct(g["best_mean"]),
+            _study_cell(g),
             g["n_done"],
             g["n_failed"],
         ]
@@ -157,16 +160,29 @@ def _results_section(agg: Mapping, groups: Sequence[Mapping]) -> list[str]:
         rows.append(row)
     header = [
         "method",
-        "accuracy (%) ± 95% CI",
+        "step 0 (%)",
+        "final accuracy (%) ± 95% CI",
         STATUS_HEADER,
         "Δ vs student step 0",
         "best (%)",
+        "study protocol (%): step 0 -> final",
         "seeds",
         "failed",
     ]
     out += table(header + (["unfinished"] if c["pending"] else []), rows) if rows else ["No runs."]
-    out.append("")
+    out += ["", "CI: two-way bootstrap over seeds x held-out questions (question-sampling noise "
+            "included) where per-question results exist, else a t-interval over seeds.",
+            "", "Study protocol: the same checkpoints scored the study's way "
+            "(`ablation.study_eval`: the first `eval.study_n` *training* questions, "
+            "`eval.study_max_new_tokens`), beside the held-out accuracy; `-` where not recorded.",
+            ""]
     return out
+
+
+def _study_cell(g: Mapping) -> str:
+    if not finite(g.get("study_final_mean")):
+        return "-"
+    return f"{pct(g.get('study_start_mean'))} -> {pct(g['study_final_mean'])}"
 
 
 def _ablations_section(groups: Sequence[Mapping]) -> list[str]:
@@ -183,7 +199,7 @@ def _ablations_section(groups: Sequence[Mapping]) -> list[str]:
             for v in variants:
                 g = index.get((m, v))
                 if g is None:
-                    row.append("–")
+                    row.append("= correct (untouched)" if _untouched(m, v, groups) else "–")
                     continue
                 acc = _acc_ci(g["final_mean"], g["final_ci_low"], g["final_ci_high"], g["n_done"])
                 row.append(f"{acc} ({_status_counts(g)})")
@@ -191,6 +207,15 @@ def _ablations_section(groups: Sequence[Mapping]) -> list[str]:
         out += table(["method"] + variants, rows)
         out += ["", f"Cells: accuracy (%) ± 95% CI ({STATUS_HEADER}).", ""]
     return out
+
+
+def _untouched(method: str, variant: str, groups: Sequence[Mapping]) -> bool:
+    """No defect of `variant` changes any step of `method` (its run would equal the correct one)."""
+    defects = variant.split("+")
+    setup = groups[0]["setup"] if groups else ""
+    return (variant != CORRECT and set(defects) <= set(setup_lib.TRAINING_DEFECTS)
+            and method in methods.METHODS
+            and not any(setup_lib.defect_applies(d, method, setup) for d in defects))
 
 
 def _diagnostics_section(groups: Sequence[Mapping]) -> list[str]:

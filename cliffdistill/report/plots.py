@@ -250,6 +250,50 @@ def plot_ablation_curves(agg: Mapping, setup: str, path: Path) -> bool:
     return True
 
 
+# (curve key, y label, scale) of the switch-aligned panels: held-out accuracy, then the
+# per-step rollout diagnostics of metrics.jsonl (aggregate.STEP_SERIES).
+_ALIGNED_PANELS = (("accuracy", "held-out accuracy (%)", 100.0),
+                   ("entropy", "entropy (nats / token)", 1.0),
+                   ("reverse_kl", "sampled reverse KL / token", 1.0),
+                   ("teacher_score", "teacher log-prob / token", 1.0),
+                   ("truncation_rate", "truncated rollouts (%)", 100.0),
+                   ("repetition_rate", "repetitive rollouts (%)", 100.0))
+
+
+def plot_switch_aligned(agg: Mapping, setup: str, path: Path) -> bool:
+    """Six panels (accuracy, entropy, reverse KL, teacher score, truncation, repetition) vs
+    step - switch step, one line per method (correct implementation, mean over seeds): what
+    happens to the rollouts when a method changes phase. False when nothing was logged."""
+    groups = main_groups(setup_groups(agg, setup))
+    if not any(g["curves"][key]["steps"] for g in groups for key, _, _ in _ALIGNED_PANELS):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    for ax, (key, ylabel, scale) in zip(axes.flat, _ALIGNED_PANELS):
+        for g in groups:
+            curve = g["curves"][key]
+            if not curve["steps"]:
+                continue
+            shift = g.get("switch_step") or 0
+            xs = [s - shift for s in curve["steps"]]
+            ys = [v * scale if finite(v) else float("nan") for v in curve["mean"]]
+            ax.plot(xs, ys, color=_method_color(g["method"]), linewidth=1.3,
+                    marker="o" if key == "accuracy" else "", markersize=3,
+                    label=f"{label(g)} (switch {shift})" if shift else label(g))
+        ax.axvline(0.0, color="black", linewidth=0.8, alpha=0.5)
+        ax.set_xlabel("step - switch step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"{setup}: curves aligned on each method's switch point (correct "
+                 "implementation, mean over seeds; methods without a switch start at 0)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    return True
+
+
 def write_plots(agg: Mapping, sweep_dir: Path) -> dict[str, list[str]]:
     """All plots; returns ``{setup: [relative paths]}`` for the report."""
     out: dict[str, list[str]] = {}
@@ -263,6 +307,8 @@ def write_plots(agg: Mapping, sweep_dir: Path) -> dict[str, list[str]]:
             rels.append(f"{PLOTS_DIR}/teacher_score_{s}.png")
         rels.append(f"{PLOTS_DIR}/bars_{s}.png")
         plot_bars(agg, setup, sweep_dir / rels[-1])
+        if plot_switch_aligned(agg, setup, sweep_dir / PLOTS_DIR / f"aligned_{s}.png"):
+            rels.append(f"{PLOTS_DIR}/aligned_{s}.png")
         if plot_ablation_curves(agg, setup, sweep_dir / PLOTS_DIR / f"accuracy_{s}_ablations.png"):
             rels.append(f"{PLOTS_DIR}/accuracy_{s}_ablations.png")
         out[setup] = rels
