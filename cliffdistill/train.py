@@ -280,10 +280,14 @@ class Evaluator:
     def _score(self, views: Any, n: int, lora_layers: Any, max_new_tokens: int) -> dict[str, Any]:
         """Greedy accuracy of the student (+ adapters) on the first `n` prompts of `views`."""
         s, cfg = self.s, self.s.cfg
+        # a set smaller than one eval batch (the study's 50 questions) gets a batch of its own
+        # size, rounded up to the mesh's data parallelism, instead of padding to eval.batch_size
+        data_par = cfg.mesh.data * cfg.mesh.fsdp
+        batch = min(cfg.eval.batch_size, -(-n // data_par) * data_par)
         summary, _ = evaluate.evaluate_prompts(
             s.student_cfg, s.student_params, LoraParams(lora_layers, lora_scale(cfg)),
             s.tokenizer, views.student[:n], views.student_mask[:n], views.questions[:n],
-            views.golds[:n], max_new_tokens=max_new_tokens, batch_size=cfg.eval.batch_size,
+            views.golds[:n], max_new_tokens=max_new_tokens, batch_size=batch,
             eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
         return summary
 
