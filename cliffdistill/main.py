@@ -229,8 +229,9 @@ def testbed_lines(tb: dict[str, Any]) -> list[str]:
     lines = [
         "| setup | teacher | student | teacher - student | oracle (gain) | params teacher / student "
         "| testable |", "|---|---|---|---|---|---|---|",
-        f"| size | {_pct(s['teacher']['accuracy'])} | {_pct(s['student']['accuracy'])} "
-        f"(snapshot step {s['student']['snapshot_step']}) | "
+        f"| size (unit value {s.get('value', '?')}) | {_pct(s['teacher']['accuracy'])} | "
+        f"{_pct(s['student']['accuracy'])} (step {s['student']['snapshot_step']}; plain task "
+        f"{_pct(s['student'].get('plain_accuracy'))}) | "
         f"{100 * (s['teacher']['accuracy'] - s['student']['accuracy']):+.1f} pp | "
         f"{_pct(s['oracle']['accuracy'])} ({100 * s['oracle_gain']:+.1f} pp) | "
         f"{s['teacher']['params']:,} / {s['student']['params']:,} ({s['param_ratio']:.1f}x) | "
@@ -240,11 +241,18 @@ def testbed_lines(tb: dict[str, Any]) -> list[str]:
         f"{100 * (x['teacher']['accuracy'] - x['student']['accuracy']):+.1f} pp | "
         f"{_pct(x['oracle']['accuracy'])} ({100 * x['oracle_gain']:+.1f} pp) | "
         f"{x['teacher']['params']:,} (one model) | {verdict(x)} |",
+        *([f"| retrieval (the context setup, teacher reads a passage) | "
+           f"{_pct(tb['retrieval']['teacher']['accuracy'])} (with passage) | "
+           f"{_pct(tb['retrieval']['student']['accuracy'])} (without) | "
+           f"{100 * (tb['retrieval']['teacher']['accuracy'] - tb['retrieval']['student']['accuracy']):+.1f} pp | "
+           f"{_pct(tb['retrieval']['oracle']['accuracy'])} ({100 * tb['retrieval']['oracle_gain']:+.1f} pp) | "
+           f"(one model) | {verdict(tb['retrieval'])} |"] if "retrieval" in tb else []),
         "",
-        "| context value | teacher (with context) | format-only context | student (no context) "
-        "| oracle |", "|---|---|---|---|---|",
-        *(f"| {v} | {_pct(r['teacher'])} | {_pct(r['format_only'])} | {_pct(r['student'])} | "
-          f"{_pct(r['oracle'])} |" for v, r in x["per_value"].items()),
+        "| context value | teacher (with context) | teacher (with passage) | format-only context "
+        "| student (no context) | oracle |", "|---|---|---|---|---|---|",
+        *(f"| {v} | {_pct(r['teacher'])} | {_pct(r.get('teacher_passage'))} | "
+          f"{_pct(r['format_only'])} | {_pct(r['student'])} | {_pct(r['oracle'])} |"
+          for v, r in x["per_value"].items()),
         "",
         f"- eval: {tb['n_eval']} held-out problems per setup and value (95% half-width of one "
         f"evaluation at 50%: {100 * tb['eval_ci_halfwidth']:.1f} pp); eval solutions found "

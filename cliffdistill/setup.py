@@ -103,7 +103,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
                              "`teacher.path` empty (or equal to `student.path`)")
         if cfg.data.context == "none" and not cfg.ablation.teacher_no_context:
             raise ValueError("setup='context' needs a teacher context: set `data.context` to "
-                             "'fewshot' or 'cot8'")
+                             "'fewshot', 'cot8' or 'passage'")
+        if cfg.data.context == "passage" and not cfg.data.passage:
+            raise ValueError("data.context='passage' needs the retrieved text in `data.passage`")
         teacher = student
     if teacher.vocab_size != student.vocab_size:
         raise ValueError(
@@ -164,7 +166,9 @@ def build_views(cfg: ml_collections.ConfigDict, tokenizer: Any, examples: list[g
     instruction = prompts.INSTRUCTION if cfg.data.instruction is None else cfg.data.instruction
     student_ids, teacher_ids = prompts.build_views(
         tokenizer, examples, shots, system=cfg.data.system, instruction=instruction,
-        chat_template=cfg.chat_template, **dict(cfg.data.template_kwargs))
+        chat_template=cfg.chat_template,
+        teacher_system=cfg.data.passage if cfg.data.context == "passage" else None,
+        **dict(cfg.data.template_kwargs))
     s, sm = _pad_views(student_ids, pad_id, cfg.rollout.max_prompt_len, "rollout.max_prompt_len")
     t, tm = _pad_views(teacher_ids, pad_id, cfg.rollout.max_teacher_prompt_len,
                        "rollout.max_teacher_prompt_len")

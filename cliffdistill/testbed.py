@@ -68,9 +68,17 @@ def failed_checks(setup: Mapping[str, Any], shared: Mapping[str, Any],
     return out
 
 
+SETUPS = ("size", "context", "retrieval")  # "retrieval": the context setup with a passage
+
+
+def setups(testbed: Mapping[str, Any]) -> list[str]:
+    """The setups a testbed.json measured (older ones have no "retrieval")."""
+    return [name for name in SETUPS if name in testbed]
+
+
 def judge(testbed: dict[str, Any], checks: ml_collections.ConfigDict) -> dict[str, Any]:
     """Adds ``testable`` and ``failed_checks`` to each setup of ``testbed`` (in place; returned)."""
-    for name in ("size", "context"):
+    for name in setups(testbed):
         failed = failed_checks(testbed[name], testbed, checks)
         testbed[name]["failed_checks"] = failed
         testbed[name]["testable"] = not failed
@@ -81,7 +89,7 @@ def judge(testbed: dict[str, Any], checks: ml_collections.ConfigDict) -> dict[st
 def loud_lines(testbed: Mapping[str, Any]) -> list[str]:
     """What to print after prepare: a banner for every setup that is not testable."""
     lines = []
-    for name in ("size", "context"):
+    for name in setups(testbed):
         s = testbed[name]
         if s["testable"]:
             lines.append(f"testbed: setup {name!r} passes the headroom checks")

@@ -76,6 +76,9 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     c.context_k = 2  # solved examples in the context-distillation teacher's prompt
     c.context_values = (3, 5, 8)  # hidden unit values of the context setup (one per run seed)
     c.format_episode_fraction = 0.25  # pretraining episodes whose shots are format-only
+    # pretraining episodes that state the value in a retrieved passage (a system turn) instead of
+    # solved examples: the retrieval-style context variant's teacher can read one
+    c.passage_episode_fraction = 0.2
     # The size setup's task: unit problems whose value (a zorp is `size_value` units) the teacher
     # learned in pretraining and the student never saw -- knowledge a few supervised steps can
     # transfer -- on top of the capacity gap (the student's arithmetic stays weaker). A plain
@@ -170,6 +173,11 @@ def stream_items(c: ml_collections.ConfigDict, m: ml_collections.ConfigDict, see
     rng = np.random.default_rng(step_seed)
     items = []
     for i in range(m.batch):
+        if rng.random() < c.passage_episode_fraction:
+            (e,) = synthetic.make_episodes(1, seed=step_seed + i, k=0, **_gen_kw(c, "seen"))
+            items.append(StreamItem(synthetic.prompt_text(e.query, system=synthetic.passage_text(
+                e.rule_value)), e.query.solution, (e.query.solution,)))
+            continue
         # >= 1 shot: a zero-shot unit problem means `size_value` to a model that knows it
         k = int(rng.integers(1, c.context_k + 1))
         shots = "plain" if rng.random() < c.format_episode_fraction else "context"
@@ -372,15 +380,16 @@ class Model:
 
 
 def accuracy(model: Model, examples: Sequence[gsm8k.Example], c: ml_collections.ConfigDict,
-             shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None
-             ) -> float:
-    """Greedy accuracy of `model` (+ `lora`) on `examples`, with `shots` as context if given."""
-    return accuracies(model, {"": examples}, c, shots, lora)[""]
+             shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None,
+             passage: str | None = None) -> float:
+    """Greedy accuracy of `model` (+ `lora`) on `examples`, with `shots` (or a retrieved
+    `passage` as the system turn) as context if given."""
+    return accuracies(model, {"": examples}, c, shots, lora, passage)[""]
 
 
 def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_collections.ConfigDict,
-               shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None
-               ) -> dict[str, float]:
+               shots: Sequence[gsm8k.Example] = (), lora: lora_lib.LoraParams | None = None,
+               passage: str | None = None) -> dict[str, float]:
     """Greedy accuracy on example sets that share their questions (the context sets of each
     hidden value): generated once, graded against each set's golds -- evals dominate prepare."""
     first = next(iter(sets.values()))
@@ -388,8 +397,9 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     if any([e.question for e in exs] != questions for exs in sets.values()):
         raise ValueError("accuracies: the example sets must share their questions, in order")
     tok = model.tokenizer
-    student, teacher = prompts.build_views(tok, list(first), list(shots), instruction="")
-    ids = teacher if shots else student
+    student, teacher = prompts.build_views(tok, list(first), list(shots), instruction="",
+                                           teacher_system=passage)
+    ids = teacher if shots or passage else student
     toks, mask = prompts.pad_left(ids, tok.pad_token_id, prompts.bucket_length(max(map(len, ids))))
     eos = (tok.eos_token_id,)
     out = evaluate.generate_greedy(model.cfg, model.params, lora, toks, mask,
@@ -580,6 +590,8 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
     per_value = {}
     for v, d in data.contexts.items():
         row = {"teacher": accuracy(teacher, sets[str(v)], c, shots=run_context(d, c)),
+               "teacher_passage": accuracy(teacher, sets[str(v)], c,
+                                           passage=synthetic.passage_text(v)),
                "student": student_acc[str(v)], "format_only": format_acc[str(v)],
                "oracle": oracle(teacher, d, c)}
         per_value[str(v)] = row
@@ -594,7 +606,12 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
                # the context student is the base model: its plain-task accuracy before any run
                # (each context run's retention eval measures it after)
                "retention_before": accuracy(teacher, plain_eval, c)}
-    return {"size": size, "context": context, "n_eval": c.n_eval,
+    # the retrieval-style variant: the same student, data and oracle; the teacher reads a passage
+    retrieval = {"values": list(c.context_values),
+                 "teacher": {"accuracy": mean("teacher_passage"), "params": report["teacher"]["params"]},
+                 "student": dict(context["student"]), "oracle": dict(context["oracle"]),
+                 "oracle_gain": context["oracle_gain"]}
+    return {"size": size, "context": context, "retrieval": retrieval, "n_eval": c.n_eval,
             "eval_ci_halfwidth": testbed.ci_halfwidth(c.n_eval),
             "mean_answer_tokens": mean_answer_tokens(tok, data.eval_solutions),
             "seed_fraction": c.run.seed_fraction,

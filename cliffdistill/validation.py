@@ -99,7 +99,7 @@ RULES: dict[str, Rule] = {
     "lora.rank": count(1, "LoRA rank"),
     "lora.alpha": POSITIVE,
     "data.source": OneOf(("jsonl", "hf", "tfds")),
-    "data.context": OneOf(("none", "fewshot", "cot8")),
+    "data.context": OneOf(("none", "fewshot", "cot8", "passage")),
     "data.context_k": count(1, "shots in the teacher's context"),
     "data.n_train": count(1), "data.n_fewshot": count(0), "data.n_eval": count(1),
     "data.split_seed": count(),

@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = ""  # free-form run name (sweeps set it)
     c.setup = "size"  # "size": student <- larger teacher; "context": teacher = base model + context
+    c.setup_label = ""  # the report's name for the setup ("" -> `setup`), e.g. "retrieval"
     c.method = "on_policy_gkd"  # one of cliffdistill.methods.METHODS
     c.seed = 0  # run seed: rollout randomness, LoRA init, data order
     c.schedule = methods.default_schedule_config()  # phase lengths, seeding decay, weights, ...
@@ -46,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
         system=ml_collections.FieldReference(None, field_type=str),
         instruction=ml_collections.FieldReference(None, field_type=str),  # None -> prompts.INSTRUCTION
         template_kwargs={},  # passed to the chat template, e.g. {"enable_thinking": False} (Qwen3)
-        context="none",  # teacher's extra context: "none" | "fewshot" | "cot8"
+        context="none",  # teacher's extra context: "none" | "fewshot" | "cot8" | "passage"
+        passage="",  # context="passage": a retrieved document, the teacher's system turn
         context_k=10,  # shots in the teacher's context ("fewshot")
     ))
 

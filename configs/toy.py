@@ -17,6 +17,7 @@ import os
 import ml_collections
 
 from cliffdistill import methods, toy
+from cliffdistill.data import synthetic
 from configs import base
 
 TOY_CACHE = os.environ.get("CLIFFDISTILL_CACHE", os.path.expanduser("~/.cache/cliffdistill"))
@@ -27,14 +28,20 @@ DEFAULT_CONTEXT_VALUE = toy.default_prepare_config().context_values[0]
 
 
 def toy_paths(root: str, setup: str, context_value: int = DEFAULT_CONTEXT_VALUE) -> dict:
-    """Overrides that point a run at a prepared toy testbed (see cliffdistill.toy.prepare)."""
+    """Overrides that point a run at a prepared toy testbed (see cliffdistill.toy.prepare).
+    "retrieval" is the context setup whose teacher reads a passage stating the unit value
+    instead of solved examples (the study's RAG -> no-RAG next step)."""
+    if setup == "retrieval":
+        return {**toy_paths(root, "context", context_value), "data.context": "passage",
+                "data.passage": synthetic.passage_text(context_value), "setup": "context",
+                "setup_label": "retrieval"}
     if setup == "size":
         return {"student.path": f"{root}/student", "teacher.path": f"{root}/teacher",
                 "data.path": str(toy.size_dir(root)), "data.context": "none"}
     if setup == "context":  # teacher = the toy teacher's base weights WITH k solved examples
         return {"student.path": f"{root}/teacher", "teacher.path": "",
                 "data.path": str(toy.context_dir(root, context_value)), "data.context": "fewshot"}
-    raise ValueError(f"configs/toy.py:<setup> needs 'size' or 'context', got {setup!r}")
+    raise ValueError(f"configs/toy.py:<setup> needs 'size', 'context' or 'retrieval', got {setup!r}")
 
 
 def get_config(arg: str = "size") -> ml_collections.ConfigDict:
@@ -46,8 +53,11 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
                        key=lambda e: e.stat().st_mtime)
         root = roots[-1].path if roots else ""
     for field, value in toy_paths(root or f"{TOY_CACHE}/<run cliffdistill.main first>", arg).items():
-        section, key = field.split(".")
-        c[section][key] = value
+        if "." in field:
+            section, key = field.split(".")
+            c[section][key] = value
+        else:
+            c[field] = value
     b, prep = BUDGET, toy.default_prepare_config()
     c.student.dtype = c.teacher.dtype = "float32"
     c.lora.update(rank=b.lora_rank, alpha=b.lora_alpha)

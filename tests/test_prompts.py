@@ -178,6 +178,11 @@ def test_build_views(tokenizer):
         # by exactly the student's tokens.
         assert len(t) > len(s) and t[-len(s):] == s
     assert build_views(tokenizer, examples, []) == (student, student)
+    # a retrieved passage is the teacher's system turn; the student's view is unchanged
+    s2, t2 = build_views(tokenizer, examples, [], teacher_system="1 zorp = 5.")
+    assert s2 == student
+    assert t2 == [render(tokenizer, student_messages(e.question, "1 zorp = 5.")) for e in examples]
+    assert context_shots("passage") == []
 
 
 def test_bucket_length():

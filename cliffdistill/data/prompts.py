@@ -22,7 +22,7 @@ INSTRUCTION = (
     "Solve the following math problem. Reason step by step, then give the final answer as a "
     "number on its own last line, in the form '#### <number>'."
 )
-CONTEXTS = ("none", "cot8", "fewshot")
+CONTEXTS = ("none", "cot8", "fewshot", "passage")
 
 Message = dict[str, str]
 
@@ -105,7 +105,8 @@ def student_messages(question: str, system: str | None = None,
 def teacher_messages(question: str, shots: Sequence[Example], system: str | None = None,
                      instruction: str = INSTRUCTION) -> list[Message]:
     """The teacher's view: the student's view with each shot inserted before the question as a
-    previous user/assistant exchange. No shots -> exactly the student's view."""
+    previous user/assistant exchange. No shots -> exactly the student's view. (A retrieved
+    passage, context "passage", is the teacher's system turn: `build_views(teacher_system=)`.)"""
     context: list[Message] = []
     for shot in shots:
         context += [user_turn(shot.question, instruction),
@@ -118,7 +119,7 @@ def context_shots(context: str, k: int | None = None, fewshot_pool: Sequence[Exa
     """The teacher's context: ``"none"``; ``"cot8"`` (the first k of the 8 Wei et al. exemplars,
     all 8 by default); or ``"fewshot"`` (k examples drawn from the few-shot split). The draw is
     one fixed context per seed, shared by every question, as a long fixed prompt would be."""
-    if context == "none":
+    if context in ("none", "passage"):  # a passage is text, not solved examples
         return []
     if context == "cot8":
         k = len(COT8_EXEMPLARS) if k is None else k
@@ -171,12 +172,14 @@ def render(tokenizer: Any, messages: Sequence[Message], chat_template: str | Non
 
 def build_views(tokenizer: Any, examples: Sequence[Example], shots: Sequence[Example],
                 system: str | None = None, instruction: str = INSTRUCTION,
-                chat_template: str | None = None,
+                chat_template: str | None = None, teacher_system: str | None = None,
                 **template_kwargs: Any) -> tuple[list[list[int]], list[list[int]]]:
-    """(student ids, teacher ids) per example: the two prompt views of the same questions."""
+    """(student ids, teacher ids) per example: the two prompt views of the same questions.
+    `teacher_system` (a retrieved passage) replaces `system` in the teacher's view only."""
     student = [render(tokenizer, student_messages(e.question, system, instruction),
                       chat_template, **template_kwargs) for e in examples]
-    teacher = [render(tokenizer, teacher_messages(e.question, shots, system, instruction),
+    t_system = system if teacher_system is None else teacher_system
+    teacher = [render(tokenizer, teacher_messages(e.question, shots, t_system, instruction),
                       chat_template, **template_kwargs) for e in examples]
     return student, teacher
 

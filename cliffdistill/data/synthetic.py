@@ -456,6 +456,14 @@ def episode_prompt_text(episode: Episode, system: str | None = None) -> str:
     return prompt_text(episode.query, episode.shots, system)
 
 
+def passage_text(rule_value: int) -> str:
+    """A retrieved "document" that states the context variant's hidden unit value (and nothing a
+    query needs besides): the retrieval-style context, instead of solved examples."""
+    v = _check_rule_value(rule_value)
+    return (f"Reference: {CONTEXT_UNIT}s are crates used in the shops. "
+            f"1 {CONTEXT_UNIT} = {v}. Prices are not listed.")
+
+
 def to_gsm8k_records(problems: Iterable[Problem]) -> list[dict[str, str]]:
     """GSM8K jsonl records: ``{"question": ..., "answer": worked solution ending "#### N"}``."""
     return [{"question": p.question, "answer": p.solution} for p in problems]

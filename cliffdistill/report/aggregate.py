@@ -108,7 +108,7 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
     def key(field: str, default: Any) -> Any:
         return cfg[field] if field in cfg else entry.get(field, default)
 
-    setup = str(key("setup", "default"))
+    setup = str(key("setup_label", "") or key("setup", "default"))
     ablation = key("ablation", {})
     run: dict[str, Any] = {
         "name": name,
