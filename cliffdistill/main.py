@@ -3,6 +3,7 @@
     python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the defect factorial
     python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
     python -m cliffdistill.main --full     # 5 seeds per method, 3 per defect row
+    python -m cliffdistill.main --study extensions  # the study's next steps (docs/EXTENSIONS.md)
     python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
     python -m cliffdistill.main --publish  # ... and copy the results into docs/
 
@@ -39,7 +40,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cliffdistill import evaluate, report, rundir, sweep, toy, train
+from cliffdistill import evaluate, extensions, report, rundir, sweep, toy, train
 from cliffdistill import methods as methods_lib
 from cliffdistill import testbed as testbed_lib
 from cliffdistill import setup as setup_lib
@@ -394,6 +395,68 @@ def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
     return path, result
 
 
+def run_extensions(workdir: Path, cache_dir: Path, *,
+                   prepare_cfg: ml_collections.ConfigDict | None = None,
+                   seeds: int = extensions.SEEDS, steps: int | None = None,
+                   overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
+    """The study's proposed next steps (cliffdistill.extensions) on the toy testbed: prepare
+    (cached) -> the arms' runs -> EXTENSIONS.md with tables, a plot, CIs and paired tests."""
+    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
+
+    t0 = time.time()
+    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
+    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
+    t_prep = time.time() - t0
+    b = toy_config.BUDGET
+    steps = steps or b.steps
+    base_overrides = {"eval.every": steps // 4, "checkpoint.every": steps,
+                      "schedule.num_steps": steps, "schedule.seed_decay_steps": steps // 2,
+                      "schedule.hybrid_switch_step": steps // 2, **(overrides or {})}
+    base_overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
+        b.seed_fraction, base_overrides.get("rollout.max_new_tokens", b.max_new_tokens)))
+    arms = extensions.arms(steps, base_overrides.get("rollout.max_new_tokens", b.max_new_tokens),
+                           b.lr, b.lora_rank)
+    cfg = extensions.sweep_config(prepared.root, arms, tuple(prepared.context_data),
+                                  base_overrides, seeds)
+    print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
+    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
+                             baseline_fn=evaluate.run_baselines)
+    t_sweep = time.time() - t0 - t_prep
+    print("[3/3] report", flush=True)
+    rows = extensions.analyze(workdir, arms, base_overrides)
+    extensions.plot(rows, workdir / "plots" / "extensions.png")
+    m = machine()
+    tb = prepared.testbed
+    lines = [
+        "# The study's next steps on the toy testbed: `python -m cliffdistill.main --study "
+        "extensions`", "",
+        f"- date: {datetime.date.today().isoformat()}; machine: {m['platform']}, {m['cpus']} CPUs, "
+        f"backend {m['backend']}, python {m['python']}, jax {m['jax']}",
+        f"- wall time: prepare {t_prep:.0f} s (cached when the main job ran first), sweep "
+        f"{t_sweep:.0f} s; {len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, "
+        f"{steps}-step runs, {len(result.failed)} failed)",
+        f"- setup: the context setup (values {', '.join(map(str, tb['context']['values']))}, one "
+        "per seed); teacher with context "
+        f"{_pct(tb['context']['teacher']['accuracy'])}, with the passage "
+        f"{_pct(tb.get('retrieval', {}).get('teacher', {}).get('accuracy'))}, student "
+        f"{_pct(tb['context']['student']['accuracy'])} (testbed.json; testable: "
+        f"{tb['context']['testable']})",
+        "- statistics: each arm's final accuracy with the two-way bootstrap over seeds x "
+        "held-out questions; each arm against its part's reference (sensitivity: the default "
+        "value of the same knob; retrieval: the same method with the few-shot teacher) by the "
+        "paired bootstrap on the same seeds and questions, Holm-corrected within the part at 0.05.",
+        "", *extensions.markdown(rows),
+        "![extensions](plots/extensions.png)", "",
+    ]
+    path = workdir / "EXTENSIONS.md"
+    rundir.write_text(path, "\n".join(lines) + "\n")
+    rundir.write_json(workdir / "extensions.json", rows)
+    print(f"done in {time.time() - t0:.0f} s: {path} ({len(result.failed)} failed runs)")
+    return path, result
+
+
 def publish(workdir: Path, docs: Path) -> list[Path]:
     """Copies a main run's RESULTS.md to docs/RESULTS.md and its plots, testbed.json and
     claims.json to docs/results/ (plot links rewritten): what the repository shows as results."""
@@ -409,6 +472,16 @@ def publish(workdir: Path, docs: Path) -> list[Path]:
     return written + [docs / "RESULTS.md"]
 
 
+def publish_extensions(workdir: Path, docs: Path) -> list[Path]:
+    """Copies EXTENSIONS.md to docs/ and its plot to docs/results/ (plot link rewritten)."""
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    png = Path(shutil.copy2(workdir / "plots" / "extensions.png",
+                            docs / "results" / "extensions.png"))
+    text = (workdir / "EXTENSIONS.md").read_text().replace("](plots/", "](results/")
+    rundir.write_text(docs / "EXTENSIONS.md", text)
+    return [png, docs / "EXTENSIONS.md"]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -420,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="the whole factorial: 5 seeds per method, 3 per defect row")
     mode.add_argument("--smoke", action="store_true",
                       help="micro testbed, 2 methods x 4 steps (~1-2 min): checks an install")
+    p.add_argument("--study", choices=("main", "extensions"), default="main",
+                   help="extensions: the study's proposed next steps (docs/EXTENSIONS.md)")
     p.add_argument("--workdir", default=None,
                    help="default: runs/main (runs/main_quick, runs/main_full, runs/main_smoke)")
     p.add_argument("--cache_dir", default=None,
@@ -436,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     from configs import toy as toy_config
 
     name = "smoke" if args.smoke else "quick" if args.quick else "full" if args.full else "default"
+    if args.study == "extensions":
+        if name != "default":
+            p.error("--study extensions takes none of --quick/--full/--smoke")
+        name = "extensions"
     workdir = Path(args.workdir or ("runs/main" if name == "default" else f"runs/main_{name}"))
     cache_dir = Path(args.cache_dir or toy_config.TOY_CACHE)
     # Compiled programs persist across invocations: a re-run (or --quick after the full job)
@@ -445,10 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if args.smoke:
         _, result = run_smoke(workdir, cache_dir)
+    elif name == "extensions":
+        _, result = run_extensions(workdir, cache_dir)
     else:
         _, result = run_main(workdir, cache_dir, MODES[name])
     if args.publish:
-        print("published:", ", ".join(str(p) for p in publish(workdir, repo / "docs")))
+        out = (publish_extensions if name == "extensions" else publish)(workdir, repo / "docs")
+        print("published:", ", ".join(str(p) for p in out))
     return 1 if result.failed else 0
 
 

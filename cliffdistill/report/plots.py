@@ -14,7 +14,7 @@ from cliffdistill.report.markdown import (finite, label, main_groups, pct, setup
                                           student_step0)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend (sweeps run on headless hosts)."""
     import matplotlib
 
@@ -91,7 +91,7 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     tmp.replace(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _integer_steps(ax: Any) -> None:
@@ -110,7 +110,7 @@ def _finish(fig: Any, ax: Any, path: Path) -> None:
 
 def plot_accuracy(agg: Mapping, setup: str, path: Path) -> None:
     """Held-out accuracy vs step, one line per method (mean over seeds, 95% t-CI band) + baselines."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = main_groups(setup_groups(agg, setup))
     fig, ax = plt.subplots(figsize=(9, 5))
     top = 0.0
@@ -137,7 +137,7 @@ def plot_accuracy(agg: Mapping, setup: str, path: Path) -> None:
 
 def plot_teacher_score(agg: Mapping, setup: str, path: Path) -> bool:
     """Teacher score (mean teacher log-prob per student token) vs step per method; False if none logged."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = [g for g in main_groups(setup_groups(agg, setup)) if g["curves"]["teacher_score"]["steps"]]
     if not groups:
         return False
@@ -164,7 +164,7 @@ def plot_bars(agg: Mapping, setup: str, path: Path) -> None:
     """Final accuracy per method (variants side by side) with t-CI error bars and per-seed dots."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     groups = setup_groups(agg, setup)
     methods = sorted({g["method"] for g in groups}, key=method_rank)
     variants = sorted({g["variant"] for g in groups}, key=lambda v: (v != CORRECT, v))
@@ -215,7 +215,7 @@ def plot_bars(agg: Mapping, setup: str, path: Path) -> None:
 
 def plot_ablation_curves(agg: Mapping, setup: str, path: Path) -> bool:
     """Accuracy vs step per variant, one panel per method that ran ablations; False if none did."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = setup_groups(agg, setup)
     methods = [
         m
@@ -267,7 +267,7 @@ def plot_switch_aligned(agg: Mapping, setup: str, path: Path) -> bool:
     groups = main_groups(setup_groups(agg, setup))
     if not any(g["curves"][key]["steps"] for g in groups for key, _, _ in _ALIGNED_PANELS):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
     for ax, (key, ylabel, scale) in zip(axes.flat, _ALIGNED_PANELS):
         for g in groups:

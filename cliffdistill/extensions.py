@@ -1,0 +1,312 @@
+"""The study's proposed next steps on the toy testbed (docs/EXTENSIONS.md):
+
+    python -m cliffdistill.main --study extensions [--publish]
+
+1. alternative objectives: the full-vocabulary generalized JSD (beta 0 / 0.5 / 1) as the
+   on-policy loss, `dpo_teacher` and `reward_weighted_gkd`, beside sampled reverse KL;
+2. hyper-parameter sensitivity of `teacher_seeded` and `on_policy_gkd` (seed-prefix fraction,
+   seed decay, LoRA rank, learning rate, number of steps), one knob at a time around the
+   toy default;
+3. retrieval-style context distillation: the context setup's teacher reads a passage that states
+   the unit value instead of solved examples; four methods side by side with the few-shot teacher.
+
+Every arm is a set of config overrides run for `SEEDS` seeds; an arm's runs are shared by every
+part that uses them (the default on_policy_gkd run is the reference of all three). Statistics:
+the two-way bootstrap over seeds x questions for each arm, and each arm against its part's
+reference by the paired bootstrap with Holm correction inside the part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cliffdistill import rundir, stats
+from cliffdistill import methods as methods_lib
+from cliffdistill.report.aggregate import summarize_run
+from cliffdistill.report.markdown import pct, pp, table
+from cliffdistill.report.plots import pyplot
+
+SEEDS = 3
+#: Setup of the objective and sensitivity parts: the context setup (the size setup's runs are in
+#: the main job); retrieval compares "context" (few-shot teacher) with "retrieval" (passage).
+SETUP = "context"
+RETRIEVAL_METHODS = ("on_policy_gkd", "off_policy", "teacher_seeded", "hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One configuration of a part: a label and the run-config overrides (dotted fields)."""
+
+    part: str
+    label: str
+    setup: str  # "context" | "retrieval"
+    overrides: tuple[tuple[str, Any], ...]
+    reference: bool = False  # the part's reference arm (the others are compared with it)
+    knob: str = ""  # sensitivity: the knob varied ("" for the default)
+    value: float | None = None  # sensitivity: the knob's value
+
+
+def arms(steps: int, max_new_tokens: int, lr: float, rank: int) -> list[Arm]:
+    """Every arm of the three parts, for the toy run budget (steps, completion budget, lr, rank)."""
+    ref = (("method", "on_policy_gkd"),)
+    out = [Arm("objectives", "sampled reverse KL (on_policy_gkd)", SETUP, ref, reference=True)]
+    for beta in (0.0, 0.5, 1.0):
+        out.append(Arm("objectives", f"JSD beta={beta:g} (on_policy_gkd)", SETUP,
+                       ref + (("loss.on_policy", "jsd"), ("loss.jsd_beta", beta))))
+    out += [Arm("objectives", m, SETUP, (("method", m),))
+            for m in methods_lib.EXTENSION_METHODS]
+
+    def knob_arms(method: str, knob: str, field: str, values: Sequence[Any],
+                  default: Any) -> list[Arm]:
+        return [Arm(f"sensitivity: {method}", f"{knob}={v:g}", SETUP,
+                    (("method", method), *(((field, v),) if v != default else ())),
+                    reference=v == default, knob=knob, value=float(v)) for v in values]
+
+    seed_max = methods_lib.seed_tokens(methods_lib.STUDY_SEED_FRACTION, max_new_tokens)
+    for method in ("teacher_seeded", "on_policy_gkd"):
+        if method == "teacher_seeded":
+            out += knob_arms(method, "seed prefix tokens", "schedule.seed_max_tokens",
+                             (seed_max // 2, seed_max, 2 * seed_max), seed_max)
+            out += knob_arms(method, "seed decay steps", "schedule.seed_decay_steps",
+                             (steps // 4, steps // 2, steps), steps // 2)
+        out += knob_arms(method, "LoRA rank", "lora.rank", (rank // 2, rank, 2 * rank), rank)
+        out += knob_arms(method, "learning rate", "optim.lr", (lr / 3, lr, 3 * lr), lr)
+        out += knob_arms(method, "steps", "schedule.num_steps", (steps // 2, steps, 2 * steps),
+                         steps)
+    for m in RETRIEVAL_METHODS:
+        out.append(Arm("retrieval vs few-shot", f"{m}: few-shot teacher", "context",
+                       (("method", m),), reference=True))
+        out.append(Arm("retrieval vs few-shot", f"{m}: passage teacher", "retrieval",
+                       (("method", m),)))
+    return out
+
+
+def normal_form(setup: str, values: Mapping[str, Any], base: ml_collections.ConfigDict) -> tuple:
+    """(setup label, the fields that differ from `base`, plus the method): arms with equal normal
+    forms share their runs, and a finished run is matched to its arms by it."""
+    return (setup, tuple(sorted((f, v) for f, v in values.items()
+                                if f == "method" or v != _get(base, f))))
+
+
+def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The toy context run config with the study's sweep-wide overrides: what an arm varies from."""
+    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
+
+    base = toy_config.get_config("context")
+    for field, value in base_overrides.items():
+        _set(base, field, value)
+    return base
+
+
+def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[int],
+                 base_overrides: Mapping[str, Any], seeds: int = SEEDS) -> ml_collections.ConfigDict:
+    """One zip row per (distinct arm configuration, seed); every row sets every varied field
+    (fields an arm leaves alone take the toy config's value)."""
+    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
+
+    base = arm_base(base_overrides)
+    distinct = list(dict.fromkeys(normal_form(a.setup, dict(a.overrides), base) for a in all_arms))
+    fields = sorted({f for _, ov in distinct for f, _ in ov} | {"method"})
+    zipped: dict[str, list] = {}
+    for setup, overrides in distinct:
+        values = dict(overrides)
+        for seed in range(seeds):
+            row = {f: values.get(f, _get(base, f)) for f in fields}
+            v = int(context_values[seed % len(context_values)])
+            row.update({"seed": seed, "setup_label": "", **toy_config.toy_paths(str(root), setup, v)})
+            row.setdefault("data.passage", "")
+            for f, value in row.items():
+                zipped.setdefault(f, []).append(value)
+    width = max(len(v) for v in zipped.values())
+    for f, v in zipped.items():  # fields only some setups set (data.passage, setup_label)
+        if len(v) != width:
+            raise AssertionError(f"extensions: field {f} missing from some rows")
+    c = ml_collections.ConfigDict()
+    c.name = "toy study: the study's next steps"
+    c.base_config = "configs/toy.py"
+    c.base_overrides = _nest(dict(base_overrides))
+    c.order = ("setup_label", "method", "seed")
+    c.name_fields = tuple(f for f in zipped if f not in ("student.path", "teacher.path",
+                                                         "data.path", "data.passage", "setup",
+                                                         "data.context"))
+    c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
+    c.baselines = True
+    return c
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+# ============================================================================ analysis
+
+
+VARIED = ("method", "loss.on_policy", "loss.jsd_beta", "schedule.seed_max_tokens",
+          "schedule.seed_decay_steps", "lora.rank", "optim.lr", "schedule.num_steps")
+
+
+def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str, Any],
+            n_boot: int = 2000, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Per arm: its runs' step-0 and final accuracy, the two-way bootstrap CI, and (non-reference
+    arms) the paired difference to the part's reference with a Holm-adjusted p inside the part."""
+    base = arm_base(base_overrides)
+    runs = []
+    for entry in json.loads((workdir / "sweep.json").read_text())["runs"]:
+        cfg = ml_collections.ConfigDict(rundir.read_json(
+            workdir / rundir.RUNS_SUBDIR / entry["name"] / rundir.CONFIG_FILE) or {})
+        if "method" not in cfg:
+            continue  # never started
+        key = normal_form(cfg.get("setup_label") or cfg.setup, {f: _get(cfg, f) for f in VARIED},
+                          base)
+        runs.append((key, summarize_run(workdir, {"name": entry["name"]}, {})))
+    rows = []
+    for arm in all_arms:
+        key = normal_form(arm.setup, dict(arm.overrides), base)
+        mine = [s for k, s in runs if k == key and s["state"] == "done" and s["final_per_question"]]
+        mine.sort(key=lambda s: s["seed"])
+        row = {"part": arm.part, "label": arm.label, "setup": arm.setup, "reference": arm.reference,
+               "knob": arm.knob, "value": arm.value, "n_seeds": len(mine),
+               "start": float(np.mean([s["start_accuracy"] for s in mine])) if mine else None}
+        if mine:
+            mat = _matrix(mine, "final_per_question")
+            row["final"], row["low"], row["high"] = stats.bootstrap_ci(mat, n_boot=n_boot)
+            row["_final"], row["_start"] = mat, _matrix(mine, "start_per_question")
+        rows.append(row)
+    for part in dict.fromkeys(r["part"] for r in rows):
+        _compare(rows, part, n_boot, alpha)
+    for r in rows:
+        r.pop("_final", None)
+        r.pop("_start", None)
+    return rows
+
+
+def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    with cfg.unlocked():
+        node[leaf] = value
+
+
+def _matrix(runs: Sequence[Mapping[str, Any]], field: str) -> np.ndarray:
+    return np.array([[c == "1" for c in r[field]] for r in runs], dtype=np.float64)
+
+
+def _compare(rows: list[dict[str, Any]], part: str, n_boot: int, alpha: float) -> None:
+    """Each arm of `part` against the part's reference arm (for retrieval: the same method's
+    few-shot arm), paired on seeds x questions; Holm over the part's comparisons."""
+    arms_ = [r for r in rows if r["part"] == part and "_final" in r]
+    refs = [r for r in arms_ if r["reference"]]
+    tests = []
+    for r in arms_:
+        if r["reference"]:
+            continue
+        ref = _reference_for(r, refs)
+        if ref is None or ref["_final"].shape[1] != r["_final"].shape[1]:
+            continue
+        k = min(len(ref["_final"]), len(r["_final"]))
+        res = stats.paired_bootstrap(r["_final"][:k], ref["_final"][:k], n_boot=n_boot)
+        r["vs"] = ref["label"]
+        r.update(diff=res["diff"], diff_low=res["low"], diff_high=res["high"], p=res["p"])
+        tests.append(r)
+    for r, p_adj in zip(tests, stats.holm([r["p"] for r in tests]) if tests else []):
+        r["p_holm"] = float(p_adj)
+        r["significant"] = bool(p_adj <= alpha)
+
+
+def _reference_for(row: Mapping[str, Any], refs: Sequence[Mapping[str, Any]]) -> Any:
+    if row["part"].startswith("retrieval"):
+        method = row["label"].split(":")[0]
+        return next((r for r in refs if r["label"].split(":")[0] == method), None)
+    if row["knob"]:
+        return next((r for r in refs if r["knob"] == row["knob"]), None)
+    return refs[0] if refs else None
+
+
+# ============================================================================ report
+
+
+def _ci(r: Mapping[str, Any]) -> str:
+    if r.get("final") is None:
+        return "no finished run"
+    return f"{pct(r['final'])} [{pct(r['low'])}, {pct(r['high'])}]"
+
+
+def _vs(r: Mapping[str, Any]) -> str:
+    if r["reference"]:
+        return "reference"
+    if "diff" not in r:
+        return "-"
+    mark = " **significant**" if r.get("significant") else ""
+    return (f"{pp(r['diff'])} [{pp(r['diff_low'])}, {pp(r['diff_high'])}], "
+            f"p_Holm {r['p_holm']:.3f}{mark}")
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One table per part: step 0, final accuracy with its seeds x questions CI, and the paired
+    difference to the part's reference (Holm inside the part)."""
+    out: list[str] = []
+    for part in dict.fromkeys(r["part"] for r in rows):
+        mine = [r for r in rows if r["part"] == part]
+        out += [f"### {part}", ""]
+        out += table(["arm", "setup", "step 0 (%)", "final (%), 95% CI (seeds x questions)",
+                      "vs reference: paired difference, 95% CI, Holm p", "seeds"],
+                     [[r["label"], r["setup"], pct(r["start"]), _ci(r), _vs(r), r["n_seeds"]]
+                      for r in mine])
+        out.append("")
+    return out
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Final accuracy with 95% CIs: one panel per part (sensitivity: one line per knob)."""
+    plt = pyplot()
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.8), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        mine = [r for r in rows if r["part"] == part and r.get("final") is not None]
+        if part.startswith("sensitivity"):
+            knobs = list(dict.fromkeys(r["knob"] for r in mine))
+            for k, knob in enumerate(knobs):
+                pts = sorted((r for r in mine if r["knob"] == knob), key=lambda r: r["value"])
+                xs = [i + 0.06 * (k - len(knobs) / 2) for i in range(len(pts))]
+                ax.errorbar(xs, [100 * r["final"] for r in pts], marker="o", capsize=3, label=knob,
+                            yerr=[[100 * (r["final"] - r["low"]) for r in pts],
+                                  [100 * (r["high"] - r["final"]) for r in pts]])
+            ax.set_xticks([0, 1, 2], ["low (x1/2, 1/3)", "default", "high (x2, x3)"])
+            ax.legend(fontsize=7)
+        else:
+            xs = np.arange(len(mine))
+            ax.bar(xs, [100 * r["final"] for r in mine], capsize=3,
+                   yerr=[[100 * (r["final"] - r["low"]) for r in mine],
+                         [100 * (r["high"] - r["final"]) for r in mine]],
+                   color=["tab:gray" if r["reference"] else "tab:blue" for r in mine])
+            ax.set_xticks(xs, [r["label"] for r in mine], rotation=35, ha="right", fontsize=7)
+        ax.set_title(part, fontsize=9)
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
