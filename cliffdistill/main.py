@@ -43,7 +43,7 @@ from cliffdistill import testbed as testbed_lib
 from cliffdistill import setup as setup_lib
 from cliffdistill.setup import ABLATIONS
 
-METHODS = tuple(methods_lib.METHODS)  # the study's table order (+ off_policy)
+METHODS = methods_lib.STUDY_METHODS  # the study's table order (+ off_policy); no extensions
 CLAIMS_FILE = "claims.json"
 RETENTION_JSON = "retention.json"
 

@@ -13,9 +13,10 @@ from cliffdistill.report.markdown import finite, pct, pp, table
 
 
 def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tuple[str, ...]:
-    """Methods (study order) whose default schedule satisfies `pred` at any (every) step."""
+    """The study's methods (its order) whose default schedule satisfies `pred` at any (every)
+    step. Extension methods are left out: the claims are about the study's rows."""
     test = all if every else any
-    return tuple(m for m in methods.METHODS
+    return tuple(m for m in methods.STUDY_METHODS
                  if test(pred(methods.get(m)(s)) for s in range(methods.num_steps(m))))
 
 
@@ -32,8 +33,10 @@ ALPHA = 0.05  # family-wise error rate of the pairwise comparisons (Holm)
 
 
 def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
-    return {g["method"]: g for g in agg["groups"]
-            if g["setup"] == setup and g["variant"] == variant and g["n_done"] > 0}
+    """The study's methods' groups of one (setup, variant): the claims judge the study's rows, so
+    extension methods run in the same sweep neither enter nor change them (e.g. Holm's family)."""
+    return {g["method"]: g for g in agg["groups"] if g["method"] in methods.STUDY_METHODS
+            and g["setup"] == setup and g["variant"] == variant and g["n_done"] > 0}
 
 
 def _fmt_group(g: Mapping) -> str:
