@@ -251,7 +251,8 @@ def update_batch(cfg: ModelConfig, B: int, P: int, G: int, seed: int = 2) -> tup
           "loss_mask": jnp.ones((B, G), bool),
           "lp_old": jnp.asarray(-rng.uniform(0.5, 3.0, (B, G)), jnp.float32),
           "lp_teacher": jnp.asarray(-rng.uniform(0.5, 3.0, (B, G)), jnp.float32)}
-    plan = update.plan_arrays(methods.ON_POLICY, kl_discount=0.0, jsd_beta=1.0)
+    plan = update.plan_arrays(methods.ON_POLICY, kl_discount=0.0, jsd_beta=1.0, dpo_beta=0.1,
+                              confidence_temperature=1.0)
     return {"on": on}, plan
 
 

@@ -16,7 +16,9 @@ Losses:
 * :func:`sampled_reverse_kl` -- on-policy loss (Tinker-style importance-weighted sampled reverse KL),
   with an optional KL discount and optional per-sequence weights (:func:`teacher_confidence_weights`
   for ``reward_weighted_gkd``); :func:`sampled_reverse_kl_stats` for metrics.
-* :func:`dpo_loss` -- DPO on teacher-ranked pairs of student completions (``dpo_teacher``).
+* :func:`dpo_loss` -- DPO on teacher-ranked pairs of student completions (``dpo_teacher``);
+  :func:`preference_pairs` picks each prompt's best and worst completion by
+  :func:`mean_token_logprob` of the teacher.
 * :func:`generalized_jsd` -- full-vocab generalized JSD(beta) (GKD paper); beta=0 forward KL(T||S),
   beta=1 reverse KL(S||T).  :func:`generalized_jsd_chunked` computes the same value from hidden
   states and unembedding matrices without ever materialising ``[B, T, V]`` logits.
@@ -52,6 +54,20 @@ def _masked_mean(values: jax.Array, mask: ArrayLike) -> jax.Array:
     m = jnp.asarray(mask).astype(_F32)
     v = jnp.where(m > 0, values.astype(_F32), 0.0)  # padding garbage (inf/nan) never leaks
     return jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _weighted_masked_mean(values: jax.Array, mask: ArrayLike,
+                          seq_weights: ArrayLike | None) -> jax.Array:
+    """``sum(w_b * mask * values) / max(sum(mask), 1)``: a token mean whose rows are scaled by
+    ``seq_weights`` [B] (no gradient; None is w = 1). values, mask: [B, T] -> scalar.
+
+    The denominator stays the token count, so weights with mean 1 keep the loss's scale."""
+    if seq_weights is None:
+        return _masked_mean(values, mask)
+    w = lax.stop_gradient(jnp.asarray(seq_weights).astype(_F32))[:, None]  # [B, 1]
+    m = jnp.asarray(mask).astype(_F32)
+    v = jnp.where(m > 0, values.astype(_F32), 0.0)
+    return jnp.sum(w * v * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def _kl_per_position(logp: jax.Array, logq: jax.Array) -> jax.Array:
@@ -173,10 +189,7 @@ def sampled_reverse_kl(
     adv = lax.stop_gradient(adv)
     log_ratio = jnp.where(on, lp_s - lp_old, 0.0)  # keeps exp() finite at padding
     ratio = jnp.exp(log_ratio)
-    if seq_weights is not None:
-        w = lax.stop_gradient(jnp.asarray(seq_weights).astype(_F32))[:, None]  # [B, 1]
-        return -jnp.sum(jnp.where(on, w * ratio * adv, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
-    return -_masked_mean(ratio * adv, m)
+    return -_weighted_masked_mean(ratio * adv, m, seq_weights)
 
 
 def teacher_confidence_weights(lp_teacher: ArrayLike, mask: ArrayLike,
@@ -189,22 +202,50 @@ def teacher_confidence_weights(lp_teacher: ArrayLike, mask: ArrayLike,
     the teacher finds likely. Rows without tokens get confidence 0 before the softmax (they add no
     loss terms anyway). Large temperature -> uniform weights (the plain on-policy loss).
     """
-    m = jnp.asarray(mask).astype(_F32)
-    lp_t = jnp.where(m > 0, jnp.asarray(lp_teacher).astype(_F32), 0.0)
-    conf = jnp.sum(lp_t * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)  # [B]
+    conf = mean_token_logprob(lp_teacher, mask)  # [B]
     w = jax.nn.softmax(conf / jnp.asarray(temperature, _F32))
     return lax.stop_gradient(w * conf.shape[0])
 
 
+def mean_token_logprob(lp: ArrayLike, mask: ArrayLike) -> jax.Array:
+    """Mean log-prob per masked token of each row: lp, mask [B, T] -> [B] (0 for a row without
+    tokens). The teacher's confidence in a completion, independent of its length."""
+    m = jnp.asarray(mask).astype(_F32)
+    v = jnp.where(m > 0, jnp.asarray(lp).astype(_F32), 0.0)
+    return jnp.sum(v * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+
+
+def preference_pairs(scores: ArrayLike, num_tokens: ArrayLike, group: int
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each prompt's (best, worst) completion by score, for DPO.
+
+    scores [N], num_tokens [N]: one row per completion, prompt-major in groups of ``group``
+    consecutive rows (N = P * group); ``group`` is static. Returns (best [P], worst [P]) row
+    indices into N and ``valid`` [P] bool. A row without tokens scores -inf (an empty answer is
+    never preferred). ``valid`` is False for a tie -- the best score equals the worst, e.g.
+    identical completions or all rows empty -- because such a pair states no preference; ties
+    among the non-extreme rows do not matter. Among equal scores the first row wins (argmax /
+    argmin), so the choice is deterministic.
+    """
+    s = jnp.where(jnp.asarray(num_tokens) > 0, jnp.asarray(scores, _F32), -jnp.inf)
+    s = s.reshape(-1, group)  # [P, group]
+    base = jnp.arange(s.shape[0]) * group
+    best, worst = jnp.argmax(s, axis=-1), jnp.argmin(s, axis=-1)
+    valid = jnp.max(s, axis=-1) > jnp.min(s, axis=-1)
+    return base + best, base + worst, valid
+
+
 def dpo_loss(lp_chosen: ArrayLike, lp_rejected: ArrayLike, ref_chosen: ArrayLike,
              ref_rejected: ArrayLike, mask_chosen: ArrayLike, mask_rejected: ArrayLike,
-             beta: ArrayLike) -> jax.Array:
+             beta: ArrayLike, valid: ArrayLike | None = None) -> jax.Array:
     """Direct preference optimisation on (chosen, rejected) completions of the same prompts.
 
     lp_* [B, T]: per-token log-probs under the policy (differentiated); ref_* [B, T]: under the
     reference policy (``dpo_teacher``: the LoRA-off base; no gradient); mask_* [B, T]:
     student-written tokens. With sequence log-probs ``S = sum_t mask lp``:
     ``loss = mean_b -log sigmoid(beta * ((S_c - R_c) - (S_r - R_r)))``, computed as softplus(-z).
+    ``valid`` [B] (optional) keeps only those pairs: the mean runs over valid pairs, 0 when there
+    is none (ties carry no preference, so they neither add log 2 nor dilute the others' gradient).
     """
     def seq(lp: ArrayLike, mask: ArrayLike) -> jax.Array:  # [B, T] -> [B]
         m = jnp.asarray(mask).astype(_F32)
@@ -213,7 +254,10 @@ def dpo_loss(lp_chosen: ArrayLike, lp_rejected: ArrayLike, ref_chosen: ArrayLike
     ref_margin = lax.stop_gradient(seq(ref_chosen, mask_chosen) - seq(ref_rejected, mask_rejected))
     margin = seq(lp_chosen, mask_chosen) - seq(lp_rejected, mask_rejected)
     z = jnp.asarray(beta, _F32) * (margin - ref_margin)
-    return jnp.mean(jax.nn.softplus(-z))
+    per_pair = jax.nn.softplus(-z)  # [B]
+    if valid is None:
+        return jnp.mean(per_pair)
+    return _masked_mean(per_pair[None], jnp.asarray(valid)[None])
 
 
 def sampled_reverse_kl_stats(
@@ -305,12 +349,15 @@ def generalized_jsd_chunked(
     beta: ArrayLike,
     chunk_size: int,
     temperature: ArrayLike = 1.0,
+    seq_weights: ArrayLike | None = None,
 ) -> jax.Array:
     """:func:`generalized_jsd` of ``student_hidden @ student_unembed`` vs ``teacher_hidden @
     teacher_unembed`` without materialising ``[B, T, V]`` logits (forward or backward).
 
     student_hidden [B, T, Ds], student_unembed [Ds, V], teacher_hidden [B, T, Dt],
-    teacher_unembed [Dt, V], mask [B, T], beta scalar (float or traced), chunk_size static int.
+    teacher_unembed [Dt, V], mask [B, T], beta scalar (float or traced), chunk_size static int;
+    ``seq_weights`` [B] (optional, no gradient) scales each row's terms as in
+    :func:`sampled_reverse_kl` (``reward_weighted_gkd`` with ``loss.on_policy="jsd"``).
 
     The vocabulary is processed in ``ceil(V / chunk_size)`` chunks with ``lax.scan``:
 
@@ -390,7 +437,7 @@ def generalized_jsd_chunked(
     zeros = jnp.zeros(bt, _F32)
     (fwd, rev, kl_tm, kl_sm), _ = lax.scan(div_body, (zeros,) * 4, jnp.arange(num_chunks))
     mid = b * kl_tm + (1.0 - b) * kl_sm
-    return _masked_mean(_select_jsd(beta, fwd, rev, mid), mask)
+    return _weighted_masked_mean(_select_jsd(beta, fwd, rev, mid), mask, seq_weights)
 
 
 # ----------------------------------------------------------------------------- off-policy / anchor

@@ -46,7 +46,7 @@ from cliffdistill import testbed as testbed_lib
 from cliffdistill import setup as setup_lib
 from cliffdistill.setup import TRAINING_DEFECTS
 
-METHODS = methods_lib.STUDY_METHODS  # the study's table order (+ off_policy)
+METHODS = methods_lib.STUDY_METHODS  # the study's table order (+ off_policy); no extensions
 SETUPS = ("size", "context")
 CLAIMS_FILE = "claims.json"
 RETENTION_JSON = "retention.json"

@@ -410,8 +410,10 @@ def _uses(cfg: Any) -> dict[str, Any]:
     plans = [schedule(i) for i in range(methods.num_steps(cfg.method, cfg.schedule))]
     passes = 0
     for p in plans:  # forward passes that keep residuals for the backward, per update
-        passes = max(passes, int(p.on_weight > 0) + int(p.off_weight > 0))
-    return {"on": any(p.on_weight > 0 for p in plans), "off": any(p.off_weight > 0 for p in plans),
+        passes = max(passes, int(p.rollout) + int(p.off_weight > 0))
+    # "on": the step samples from the student (on-policy or DPO); a DPO pair batch (2 of every
+    # K >= 2 rollout rows) is no larger than the rollout batch.
+    return {"on": any(p.rollout for p in plans), "off": any(p.off_weight > 0 for p in plans),
             "seed": any(p.seed_tokens > 0 for p in plans),
             "anchor": any(p.anchor_beta > 0 for p in plans), "passes": max(passes, 1)}
 

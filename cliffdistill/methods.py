@@ -1,15 +1,37 @@
-"""Distillation methods as step schedules (DESIGN §1 table, plus the pure `off_policy` row).
+"""Distillation methods as step schedules (DESIGN §1 table, the pure `off_policy` row, and two
+alternative objectives).
 
 A method is one schedule function ``(step, config) -> StepPlan`` plus one entry in
 :data:`METHODS`.  The trainer asks ``get(cfg.method, schedule_cfg)(step)`` for the plan of each
 step and performs ONE optimizer update on
 
     on_weight * on_policy_loss + off_weight * off_policy_loss + anchor_beta * KL(pi_theta || pi_0)
+    + dpo_weight * dpo_loss
 
 where the on-policy rollout uses ``seed_tokens`` teacher-written completion tokens as a prefix,
 and the off-policy batch comes from the replay buffer of cached teacher samples when
 ``replay`` is true (otherwise from the teacher-sample stream).  Plans hold plain Python numbers;
 the trainer turns them into arrays so plan changes never recompile.
+
+:data:`STUDY_METHODS` are the study's rows (what its sweeps and claims iterate);
+:data:`EXTENSION_METHODS` are objectives the study did not run:
+
+* ``dpo_teacher`` -- the student samples ``dpo_samples`` (K) completions per prompt (the rollout
+  keeps ``rollout.batch_size`` rows: batch_size / K distinct prompts, each K times); the teacher
+  ranks them by mean per-token log-prob under its own prompt view, and DPO (``loss.dpo_beta``,
+  reference = the base student with LoRA off) pushes the best above the worst of each prompt.
+  A prompt whose best and worst scores are equal (a tie: e.g. K identical completions) carries
+  no preference and is left out of the loss (``losses.dpo_loss(valid=...)``).
+* ``reward_weighted_gkd`` -- the on-policy loss with each sequence weighted by the teacher's
+  confidence in it (``losses.teacher_confidence_weights``: ``B * softmax(mean teacher log-prob /
+  loss.confidence_temperature)`` over the batch, mean 1), so completions the teacher finds
+  likely pull harder.
+
+The on-policy objective of every method with an on-policy part (``reward_weighted_gkd``
+included) is ``loss.on_policy``: the sampled reverse KL, or ``"jsd"`` -- the full-vocab
+generalized JSD(``loss.jsd_beta``): 0 forward KL, 1 reverse KL, in between the GKD mixture
+divergence. ``dpo_teacher`` has no on-policy distillation term, so ``loss.on_policy`` does not
+change it.
 
 All constants live in :func:`default_schedule_config`; steps are 0-based.
 """
@@ -33,6 +55,11 @@ class StepPlan:
         (context, never targets).
     anchor_beta: weight of KL(pi_theta || pi_0) (0 -> no anchor term).
     replay: the off-policy batch is drawn from the replay buffer of teacher samples.
+    dpo_weight: weight of the DPO loss on teacher-ranked pairs of the rollout (0 -> none).
+    prompt_samples: completions the rollout draws per distinct prompt (x rollout.n_samples); the
+        rollout keeps rollout.batch_size prompt rows, so batch_size / prompt_samples distinct
+        prompts (K = schedule.dpo_samples for dpo_teacher, 1 otherwise).
+    confidence_weighted: the on-policy loss weights each sequence by the teacher's confidence.
     """
 
     on_weight: float = 0.0
@@ -40,6 +67,14 @@ class StepPlan:
     seed_tokens: int = 0
     anchor_beta: float = 0.0
     replay: bool = False
+    dpo_weight: float = 0.0
+    prompt_samples: int = 1
+    confidence_weighted: bool = False
+
+    @property
+    def rollout(self) -> bool:
+        """The step samples from the student (an on-policy or a DPO term needs a rollout)."""
+        return self.on_weight > 0 or self.dpo_weight > 0
 
 
 Schedule = Callable[[int, ml_collections.ConfigDict], StepPlan]
@@ -72,6 +107,8 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     c.anchor_beta = 0.1
     # `reverse_curriculum`: on-policy for steps < reverse_switch_step, off-policy after.
     c.reverse_switch_step = 70
+    # `dpo_teacher`: completions per prompt ranked by the teacher (K >= 2, divides rollout.batch_size).
+    c.dpo_samples = 2
     return c
 
 
@@ -179,6 +216,30 @@ def off_policy(step: int, c: ml_collections.ConfigDict) -> StepPlan:
     return OFF_POLICY
 
 
+def dpo_teacher(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """DPO on teacher-ranked student samples, every step (no on- or off-policy distillation term).
+
+    The student samples K = c.dpo_samples completions per prompt; the best and the worst by the
+    teacher's mean per-token log-prob form one (chosen, rejected) pair per prompt; tied pairs are
+    dropped. Why: a preference signal from the teacher's ranking needs no token-level agreement
+    between the models, only that the teacher can tell a better answer from a worse one.
+    """
+    _check_step(step)
+    return StepPlan(dpo_weight=1.0, prompt_samples=int(c.dpo_samples))
+
+
+def reward_weighted_gkd(step: int, c: ml_collections.ConfigDict) -> StepPlan:
+    """On-policy loss, each sequence weighted by the teacher's confidence in it, every step.
+
+    Weight rule (``losses.teacher_confidence_weights``): ``w = B * softmax(c_b / T)`` over the
+    batch, ``c_b`` the teacher's mean log-prob per student-written token of row b and T =
+    ``loss.confidence_temperature``; the weights average 1, so the loss keeps its scale and only
+    shifts it towards completions the teacher finds likely (T -> inf: plain on_policy_gkd).
+    """
+    _check_step(step)
+    return StepPlan(on_weight=1.0, confidence_weighted=True)
+
+
 METHODS: dict[str, Schedule] = {
     "on_policy_gkd": on_policy_gkd,
     "extended_on_policy": extended_on_policy,
@@ -189,12 +250,16 @@ METHODS: dict[str, Schedule] = {
     "kl_anchored": kl_anchored,
     "reverse_curriculum": reverse_curriculum,
     "off_policy": off_policy,
+    "dpo_teacher": dpo_teacher,
+    "reward_weighted_gkd": reward_weighted_gkd,
 }
 
-# The study's eight methods and the pure off-policy row: what the main job sweeps and judges.
+#: The study's rows in its table order (+ off_policy): what its sweeps, claims and reports iterate.
 STUDY_METHODS: tuple[str, ...] = (
-    "on_policy_gkd", "extended_on_policy", "hybrid", "teacher_seeded", "mixture",
-    "replay_buffer", "kl_anchored", "reverse_curriculum", "off_policy")
+    "on_policy_gkd", "extended_on_policy", "hybrid", "teacher_seeded", "mixture", "replay_buffer",
+    "kl_anchored", "reverse_curriculum", "off_policy")
+#: Objectives the study did not run; reports show them after the study's rows.
+EXTENSION_METHODS: tuple[str, ...] = ("dpo_teacher", "reward_weighted_gkd")
 
 # Methods that run for c.extended_num_steps instead of c.num_steps.
 _EXTENDED = frozenset({"extended_on_policy"})
@@ -227,6 +292,7 @@ _INT_FIELDS = (
     "seed_decay_steps",
     "replay_period",
     "reverse_switch_step",
+    "dpo_samples",
 )
 _FLOAT_FIELDS = ("mixture_off_weight", "replay_weight", "anchor_beta")
 
@@ -277,6 +343,7 @@ def validate_schedule_config(c: ml_collections.ConfigDict) -> None:
     need(c.replay_period >= 1, "replay_period", ">= 1")
     need(c.replay_weight >= 0.0, "replay_weight", ">= 0")
     need(c.anchor_beta >= 0.0, "anchor_beta", ">= 0")
+    need(c.dpo_samples >= 2, "dpo_samples", ">= 2 (a pair needs two completions per prompt)")
 
 
 def get(name: str, c: Optional[ml_collections.ConfigDict] = None) -> Callable[[int], StepPlan]:

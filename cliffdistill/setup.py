@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,22 @@ def _dtype(name: str, field: str) -> Any:
         raise ValueError(f"config field `{field}`={name!r} is not a dtype (use bfloat16 or float32)")
 
 
+def _check_prompt_samples(cfg: ml_collections.ConfigDict,
+                          schedule: Callable[[int], methods.StepPlan]) -> None:
+    """A schedule that draws K completions per prompt (StepPlan.prompt_samples, from
+    `schedule.dpo_samples`) fills the rollout batch with batch_size / K distinct prompts."""
+    batch = cfg.rollout.batch_size
+    ks = {schedule(i).prompt_samples for i in range(methods.num_steps(cfg.method, cfg.schedule))}
+    for k in sorted(ks):
+        if batch % k:
+            raise ValueError(
+                f"config field `schedule.dpo_samples`={k} does not divide `rollout.batch_size`="
+                f"{batch}: method {cfg.method!r} fills the rollout batch with batch_size / "
+                f"dpo_samples distinct prompts, each sampled dpo_samples times; set "
+                f"`schedule.dpo_samples` to a divisor of {batch} or `rollout.batch_size` to a "
+                f"multiple of {k}")
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig]:
     """Every check that needs no weights, run before any compute. Returns (student, teacher) configs.
 
@@ -74,7 +91,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
     validation.check_config(cfg)
     if cfg.setup not in SETUPS:
         raise ValueError(f"config field `setup`={cfg.setup!r}; choose one of {SETUPS}")
-    methods.get(cfg.method, cfg.schedule)  # unknown method -> error listing the known ones
+    schedule = methods.get(cfg.method, cfg.schedule)  # unknown method -> lists the known ones
+    _check_prompt_samples(cfg, schedule)
     if cfg.loss.on_policy not in ON_POLICY_LOSSES:
         raise ValueError(f"config field `loss.on_policy`={cfg.loss.on_policy!r}; choose one of "
                          f"{ON_POLICY_LOSSES}")

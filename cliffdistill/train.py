@@ -4,10 +4,11 @@
 
 Every method is a schedule (`cliffdistill.methods`) that only decides the numbers of a
 `StepPlan`; this file never branches on the method's name. Each phase of a step is one named
-function below (`rollout`, `score`, `off_policy_batch`, `update_step`, `record`); `run` is the
-loop that calls them. Setup (config checks, views, models) is `cliffdistill.setup`, the jitted
-update `cliffdistill.update`, the teacher-sample cache and replay buffer
-`cliffdistill.offpolicy`, the run directory's files and checkpoints `cliffdistill.rundir`.
+function below (`rollout`, `score`, `preference_batch`, `off_policy_batch`, `update_step`,
+`record`); `run` is the loop that calls them. Setup (config checks, views, models) is
+`cliffdistill.setup`, the jitted update `cliffdistill.update`, the teacher-sample cache and
+replay buffer `cliffdistill.offpolicy`, the run directory's files and checkpoints
+`cliffdistill.rundir`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cliffdistill import (distributed, evaluate, methods, offpolicy, rundir, sampling, scoring,
-                          stats, validation)
+from cliffdistill import (distributed, evaluate, losses, methods, offpolicy, rundir, sampling,
+                          scoring, stats, validation)
 from cliffdistill import update as update_lib
 from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
@@ -99,7 +100,7 @@ class StepLog:
     def start(cls, step: int, plan: methods.StepPlan) -> StepLog:
         return cls({"step": step, "seed_tokens": plan.seed_tokens,
                     "plan/on_weight": plan.on_weight, "plan/off_weight": plan.off_weight,
-                    "plan/anchor_beta": plan.anchor_beta})
+                    "plan/anchor_beta": plan.anchor_beta, "plan/dpo_weight": plan.dpo_weight})
 
     def finish(self, step_seconds: float, peak_flops: float | None, n_devices: int) -> dict:
         m = dict(self.metrics)
@@ -158,7 +159,8 @@ def rollout(c: Context, lora: LoraParams, plan: methods.StepPlan, prompt_idx: np
 
 def score(c: Context, out: sampling.GenerateOutput, plan: methods.StepPlan,
           prompt_idx: np.ndarray, log_: StepLog) -> dict[str, Any]:
-    """The teacher scores the rollout under its own prompt view; returns the on-policy batch."""
+    """The teacher scores the rollout under its own prompt view; returns the on-policy batch
+    (also the input of `preference_batch`)."""
     s, cfg = c.s, c.cfg
     t0 = time.time()
     sp, sm = c.put(s.train.student[prompt_idx]), c.put(s.train.student_mask[prompt_idx])
@@ -170,7 +172,7 @@ def score(c: Context, out: sampling.GenerateOutput, plan: methods.StepPlan,
                          vocab_chunk=cfg.loss.vocab_chunk, moe_impl=cfg.moe_impl)
     on = {"prompt": sp, "prompt_mask": sm, "completion": out.tokens,
           "loss_mask": out.student_mask, "lp_old": out.logprobs, "lp_teacher": lp_t}
-    if cfg.loss.on_policy == "jsd":
+    if cfg.loss.on_policy == "jsd" and plan.on_weight > 0:
         on["teacher_h"] = update_lib.teacher_hidden(s.teacher_cfg, s.teacher_params, *t_view,
                                                     out.tokens, moe_impl=cfg.moe_impl)
     if cfg.ablation.on_policy_no_prompt:
@@ -201,11 +203,36 @@ def _rollout_metrics(c: Context, out: sampling.GenerateOutput, lp_t: jax.Array,
         "empty_rate": float(empty.mean()), "repetition_rate": float(rep.mean())})
     log_.tokens["sampled"] += n_tok
     log_.tokens["scored"] += n_tok + int(sharding.to_host(teacher_mask).sum())
-    log_.tokens["trained"] += int(smask.sum())
+    if plan.on_weight > 0:  # a DPO step trains on its pairs only (`preference_batch`)
+        log_.tokens["trained"] += int(smask.sum())
     flops_s, flops_t = c.flops_per_token
     log_.flops += flops_s * n_tok + flops_t * log_.tokens["scored"]
     if c.uses["seed"] and plan.seed_tokens > 0:
         log_.flops += flops_t * plan.seed_tokens * len(toks)
+
+
+def preference_batch(c: Context, scored: dict[str, Any], prompt_idx: np.ndarray, group: int,
+                     log_: StepLog) -> dict[str, Any]:
+    """DPO pairs from the scored rollout: per prompt (`group` consecutive rows), the completion
+    with the highest mean teacher log-prob per student token is chosen, the lowest rejected
+    (`losses.preference_pairs`: empty rows never win, tied pairs get valid=False).
+
+    Rows [0, P) of the batch are the chosen completions, [P, 2P) their rejected partners, under
+    the student's real prompt view (the on-policy no-prompt ablation is not a DPO defect)."""
+    lp_t, mask = sharding.to_host(scored["lp_teacher"]), sharding.to_host(scored["loss_mask"])
+    scores = np.asarray(losses.mean_token_logprob(lp_t, mask))  # [N]
+    best, worst, valid = (np.asarray(x) for x in
+                          losses.preference_pairs(scores, mask.sum(-1), group))  # [P] each
+    rows = np.concatenate([best, worst])  # [2P]
+    pairs = prompt_idx[rows]
+    gap = scores[best] - scores[worst]
+    log_.metrics.update({"dpo/tie_rate": float(1.0 - valid.mean()),
+                         "dpo/score_gap": float(gap[valid].mean()) if valid.any() else 0.0})
+    log_.tokens["trained"] += int(mask[rows].sum())
+    return {"prompt": c.put(c.s.train.student[pairs]),
+            "prompt_mask": c.put(c.s.train.student_mask[pairs]),
+            "completion": c.put(sharding.to_host(scored["completion"])[rows]),
+            "loss_mask": c.put(mask[rows]), "valid": c.put(valid)}
 
 
 def off_policy_batch(c: Context, state: dict[str, Any], plan: methods.StepPlan, step: int,
@@ -232,8 +259,9 @@ def update_spec(c: Context, batch: dict[str, Any], plan: methods.StepPlan,
     cfg = c.cfg
     return update_lib.UpdateSpec(
         student=c.s.student_cfg, teacher=c.s.teacher_cfg, scale=lora_scale(cfg),
-        has_on="on" in batch, has_off="off" in batch,
-        has_anchor=plan.anchor_beta > 0 and bool(batch),
+        has_on="on" in batch, has_off="off" in batch, has_dpo="dpo" in batch,
+        has_anchor=plan.anchor_beta > 0 and ("on" in batch or "off" in batch),
+        confidence_weighted=plan.confidence_weighted and "on" in batch,
         on_loss=cfg.loss.on_policy, off_loss=cfg.loss.off_policy,
         shift_off=not cfg.ablation.unshifted_off_policy,
         two_step_mixture=cfg.ablation.two_step_mixture, zero_kl_anchor=cfg.ablation.zero_kl_anchor,
@@ -251,7 +279,8 @@ def update_step(c: Context, state: dict[str, Any], batch: dict[str, Any], plan: 
     spec = update_spec(c, batch, plan, num_steps)
     t0 = time.time()
     arrays = update_lib.plan_arrays(plan, kl_discount=cfg.loss.kl_discount,
-                                    jsd_beta=cfg.loss.jsd_beta)
+                                    jsd_beta=cfg.loss.jsd_beta, dpo_beta=cfg.loss.dpo_beta,
+                                    confidence_temperature=cfg.loss.confidence_temperature)
     new_lora, new_opt, aux = update_lib.update_fn(spec)(
         state["lora"], state["opt_state"], c.s.student_params, c.teacher_unembed, batch, arrays)
     aux = {k: float(v) for k, v in jax.device_get(aux).items()}
@@ -264,7 +293,7 @@ def update_step(c: Context, state: dict[str, Any], batch: dict[str, Any], plan: 
                                  f"other diagnostics: {other}")
     log_.metrics.update(aux)
     log_.flops += 2 * c.flops_per_token[0] * log_.tokens["trained"] * (
-        1.5 if spec.has_anchor else 1.0)
+        1.5 if spec.has_anchor or spec.has_dpo else 1.0)  # + the no-grad pi_0 pass
 
 
 # ============================================================================ records
@@ -424,15 +453,21 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 t_step = time.time()
                 plan = schedule(step)                                                    # plan
                 log_ = StepLog.start(step, plan)
-                idx = batch_indices(step, B, n_train, cfg.seed)
-                rows = (idx[:, None] * n_samp + np.arange(n_samp)[None]).reshape(-1).astype(np.int32)
-                prompt_idx = np.repeat(idx, n_samp)
+                # B / K distinct prompts, each sampled K * n_samples times (K = prompt_samples)
+                idx = batch_indices(step, B // plan.prompt_samples, n_train, cfg.seed)
+                group = n_samp * plan.prompt_samples  # completions per distinct prompt
+                rows = (idx[:, None] * group + np.arange(group)[None]).reshape(-1).astype(np.int32)
+                prompt_idx = np.repeat(idx, group)
                 batch: dict[str, Any] = {}
-                if plan.on_weight > 0:
+                if plan.rollout:
                     lora = LoraParams(state["lora"], lora_scale(cfg))
                     out = rollout(c, lora, plan, prompt_idx, rows,                        # rollout
                                   jax.random.fold_in(run_key, step), log_)
-                    batch["on"] = score(c, out, plan, prompt_idx, log_)                  # score
+                    scored = score(c, out, plan, prompt_idx, log_)                       # score
+                    if plan.on_weight > 0:
+                        batch["on"] = scored
+                    if plan.dpo_weight > 0:
+                        batch["dpo"] = preference_batch(c, scored, prompt_idx, group, log_)
                 if plan.off_weight > 0:
                     batch["off"] = off_policy_batch(c, state, plan, step, prompt_idx, log_)
                 if c.uses["replay"]:  # the buffer collects every step's prompts (FIFO, bounded)
@@ -441,7 +476,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 if batch:
                     update_step(c, state, batch, plan, step, num_steps, log_)            # update
                 state["step"] = np.asarray(step + 1, np.int64)
-                state["data_pos"] = np.asarray((step + 1) * B, np.int64)
+                state["data_pos"] = np.asarray((step + 1) * len(idx), np.int64)
                 if (step + 1) % cfg.eval.every == 0 or step + 1 == num_steps:           # eval
                     e = evaluator(step + 1, state["lora"])
                     log_.metrics.update({"time/eval": e["seconds"], "eval/accuracy": e["accuracy"]})

@@ -85,12 +85,15 @@ def init_state(student_cfg: ModelConfig, student_params: Any, lcfg: lora_lib.Lor
     }
 
 
-def plan_arrays(plan: StepPlan, *, kl_discount: float, jsd_beta: float
-                ) -> dict[str, jax.Array]:
-    """A step's plan numbers as f32 scalars: changing them never recompiles the update."""
+def plan_arrays(plan: StepPlan, *, kl_discount: float, jsd_beta: float, dpo_beta: float,
+                confidence_temperature: float) -> dict[str, jax.Array]:
+    """A step's plan numbers (and the loss config's numbers) as f32 scalars: changing them never
+    recompiles the update."""
     return {"on_weight": jnp.float32(plan.on_weight), "off_weight": jnp.float32(plan.off_weight),
             "anchor_beta": jnp.float32(plan.anchor_beta), "kl_discount": jnp.float32(kl_discount),
-            "jsd_beta": jnp.float32(jsd_beta)}
+            "jsd_beta": jnp.float32(jsd_beta), "dpo_weight": jnp.float32(plan.dpo_weight),
+            "dpo_beta": jnp.float32(dpo_beta),
+            "confidence_temperature": jnp.float32(confidence_temperature)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,8 @@ class UpdateSpec:
     moe_impl: str
     optim: OptimConfig
     num_steps: int  # 0 for a constant schedule: runs of any length share the compile
+    has_dpo: bool = False  # DPO on teacher-ranked (chosen, rejected) pairs: batch["dpo"]
+    confidence_weighted: bool = False  # on-policy rows weighted by the teacher's confidence
     # The study's defects (ablations, off by default; DESIGN §1):
     two_step_mixture: bool = False  # on- and off-policy terms as two optimizer steps, not one sum
     zero_kl_anchor: bool = False  # the KL anchor compares the policy with itself: value, grad 0
@@ -119,7 +124,9 @@ class UpdateSpec:
 def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: jax.Array | None,
                 batch: dict[str, Any], plan: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
     """(total loss, aux) of one step. batch["on"] / batch["off"]: prompt [B, P], prompt_mask,
-    completion [B, G], loss_mask [B, G] (+ lp_old, lp_teacher [B, G] or teacher_h [B, G, D])."""
+    completion [B, G], loss_mask [B, G] (+ lp_old, lp_teacher [B, G] or teacher_h [B, G, D]).
+    batch["dpo"]: the same four fields over [2B', ...] rows -- B' chosen completions, then their
+    B' rejected partners -- and valid [B'] (False for a tied pair)."""
     lora = LoraParams(layers=lora_layers, scale=spec.scale)
     w = transformer.unembed_matrix(spec.student, base)
     hidden = functools.partial(scoring.completion_hidden, spec.student, base, remat=spec.remat,
@@ -130,16 +137,22 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
     if spec.has_on:
         b = batch["on"]
         h = hidden(b["prompt"], b["prompt_mask"], b["completion"], lora)
+        seq_w = (losses.teacher_confidence_weights(b["lp_teacher"], b["loss_mask"],
+                                                   plan["confidence_temperature"])
+                 if spec.confidence_weighted else None)  # [B]
         if spec.on_loss == "sampled_rkl":
             lp = scoring.chunked_token_logprobs(h, w, b["completion"], spec.vocab_chunk)
             l_on = losses.sampled_reverse_kl(lp, b["lp_old"], b["lp_teacher"], b["loss_mask"],
-                                             plan["kl_discount"])
+                                             plan["kl_discount"], seq_weights=seq_w)
             aux.update({f"is/{k}": v for k, v in losses.sampled_reverse_kl_stats(
                 lp, b["lp_old"], b["lp_teacher"], b["loss_mask"]).items()
                 if k.startswith("ratio")})
         else:
-            l_on = losses.generalized_jsd_chunked(h, w, b["teacher_h"], teacher_unembed,
-                                                  b["loss_mask"], plan["jsd_beta"], spec.vocab_chunk)
+            l_on = losses.generalized_jsd_chunked(
+                h, w, b["teacher_h"], teacher_unembed, b["loss_mask"], plan["jsd_beta"],
+                spec.vocab_chunk, seq_weights=seq_w)
+        if seq_w is not None:
+            aux["confidence/weight_max"] = jnp.max(seq_w)
         aux["loss/on"] = l_on
         total = total + plan["on_weight"] * l_on
         anchor_batch = (b, h)
@@ -156,6 +169,19 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         aux["loss/off"] = l_off
         total = total + plan["off_weight"] * l_off
         anchor_batch = (b, h)
+    if spec.has_dpo:
+        # Reference = pi_0, the same base weights with the adapters off (no second model copy).
+        b = batch["dpo"]
+        args = (b["prompt"], b["prompt_mask"], b["completion"])
+        lp = scoring.chunked_token_logprobs(hidden(*args, lora), w, b["completion"],
+                                            spec.vocab_chunk)  # [2B', G]
+        ref = jax.lax.stop_gradient(scoring.chunked_token_logprobs(
+            hidden(*args, None), w, b["completion"], spec.vocab_chunk))
+        n, m = b["valid"].shape[0], b["loss_mask"]
+        l_dpo = losses.dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], m[:n], m[n:], plan["dpo_beta"],
+                                valid=b["valid"])
+        aux["loss/dpo"] = l_dpo
+        total = total + plan["dpo_weight"] * l_dpo
     if spec.has_anchor:
         # KL(pi_theta || pi_0) on the step's off-policy batch (else its on-policy batch), where
         # pi_0 is the same base weights with the adapters off: no second copy of the model.
@@ -179,11 +205,11 @@ def update_parts(spec: UpdateSpec) -> tuple[UpdateSpec, ...]:
     study's `mixture`), a step that has both an on- and an off-policy batch becomes two optimizer
     steps, the on-policy term first, then the off-policy term (with the anchor, if any) at the
     updated adapters -- with Adam each step moves the adapters by ~lr whatever the term's weight,
-    so the 0.3 / 0.7 weighting is largely lost.
+    so the 0.3 / 0.7 weighting is largely lost. A DPO term, if any, goes with the second step.
     """
     if not (spec.two_step_mixture and spec.has_on and spec.has_off):
         return (spec,)
-    return (dataclasses.replace(spec, has_off=False, has_anchor=False),
+    return (dataclasses.replace(spec, has_off=False, has_anchor=False, has_dpo=False),
             dataclasses.replace(spec, has_on=False))
 
 

@@ -69,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
         on_policy="sampled_rkl",  # "sampled_rkl" (Tinker recipe) | "jsd" (full-vocab GKD)
         jsd_beta=1.0,  # for on_policy="jsd": 0 forward KL, 1 reverse KL
         kl_discount=0.0,  # gamma of the sampled reverse KL advantage
+        dpo_beta=0.1,  # dpo_teacher: beta of the DPO loss (strength of the pull from the reference)
+        confidence_temperature=1.0,  # reward_weighted_gkd: softmax temperature of the row weights
         off_policy="nll",  # "nll" | "forward_kl" (to the teacher's full distribution)
         vocab_chunk=16384,  # vocabulary chunk of log-softmax / divergences
         remat="full",  # update layers: "full" (recompute) | "dots" (save matmul outputs) | "none"

@@ -110,7 +110,7 @@ UNTOUCHED = [("unshifted_off_policy", "size", "on_policy_gkd"),
 
 
 def test_defect_applicability_table():
-    touched = {d: [m for m in methods.METHODS if setup_lib.defect_applies(d, m, "context")]
+    touched = {d: [m for m in methods.STUDY_METHODS if setup_lib.defect_applies(d, m, "context")]
                for d in setup_lib.TRAINING_DEFECTS}
     assert touched["unshifted_off_policy"] == ["hybrid", "mixture", "replay_buffer", "kl_anchored",
                                                "reverse_curriculum", "off_policy"]
@@ -119,7 +119,7 @@ def test_defect_applicability_table():
     assert "off_policy" not in touched["on_policy_no_prompt"]
     assert touched["teacher_no_context"] == touched["on_policy_no_prompt"]
     assert not any(setup_lib.defect_applies("teacher_no_context", m, "size")
-                   for m in methods.METHODS)
+                   for m in methods.STUDY_METHODS)
     for defect, setup, method in UNTOUCHED:
         assert not setup_lib.defect_applies(defect, method, setup)
 

@@ -34,7 +34,7 @@ def np_masked_mean(v, mask):
     return float((v * mask).sum() / max(mask.sum(), 1.0))
 
 
-def np_jsd(s_logits, t_logits, mask, beta, temperature=1.0):
+def np_jsd(s_logits, t_logits, mask, beta, temperature=1.0, seq_weights=None):
     ls = np_log_softmax(np.asarray(s_logits, np.float64) / temperature)
     lt = np_log_softmax(np.asarray(t_logits, np.float64) / temperature)
     if beta == 0:
@@ -47,6 +47,8 @@ def np_jsd(s_logits, t_logits, mask, beta, temperature=1.0):
         per = beta * (t * (np.log(t) - np.log(mix))).sum(-1) + (1 - beta) * (
             s * (np.log(s) - np.log(mix))
         ).sum(-1)
+    if seq_weights is not None:  # rows scaled, denominator still the token count
+        per = per * np.asarray(seq_weights, np.float64)[:, None]
     return np_masked_mean(per, mask)
 
 
@@ -257,6 +259,20 @@ def test_chunked_jsd_matches_dense_value_and_grad(chunk):
         assert np.abs(np.asarray(g_c[0])).max() > 0
 
 
+def test_chunked_jsd_with_sequence_weights_matches_numpy():
+    hs, ws, ht, wt, mask = _hidden(4)
+    w = np.array([0.5, 2.0, 0.5], np.float32)
+    for beta in BETAS:
+        got = losses.generalized_jsd_chunked(hs, ws, ht, wt, mask, beta, chunk_size=8,
+                                             seq_weights=w)
+        want = np_jsd(hs @ ws, ht @ wt, mask, beta, seq_weights=w)
+        np.testing.assert_allclose(float(got), want, **TOL, err_msg=f"beta={beta}")
+    # the weights are constants: no gradient flows into them
+    g = jax.grad(lambda w_: losses.generalized_jsd_chunked(hs, ws, ht, wt, mask, 0.5, 8,
+                                                           seq_weights=w_))(w)
+    assert not np.any(np.asarray(g))
+
+
 def _all_avals(jaxpr):
     """Every intermediate shape in a (closed) jaxpr, recursing into scan/remat/pjit bodies."""
     inner = getattr(jaxpr, "jaxpr", jaxpr)
@@ -440,3 +456,77 @@ def test_dpo_loss_matches_numpy_and_its_gradient():
     # the reference gets no gradient
     g_ref = jax.grad(losses.dpo_loss, argnums=2)(lp_c, lp_r, ref_c, ref_r, m_c, m_r, beta)
     assert not np.any(np.asarray(g_ref))
+
+
+def test_dpo_loss_averages_over_valid_pairs_only():
+    rng = np.random.default_rng(5)
+    B, T = 5, 4
+    lp_c, lp_r, ref_c, ref_r = (_logprobs(rng, (B, T)) for _ in range(4))
+    m = np.ones((B, T), bool)
+    valid = np.array([True, False, True, True, False])
+    _, z = np_dpo(lp_c, lp_r, ref_c, ref_r, m, m, 0.3)
+    want = float(np.log1p(np.exp(-z))[valid].mean())
+    got = losses.dpo_loss(lp_c, lp_r, ref_c, ref_r, m, m, 0.3, valid=valid)
+    np.testing.assert_allclose(float(got), want, **TOL)
+    # the left-out pairs get no gradient; no valid pair at all: loss 0, gradient 0
+    g = np.asarray(jax.grad(losses.dpo_loss)(lp_c, lp_r, ref_c, ref_r, m, m, 0.3, valid))
+    assert not np.any(g[~valid]) and np.all(g[valid] != 0)
+    none = np.zeros(B, bool)
+    assert float(losses.dpo_loss(lp_c, lp_r, ref_c, ref_r, m, m, 0.3, valid=none)) == 0.0
+    assert not np.any(np.asarray(jax.grad(losses.dpo_loss)(lp_c, lp_r, ref_c, ref_r, m, m, 0.3,
+                                                           none)))
+
+
+def np_preference_pairs(lp_t, mask, group):
+    """Loops: per group of rows, the first row with the highest / lowest mean teacher log-prob
+    per token (an empty row scores -inf); a pair is valid when those scores differ."""
+    scores = [np.mean(lp_t[i][mask[i]]) if mask[i].any() else -np.inf for i in range(len(lp_t))]
+    best, worst, valid = [], [], []
+    for start in range(0, len(scores), group):
+        g = scores[start:start + group]
+        hi, lo = max(g), min(g)
+        best.append(start + g.index(hi))
+        worst.append(start + g.index(lo))
+        valid.append(hi > lo)
+    return np.array(best), np.array(worst), np.array(valid)
+
+
+def _pairs(lp_t, mask, group):
+    scores = losses.mean_token_logprob(lp_t, mask)
+    return tuple(np.asarray(x) for x in losses.preference_pairs(scores, mask.sum(-1), group))
+
+
+def test_preference_pairs_on_a_constructed_example_with_ties():
+    # 5 prompts x 3 completions, 2 tokens each unless masked; row scores (mean log-prob):
+    rows = [[-1.0, -1.0], [-0.5, -0.5], [-2.0, -2.0],   # p0: best row 1, worst row 2
+            [-1.0, -1.0], [-0.5, -1.5], [-1.5, -0.5],   # p1: all -1.0 -> tie, dropped
+            [-0.2, -0.2], [-0.1, -0.3], [-3.0, -3.0],   # p2: best tie (-0.2) -> first row 6
+            [-9.0, -9.0], [-4.0, -4.0], [-4.0, -4.0],   # p3: row 9 empty -> never best, worst
+            [-1.0, -1.0], [-2.0, -2.0], [-3.0, -3.0]]   # p4: every row empty -> tie, dropped
+    lp_t = np.array(rows, np.float32)
+    mask = np.ones_like(lp_t, bool)
+    mask[9] = False
+    mask[12:] = False
+    best, worst, valid = _pairs(lp_t, mask, 3)
+    np.testing.assert_array_equal(best, [1, 3, 6, 10, 12])
+    np.testing.assert_array_equal(worst, [2, 3, 8, 9, 12])
+    np.testing.assert_array_equal(valid, [True, False, True, True, False])
+    for got, want in zip((best, worst, valid), np_preference_pairs(lp_t, mask, 3)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_preference_pairs_match_numpy_on_random_scores(group):
+    rng = np.random.default_rng(group)
+    N, T = 8 * group, 3
+    # few distinct values so that ties (within and across rows) are common
+    lp_t = -rng.integers(1, 3, (N, T)).astype(np.float32)
+    mask = rng.random((N, T)) < 0.7
+    mask[::5] = False  # some empty rows
+    for g in (0, 3):  # whole groups of identical completions: ties
+        lp_t[g * group:(g + 1) * group] = lp_t[g * group + 1]
+        mask[g * group:(g + 1) * group] = mask[g * group + 1]
+    got = _pairs(lp_t, mask, group)
+    for g, w in zip(got, np_preference_pairs(lp_t, mask, group)):
+        np.testing.assert_array_equal(g, w)
+    assert 0 < got[2].sum() < len(got[2])  # the draw has both valid pairs and ties

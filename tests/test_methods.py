@@ -1,4 +1,5 @@
-"""cliffdistill.methods: the eight schedules against a hand-written table (DESIGN §1)."""
+"""cliffdistill.methods: the study's schedules (DESIGN §1) and the extension objectives against a
+hand-written table."""
 
 import dataclasses
 
@@ -12,6 +13,11 @@ OFF = StepPlan(on_weight=0.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.0, re
 REPLAY = StepPlan(on_weight=1.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.0, replay=True)
 MIX = StepPlan(on_weight=0.7, off_weight=0.3, seed_tokens=0, anchor_beta=0.0, replay=False)
 ANCHOR = StepPlan(on_weight=0.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.1, replay=False)
+# the extensions: DPO on K=2 teacher-ranked samples per prompt; confidence-weighted on-policy
+DPO = StepPlan(on_weight=0.0, off_weight=0.0, seed_tokens=0, anchor_beta=0.0, replay=False,
+               dpo_weight=1.0, prompt_samples=2, confidence_weighted=False)
+WEIGHTED = StepPlan(on_weight=1.0, off_weight=0.0, seed_tokens=0, anchor_beta=0.0, replay=False,
+                    dpo_weight=0.0, prompt_samples=1, confidence_weighted=True)
 
 
 def seeded(n):
@@ -34,14 +40,33 @@ EXPECTED = {
     "reverse_curriculum": {0: ON, 25: ON, 49: ON, 50: ON, 69: ON, 70: OFF, 99: OFF},
     # the pure off-policy row (not one of the study's eight): off-policy NLL at every step
     "off_policy": {0: OFF, 25: OFF, 49: OFF, 50: OFF, 69: OFF, 70: OFF, 99: OFF},
+    "dpo_teacher": {0: DPO, 25: DPO, 49: DPO, 50: DPO, 69: DPO, 70: DPO, 99: DPO},
+    "reward_weighted_gkd": {0: WEIGHTED, 25: WEIGHTED, 49: WEIGHTED, 50: WEIGHTED, 69: WEIGHTED,
+                            70: WEIGHTED, 99: WEIGHTED},
 }
 
 
-def test_table_covers_the_eight_methods_and_off_policy():
+def test_table_covers_the_study_and_the_extensions():
     assert set(methods.METHODS) == set(EXPECTED)
-    assert len(methods.METHODS) == 9
-    assert list(methods.METHODS)[-1] == "off_policy"  # after the study's eight, in table order
+    assert len(methods.METHODS) == 11
+    # the study's sweep is unchanged: its eight + off_policy, in table order
+    assert methods.STUDY_METHODS == (
+        "on_policy_gkd", "extended_on_policy", "hybrid", "teacher_seeded", "mixture",
+        "replay_buffer", "kl_anchored", "reverse_curriculum", "off_policy")
+    assert methods.EXTENSION_METHODS == ("dpo_teacher", "reward_weighted_gkd")
+    assert tuple(methods.METHODS) == methods.STUDY_METHODS + methods.EXTENSION_METHODS
     assert methods.num_steps("off_policy") == 100
+
+
+def test_plan_rollout_flag():
+    assert ON.rollout and DPO.rollout and WEIGHTED.rollout and MIX.rollout
+    assert not OFF.rollout and not ANCHOR.rollout
+
+
+def test_dpo_samples_reach_the_plan():
+    c = methods.default_schedule_config()
+    c.dpo_samples = 4
+    assert methods.get("dpo_teacher", c)(3) == dataclasses.replace(DPO, prompt_samples=4)
 
 
 @pytest.mark.parametrize("budget,want", [(256, 20), (128, 10), (64, 5), (96, 8), (32, 3)])
@@ -71,7 +96,8 @@ def test_schedule_table(name):
         # plain Python numbers, as the trainer expects
         assert type(got.seed_tokens) is int and type(got.replay) is bool
         assert isinstance(got.on_weight, float) and isinstance(got.off_weight, float)
-        assert isinstance(got.anchor_beta, float)
+        assert isinstance(got.anchor_beta, float) and isinstance(got.dpo_weight, float)
+        assert type(got.prompt_samples) is int and type(got.confidence_weighted) is bool
         # the raw schedule function with an explicit config agrees with the bound one
         assert methods.METHODS[name](step, methods.default_schedule_config()) == want
 
@@ -116,6 +142,7 @@ def test_default_config_values():
         replay_weight=1.0,
         anchor_beta=0.1,
         reverse_switch_step=70,
+        dpo_samples=2,
     )
 
 
@@ -176,6 +203,8 @@ def test_negative_step_rejected():
         ("replay_weight", -1.0),
         ("anchor_beta", -0.1),
         ("anchor_beta", float("nan")),
+        ("dpo_samples", 1),
+        ("dpo_samples", 0),
     ],
 )
 def test_validate_names_the_field(field, value):

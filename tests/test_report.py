@@ -411,6 +411,29 @@ def test_study_claims_verdicts_follow_the_documented_rules():
     assert verdicts["Pure on-policy distillation works"] == "contradicted"
 
 
+def test_extension_methods_rank_after_the_study_and_stay_out_of_its_claims():
+    from cliffdistill import methods
+    from cliffdistill import report as rep
+    from cliffdistill.report.aggregate import method_rank
+
+    ranks = [method_rank(m) for m in methods.STUDY_METHODS + methods.EXTENSION_METHODS]
+    assert ranks == sorted(ranks) and method_rank("unknown") > ranks[-1]
+    # reward_weighted_gkd is pure on-policy, dpo_teacher has no off-policy part: neither is judged
+    assert claims_lib.ON_POLICY_METHODS == ("on_policy_gkd", "extended_on_policy")
+    assert set(claims_lib.OFF_POLICY_METHODS) <= set(methods.STUDY_METHODS)
+    groups = [_claim_group("on_policy_gkd", [0.5, 0.55, 0.6], 0.3, ["stable"] * 3),
+              _claim_group("teacher_seeded", [0.9, 0.91, 0.92], 0.3, ["stable"] * 3),
+              _claim_group("hybrid", [0.4, 0.42, 0.41], 0.3, ["stable"] * 3)]
+    agg = {"setups": ["size"], "groups": groups}
+    before = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
+    assert before["Teacher seeding is the best method"] == "supported"
+    # an extension that beats teacher_seeded and one that collapses change no verdict
+    agg["groups"] = groups + [
+        _claim_group("dpo_teacher", [0.99, 0.99, 0.98], 0.3, ["stable"] * 3),
+        _claim_group("reward_weighted_gkd", [0.0, 0.01, 0.0], 0.3, ["collapsed"] * 3)]
+    assert {v["claim"]: v["verdict"] for v in rep.study_claims(agg)} == before
+
+
 def _world(off_correct, on_defects="stable", variant="defects"):
     """Groups of one setup: pure on-policy, teacher_seeded and off-policy methods, correct and
     one defect variant whose off-policy methods collapse."""

@@ -1,5 +1,6 @@
 """The distillation engine end to end on tiny models (CPU)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -48,6 +49,7 @@ def test_every_method_runs_end_to_end(tiny_pair, tmp_path, setup):
             plan = methods.get(method, cfg.schedule)(r["step"])
             assert ("loss/on" in r) == (plan.on_weight > 0), (method, r["step"])
             assert ("loss/off" in r) == (plan.off_weight > 0), (method, r["step"])
+            assert ("loss/dpo" in r) == (plan.dpo_weight > 0), (method, r["step"])
             assert r["seed_tokens"] == plan.seed_tokens
         evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines()]
         n = len(records)
@@ -107,6 +109,98 @@ def _train_loss_pieces(tiny_pair, shift):
 def test_trainer_off_policy_loss_equals_reference_nll(tiny_pair, shift):
     got, ref = _train_loss_pieces(tiny_pair, shift)
     assert got == pytest.approx(ref, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_pair):
+    """One setup (mesh, views, models) for runs that differ only in method or loss options."""
+    return setup_lib.make_setup(tiny_run_config(tiny_pair))
+
+
+def _run(tiny_setup, cfg, run_dir):
+    return train.run(cfg, run_dir, setup_obj=dataclasses.replace(tiny_setup, cfg=cfg),
+                     progress=False)
+
+
+def _finite_losses(records):
+    for r in records:
+        losses_ = {k: v for k, v in r.items() if k.startswith("loss/")}
+        assert losses_ and all(np.isfinite(v) for v in losses_.values()), r
+
+
+@pytest.mark.parametrize("method", methods.EXTENSION_METHODS)
+def test_extension_method_trains_its_adapters(tiny_pair, tiny_setup, tmp_path, method):
+    cfg = tiny_run_config(tiny_pair, method, steps=2)
+    s = dataclasses.replace(tiny_setup, cfg=cfg)
+    assert _run(tiny_setup, cfg, tmp_path / method)["state"] == "done"
+    records = _metrics(tmp_path / method)
+    _finite_losses(records)
+    for r in records:
+        plan = methods.get(method, cfg.schedule)(r["step"])
+        assert ("loss/dpo" in r) == (plan.dpo_weight > 0) and ("loss/on" in r) == (plan.on_weight > 0)
+        assert ("confidence/weight_max" in r) == plan.confidence_weighted
+        if plan.dpo_weight > 0:  # K=2 samples of batch_size/2 prompts: 2 pairs, all trained on
+            assert 0.0 <= r["dpo/tie_rate"] <= 1.0
+            assert r["tokens/trained"] == r["tokens/sampled"] or r["dpo/tie_rate"] > 0
+    before = setup_lib.init_state(s, 2)["lora"]
+    after = _final_state(s, tmp_path / method, 2)["lora"]
+    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after))]
+    assert any(changed), f"{method}: no LoRA parameter moved"
+
+
+@pytest.mark.parametrize("method", ["on_policy_gkd", "hybrid", "mixture", "reward_weighted_gkd"])
+def test_full_vocab_jsd_is_the_on_policy_objective_of_any_method(tiny_pair, tiny_setup, tmp_path,
+                                                                   method):
+    """loss.on_policy="jsd" trains end to end at beta 0 (forward KL), 0.5 and 1 (reverse KL)."""
+    first_on = {}
+    for beta in (0.0, 0.5, 1.0):
+        cfg = tiny_run_config(tiny_pair, method, steps=2)
+        cfg.loss.on_policy, cfg.loss.jsd_beta = "jsd", beta
+        assert _run(tiny_setup, cfg, tmp_path / str(beta))["state"] == "done"
+        records = _metrics(tmp_path / str(beta))
+        _finite_losses(records)
+        on = [r["loss/on"] for r in records if "loss/on" in r]
+        assert on and all(v >= -1e-6 for v in on)  # a divergence
+        first_on[beta] = on[0]
+    # the first on-policy step sees the same adapters and rollout at every beta: beta decides
+    assert len({round(v, 7) for v in first_on.values()}) == 3, first_on
+
+
+def test_trainer_dpo_term_uses_the_lora_off_reference(tiny_pair, tiny_setup):
+    """update.loss_terms' DPO term vs log-probs scored separately with LoRA on and off."""
+    s = tiny_setup
+    rows = np.array([0, 1, 0, 1])  # 2 pairs: chosen rows 0-1, rejected rows 2-3
+    prompt, pmask = s.train.student[rows], s.train.student_mask[rows]
+    comp = np.random.default_rng(1).integers(5, s.student_cfg.vocab_size, (4, 6)).astype(np.int32)
+    cmask = np.ones((4, 6), bool)
+    cmask[2, 3:] = False
+    valid = np.array([True, False])  # the second pair is a tie: left out
+    spec = update.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=False,
+                            has_off=False, has_anchor=False, has_dpo=True, on_loss="sampled_rkl",
+                            off_loss="nll", shift_off=True, vocab_chunk=7, remat=False,
+                            moe_impl="ragged", optim=update.OptimConfig(), num_steps=1)
+    lora = lora_lib.init_lora(s.student_cfg, lora_lib.LoraConfig(rank=2, alpha=4.0),
+                              jax.random.key(0), s.student_params)
+    layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)
+    batch = {"dpo": {"prompt": prompt, "prompt_mask": pmask, "completion": comp,
+                     "loss_mask": cmask, "valid": valid}}
+    plan = {"dpo_weight": np.float32(2.0), "dpo_beta": np.float32(0.5)}
+    got, aux = jax.jit(update.loss_terms, static_argnums=0)(spec, layers, s.student_params, None,
+                                                            batch, plan)
+    seq = {}
+    for name, l in (("policy", lora_lib.LoraParams(layers, 2.0)), ("ref", None)):
+        lp = np.asarray(scoring.score(s.student_cfg, s.student_params, prompt, pmask, comp, cmask,
+                                      l, vocab_chunk=7), np.float64)
+        seq[name] = (lp * cmask).sum(-1)  # [4]
+    z = 0.5 * ((seq["policy"][:2] - seq["ref"][:2]) - (seq["policy"][2:] - seq["ref"][2:]))
+    assert abs(z[0]) > 1e-4  # the adapters moved the policy away from the reference
+    want = np.log1p(np.exp(-z[0]))  # pair 0 only
+    assert float(aux["loss/dpo"]) == pytest.approx(want, abs=1e-5)
+    assert float(got) == pytest.approx(2.0 * want, abs=1e-5)
 
 
 def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
@@ -209,6 +303,16 @@ def test_error_vocab_mismatch(tiny_pair, tmp_path):
     cfg = tiny_run_config(tiny_pair)
     cfg.teacher.path = str(bad)
     _expect(cfg, "teacher/student vocab mismatch")
+
+
+def test_error_dpo_samples_must_divide_the_batch(tiny_pair):
+    cfg = tiny_run_config(tiny_pair, "dpo_teacher")
+    cfg.schedule.dpo_samples = 3
+    _expect(cfg, r"`schedule.dpo_samples`=3 does not divide `rollout.batch_size`=4")
+    cfg.method = "on_policy_gkd"  # a method that never samples K per prompt does not care
+    setup_lib.validate_config(cfg)
+    cfg.method, cfg.schedule.dpo_samples = "dpo_teacher", 1
+    _expect(cfg, r"`dpo_samples`=1 is invalid: must be >= 2")
 
 
 def test_error_mesh_bigger_than_devices(tiny_pair):

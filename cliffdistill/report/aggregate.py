@@ -191,7 +191,7 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    order = list(methods.METHODS)  # canonical order of the study's table
+    order = methods.STUDY_METHODS + methods.EXTENSION_METHODS  # the study's table, then extensions
     return (order.index(method), "") if method in order else (len(order), method)
 
 

@@ -15,9 +15,10 @@ from cliffdistill.report.markdown import finite, pct, pp, table
 
 
 def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tuple[str, ...]:
-    """Methods (study order) whose default schedule satisfies `pred` at any (every) step."""
+    """The study's methods (its order) whose default schedule satisfies `pred` at any (every)
+    step. Extension methods are left out: the claims are about the study's rows."""
     test = all if every else any
-    return tuple(m for m in methods.METHODS
+    return tuple(m for m in methods.STUDY_METHODS
                  if test(pred(methods.get(m)(s)) for s in range(methods.num_steps(m))))
 
 
@@ -42,9 +43,10 @@ def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
     its defects touches (`setup.defect_applies`) and that did not run under it takes the correct
     implementation's group: its run would be identical (tests/test_defects.py), so the factorial
     skips it."""
-    def finished(v: str) -> dict[str, Mapping]:
-        return {g["method"]: g for g in agg["groups"]
-                if g["setup"] == setup and g["variant"] == v and g["n_done"] > 0}
+    def finished(v: str) -> dict[str, Mapping]:  # study methods only: extensions run in the
+        # same sweep neither enter nor change a claim (e.g. Holm's family)
+        return {g["method"]: g for g in agg["groups"] if g["method"] in methods.STUDY_METHODS
+                and g["setup"] == setup and g["variant"] == v and g["n_done"] > 0}
 
     groups = finished(variant)
     if variant == CORRECT:

@@ -20,7 +20,7 @@ import ml_collections
 from cliffdistill import methods
 from cliffdistill.setup import ABLATIONS  # the study's defects, `config.ablation.<name>` switches
 
-METHODS = tuple(methods.METHODS)  # the study's table order
+METHODS = methods.STUDY_METHODS  # the study's table order (no extension methods)
 
 BASES = ("qwen_size", "llama_size", "llama_context", "toy")
 

@@ -11,7 +11,7 @@ import ml_collections
 
 from cliffdistill import methods
 
-METHODS = tuple(methods.METHODS)  # the study's table order
+METHODS = methods.STUDY_METHODS  # the study's table order (no extension methods)
 
 
 def get_config() -> ml_collections.ConfigDict:
