@@ -42,7 +42,7 @@ ABLATIONS = (*TRAINING_DEFECTS, *EVAL_ONLY_SWITCHES)
 _DEFECT_TOUCHES: dict[str, Any] = {
     "unshifted_off_policy": lambda setup, p: p.off_weight > 0,
     "on_policy_no_prompt": lambda setup, p: p.on_weight > 0,
-    "teacher_no_context": lambda setup, p: setup == "context" and p.on_weight > 0,
+    "teacher_no_context": lambda setup, p: setup == "context" and p.rollout,  # scoring/ranking
     "two_step_mixture": lambda setup, p: p.on_weight > 0 and p.off_weight > 0,
     "zero_kl_anchor": lambda setup, p: p.anchor_beta > 0,
 }
