@@ -101,7 +101,7 @@ def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
     base = toy_config.get_config("context")
     for field, value in base_overrides.items():
-        _set(base, field, value)
+        set_field(base, field, value)
     return base
 
 
@@ -120,14 +120,11 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
         for seed in range(seeds):
             row = {f: values.get(f, _get(base, f)) for f in fields}
             v = int(context_values[seed % len(context_values)])
-            row.update({"seed": seed, "setup_label": "", **toy_config.toy_paths(str(root), setup, v)})
-            row.setdefault("data.passage", "")
+            # every row sets the fields only the retrieval setup changes (zip rows are uniform)
+            row.update({"seed": seed, "setup": "context", "setup_label": "", "data.passage": "",
+                        **toy_config.toy_paths(str(root), setup, v)})
             for f, value in row.items():
                 zipped.setdefault(f, []).append(value)
-    width = max(len(v) for v in zipped.values())
-    for f, v in zipped.items():  # fields only some setups set (data.passage, setup_label)
-        if len(v) != width:
-            raise AssertionError(f"extensions: field {f} missing from some rows")
     c = ml_collections.ConfigDict()
     c.name = "toy study: the study's next steps"
     c.base_config = "configs/toy.py"
@@ -201,7 +198,7 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
     return rows
 
 
-def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+def set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = cfg
     for p in parents:
