@@ -162,6 +162,14 @@ def table(res: dict[str, Any]) -> str:
                      f"{(_f(ratio, '.2f') + 'x') if ratio is not None else '-':>10}  "
                      f"{tgt:<14}{met(key) if key else '-':>4}")
 
+    def compare(label, ours_rec, hf_rec, field, key):
+        """One ours-vs-HF row (+ a line per side that recorded an error)."""
+        for who, d in (("ours", ours_rec), ("HF", hf_rec)):
+            if isinstance(d, dict) and "error" in d:
+                lines.append(f"{label} {who}: ERROR {d['error']}"[:100])
+        row(label, ours_rec.get(field) if isinstance(ours_rec, dict) else None,
+            hf_rec.get(field) if isinstance(hf_rec, dict) else None, key)
+
     bw = res.get("bandwidth", {}).get("copy_bandwidth_bytes_per_s")
     lines.append(f"{'copy bandwidth (GB/s, read+write)':<44}{_f(bw and bw / 1e9, ',.1f'):>14}")
     roll = res.get("rollout", {})
@@ -174,12 +182,7 @@ def table(res: dict[str, Any]) -> str:
         B, P, G = shape_of[name]
         lora = "+LoRA " if name == "b64_lora" else ""
         label = f"rollout {lora}B={B} P={P} G={G} new tok/s"
-        for who, d in (("ours", r), ("HF", h)):
-            if isinstance(d, dict) and "error" in d:
-                lines.append(f"{label} {who}: ERROR {d['error']}"[:100])
-        ours = r.get("new_tokens_per_s") if isinstance(r, dict) else None
-        base = h.get("new_tokens_per_s") if isinstance(h, dict) else None
-        row(label, ours, base, f"rollout_{name}_vs_hf" if name != "b64_lora" else None)
+        compare(label, r, h, "new_tokens_per_s", f"rollout_{name}_vs_hf" if name != "b64_lora" else None)
         rf = res.get("roofline", {}).get(name)
         if rf:
             lines.append(
@@ -195,12 +198,7 @@ def table(res: dict[str, Any]) -> str:
         B, P, G = m["shapes"]["update" if role == "teacher_study" else "score"]
         who = m["student"] if role == "student" else m["teacher"]
         label = f"score {who} B={B}x{P + G} tok/s" + (" (study)" if role == "teacher_study" else "")
-        for name, d in (("ours", s), ("HF", h)):
-            if isinstance(d, dict) and "error" in d:
-                lines.append(f"{label} {name}: ERROR {d['error']}"[:100])
-        ours = s.get("tokens_per_s") if isinstance(s, dict) else None
-        base = h.get("tokens_per_s") if isinstance(h, dict) else None
-        row(label, ours, base, f"score_{role}_vs_hf" if role != "teacher_study" else None)
+        compare(label, s, h, "tokens_per_s", f"score_{role}_vs_hf" if role != "teacher_study" else None)
     td = res.get("teacher_decode")
     if isinstance(td, dict) and "error" not in td:
         label = f"teacher decode B={td['B']} (seeding) ms/step"
