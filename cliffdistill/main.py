@@ -78,11 +78,12 @@ class Mode:
     correct_seeds: int  # seeds of every method, correct implementation
     defect_seeds: int  # seeds of each (defect combination, factorial method) row
     step_divisor: int = 1  # runs of STEPS // step_divisor steps
+    each_defect: bool = True  # each defect alone and the bundle (False: the bundle only)
 
 
 MODES = {
-    # 1 seed, half-length runs: a first look in minutes once the testbed is cached
-    "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2),
+    # 1 seed, half-length runs, the all-defects bundle only: a first look in minutes (cached)
+    "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2, each_defect=False),
     # the default (<= 30 min cold on 2 CPU cores): every verdict decided, fewer defect seeds
     "default": Mode("default", correct_seeds=3, defect_seeds=1),
     # the whole factorial at the issue's statistics: >= 5 correct seeds, >= 3 per defect row
@@ -103,8 +104,8 @@ def defect_combinations(setup: str, methods: Sequence[str], each: bool = True
     return singles + ([applicable] if len(applicable) > 1 or not each else [])
 
 
-def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[str],
-               each: bool = True) -> list[tuple[str, str, int, tuple[str, ...]]]:
+def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[str]
+               ) -> list[tuple[str, str, int, tuple[str, ...]]]:
     """(setup, method, seed, defects) of every run: each method x `correct_seeds` seeds,
     correctly implemented; then each defect combination x the factorial methods it touches x
     `defect_seeds` seeds. A method no defect of a combination touches is not run under it -- its
@@ -112,7 +113,7 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
     rows = [(setup, m, seed, ()) for setup in SETUPS for m in methods
             for seed in range(mode.correct_seeds)]
     for setup in SETUPS:
-        for combo in defect_combinations(setup, factorial_methods, each):
+        for combo in defect_combinations(setup, factorial_methods, mode.each_defect):
             rows += [(setup, m, seed, combo) for m in factorial_methods
                      if any(setup_lib.defect_applies(d, m, setup) for d in combo)
                      for seed in range(mode.defect_seeds)]
@@ -122,8 +123,7 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
 def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
                  factorial_methods: Sequence[str] = FACTORIAL_METHODS, steps: int | None = None,
                  overrides: dict[str, Any] | None = None,
-                 context_values: Sequence[int] | None = None,
-                 each_defect: bool = True) -> ml_collections.ConfigDict:
+                 context_values: Sequence[int] | None = None) -> ml_collections.ConfigDict:
     """The main job's sweep: one zip row per run (`sweep_rows`). Every run also evaluates under
     the study's protocol (`ablation.study_eval`); the seed prefix of teacher_seeded is the
     budget's seed fraction of the completion budget in use."""
@@ -134,7 +134,7 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
     overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
         toy_config.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy_config.BUDGET.max_new_tokens)))
     zipped: dict[str, list] = {}
-    for setup, method, seed, defects in sweep_rows(mode, methods, factorial_methods, each_defect):
+    for setup, method, seed, defects in sweep_rows(mode, methods, factorial_methods):
         paths = toy_config.toy_paths(str(root), setup, context_value(seed, context_values))
         values = {"setup": setup, "method": method, "seed": seed, **paths,
                   **{f"ablation.{d}": d in defects for d in TRAINING_DEFECTS}}
@@ -189,8 +189,7 @@ def run_smoke(workdir: Path, cache_dir: Path) -> tuple[Path, Any]:
     """The micro main job: 2 methods x 4 steps x 1 seed, correct and the all-defects bundle."""
     return run_main(workdir, cache_dir, dataclasses.replace(MODES["quick"], name="smoke"),
                     prepare_cfg=smoke_prepare_config(), methods=SMOKE_METHODS,
-                    factorial_methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES,
-                    each_defect=False)
+                    factorial_methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)
 
 
 def machine() -> dict[str, Any]:
@@ -372,8 +371,8 @@ def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> Non
 def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
              methods: tuple[str, ...] = METHODS, factorial_methods: tuple[str, ...] = FACTORIAL_METHODS,
-             steps: int | None = None, overrides: dict[str, Any] | None = None,
-             each_defect: bool = True) -> tuple[Path, Any]:
+             steps: int | None = None, overrides: dict[str, Any] | None = None
+             ) -> tuple[Path, Any]:
     """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
     t0 = time.time()
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
@@ -382,7 +381,7 @@ def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
     rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
     t_prep = time.time() - t0
     cfg = sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
-                       context_values=tuple(prepared.context_data), each_defect=each_defect)
+                       context_values=tuple(prepared.context_data))
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
     result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: run_one(c, d, prepared),
                              baseline_fn=evaluate.run_baselines)
