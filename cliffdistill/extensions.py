@@ -2,16 +2,16 @@
 
     python -m cliffdistill.main --study extensions [--publish]
 
-1. alternative objectives: the full-vocabulary generalized JSD (beta 0 / 0.5 / 1) as the
-   on-policy loss, `dpo_teacher` and `reward_weighted_gkd`, beside sampled reverse KL;
-2. hyper-parameter sensitivity of `teacher_seeded` and `on_policy_gkd` (seed-prefix fraction,
-   seed decay, LoRA rank, learning rate, number of steps), one knob at a time around the
-   toy default;
+1. alternative objectives (size setup): the full-vocabulary generalized JSD (beta 0 / 0.5 / 1)
+   as the on-policy loss, `dpo_teacher` and `reward_weighted_gkd`, beside sampled reverse KL;
+2. hyper-parameter sensitivity (size setup) of `teacher_seeded` and `on_policy_gkd`
+   (seed-prefix length, seed decay, LoRA rank, learning rate, number of steps), one knob at a
+   time around the toy default (x1/2 or x1/3 and x2 or x3; only the knob changes);
 3. retrieval-style context distillation: the context setup's teacher reads a passage that states
    the unit value instead of solved examples; four methods side by side with the few-shot teacher.
 
 Every arm is a set of config overrides run for `SEEDS` seeds; an arm's runs are shared by every
-part that uses them (the default on_policy_gkd run is the reference of all three). Statistics:
+part that uses them (the default on_policy_gkd run is the reference of parts 1 and 2). Statistics:
 the two-way bootstrap over seeds x questions for each arm, and each arm against its part's
 reference by the paired bootstrap with Holm correction inside the part.
 """
@@ -34,9 +34,10 @@ from cliffdistill.report.markdown import pct, pp, table
 from cliffdistill.report.plots import pyplot
 
 SEEDS = 3
-#: Setup of the objective and sensitivity parts: the context setup (the size setup's runs are in
-#: the main job); retrieval compares "context" (few-shot teacher) with "retrieval" (passage).
-SETUP = "context"
+#: Setup of the objective and sensitivity parts: the size setup (the study's capability-gap
+#: setting, and its cheaper runs: the student is the small model); retrieval compares "context"
+#: (few-shot teacher) with "retrieval" (passage teacher) on the context setup.
+SETUP = "size"
 RETRIEVAL_METHODS = ("on_policy_gkd", "off_policy", "teacher_seeded", "hybrid")
 
 
@@ -96,10 +97,11 @@ def normal_form(setup: str, values: Mapping[str, Any], base: ml_collections.Conf
 
 
 def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """The toy context run config with the study's sweep-wide overrides: what an arm varies from."""
+    """The toy run config with the sweep-wide overrides: what an arm varies from (the varied
+    fields -- method, losses, schedule, LoRA, optimizer -- are the same in every toy setup)."""
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
-    base = toy_config.get_config("context")
+    base = toy_config.get_config(SETUP)
     for field, value in base_overrides.items():
         set_field(base, field, value)
     return base
@@ -120,8 +122,9 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
         for seed in range(seeds):
             row = {f: values.get(f, _get(base, f)) for f in fields}
             v = int(context_values[seed % len(context_values)])
-            # every row sets the fields only the retrieval setup changes (zip rows are uniform)
-            row.update({"seed": seed, "setup": "context", "setup_label": "", "data.passage": "",
+            # every row sets the fields only some setups change (zip rows are uniform)
+            row.update({"seed": seed, "setup": "size" if setup == "size" else "context",
+                        "setup_label": "", "data.passage": "",
                         **toy_config.toy_paths(str(root), setup, v)})
             for f, value in row.items():
                 zipped.setdefault(f, []).append(value)
@@ -129,9 +132,9 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     c.name = "toy study: the study's next steps"
     c.base_config = "configs/toy.py"
     c.base_overrides = _nest(dict(base_overrides))
-    c.order = ("setup_label", "method", "seed")
+    c.order = ("setup", "setup_label", "method", "seed")
     c.name_fields = tuple(f for f in zipped if f not in ("student.path", "teacher.path",
-                                                         "data.path", "data.passage", "setup",
+                                                         "data.path", "data.passage",
                                                          "data.context"))
     c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True

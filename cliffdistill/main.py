@@ -9,10 +9,12 @@
 
 1. prepare: train a toy tokenizer, a toy teacher and a smaller toy student, and run the
    method-neutral headroom checks (cached under --cache_dir; WORKDIR/testbed.json);
-2. sweep: every method x seed on the size setup (toy student <- toy teacher) and the context setup
-   (the teacher's own weights with/without k solved examples in the prompt; one hidden unit
-   value per seed), once with the correct implementation and once with the study's defects
-   switched on; every context run also measures its retention of the plain task;
+2. sweep: every method x seed on the size setup (toy student <- toy teacher, unit problems whose
+   value only the teacher knows) and the context setup (the teacher's own weights with/without
+   k solved examples in the prompt; one hidden unit value per seed), correctly implemented;
+   then the defect factorial (`sweep_rows`): each study defect alone and all together on the
+   methods it touches; every eval is also scored under the study's protocol (`study_eval`) and
+   every context run measures its retention of the plain task;
 3. report: tables, plots and a verdict on each of the study's claims (none on a setup that fails
    the headroom checks), in WORKDIR/REPORT.md and WORKDIR/RESULTS.md (the latter with machine,
    versions, date and timings).
@@ -420,8 +422,9 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
     cfg = extensions.sweep_config(prepared.root, arms, tuple(prepared.context_data),
                                   base_overrides, seeds)
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
+    # no REPORT.md: its (setup, method) groups would pool the arms (e.g. every LoRA rank)
     result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
-                             baseline_fn=evaluate.run_baselines)
+                             baseline_fn=evaluate.run_baselines, write_report=False)
     t_sweep = time.time() - t0 - t_prep
     print("[3/3] report", flush=True)
     rows = extensions.analyze(workdir, arms, base_overrides)
@@ -436,12 +439,16 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
         f"- wall time: prepare {t_prep:.0f} s (cached when the main job ran first), sweep "
         f"{t_sweep:.0f} s; {len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, "
         f"{steps}-step runs, {len(result.failed)} failed)",
-        f"- setup: the context setup (values {', '.join(map(str, tb['context']['values']))}, one "
-        "per seed); teacher with context "
-        f"{_pct(tb['context']['teacher']['accuracy'])}, with the passage "
+        f"- setups (testbed.json): objectives and sensitivity on the size setup (teacher "
+        f"{_pct(tb['size']['teacher']['accuracy'])}, student "
+        f"{_pct(tb['size']['student']['accuracy'])}, ground-truth oracle "
+        f"{_pct(tb['size']['oracle']['accuracy'])}; testable: {tb['size']['testable']}); "
+        f"retrieval vs few-shot on the context setup (values "
+        f"{', '.join(map(str, tb['context']['values']))}, one per seed; teacher with solved "
+        f"examples {_pct(tb['context']['teacher']['accuracy'])}, with the passage "
         f"{_pct(tb.get('retrieval', {}).get('teacher', {}).get('accuracy'))}, student "
-        f"{_pct(tb['context']['student']['accuracy'])} (testbed.json; testable: "
-        f"{tb['context']['testable']})",
+        f"{_pct(tb['context']['student']['accuracy'])}; testable: "
+        f"{tb.get('retrieval', tb['context'])['testable']})",
         "- statistics: each arm's final accuracy with the two-way bootstrap over seeds x "
         "held-out questions; each arm against its part's reference (sensitivity: the default "
         "value of the same knob; retrieval: the same method with the few-shot teacher) by the "

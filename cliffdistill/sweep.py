@@ -492,6 +492,7 @@ def run_sweep(
     progress: bool = True,
     base: Optional[ml_collections.ConfigDict] = None,
     stale_after: float = STALE_AFTER_SECONDS,
+    write_report: bool = True,
 ) -> SweepResult:
     """Run (this shard of) a sweep in-process, sequentially; resumable; then write the report.
 
@@ -501,6 +502,8 @@ def run_sweep(
     ``j % n``.  The report is written by shard 0, and by any shard that finds every run finished.
     ``base`` replaces loading ``sweep_cfg.base_config`` (tests).  ``stale_after``: seconds without a
     heartbeat after which a ``running`` run counts as dead (``rundir.staleness``).
+    ``write_report=False``: a caller with its own report (whose arms the standard report's
+    (setup, method, variant) groups would pool) skips REPORT.md.
     """
     validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     workdir = Path(workdir)
@@ -570,7 +573,7 @@ def run_sweep(
 
     all_finished = all(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
     report_written = False
-    if shard[0] == 0 or all_finished:
+    if write_report and (shard[0] == 0 or all_finished):
         try:
             report.write_report(workdir)
             report_written = True

@@ -31,8 +31,9 @@ def test_arms_cover_the_three_parts_and_share_runs():
         "LoRA rank", "learning rate", "steps"}
     base = extensions.arm_base(BASE)
     forms = [extensions.normal_form(a.setup, dict(a.overrides), base) for a in arms]
-    # the default on_policy_gkd run serves objectives, sensitivity and retrieval
-    assert forms.count(("context", (("method", "on_policy_gkd"),))) == 5
+    # the default on_policy_gkd run serves the objectives and every on_policy_gkd knob
+    assert forms.count((extensions.SETUP, (("method", "on_policy_gkd"),))) == 4
+    assert forms.count(("context", (("method", "on_policy_gkd"),))) == 1  # retrieval's reference
     assert len(set(forms)) < len(forms)
     # one reference per sensitivity knob, at the toy default
     for part, knob in knobs:
@@ -46,7 +47,8 @@ def test_sweep_config_rows_set_every_varied_field(tmp_path):
     base = extensions.arm_base(BASE)
     n_forms = len({extensions.normal_form(a.setup, dict(a.overrides), base) for a in arms})
     assert len(cfg.zip.seed) == 2 * n_forms
-    assert set(cfg.zip.data.context) == {"fewshot", "passage"}
+    assert set(cfg.zip.data.context) == {"none", "fewshot", "passage"}
+    assert set(cfg.zip.setup) == {"size", "context"}
     passages = [p for p, c in zip(cfg.zip.data.passage, cfg.zip.data.context) if c == "passage"]
     assert all("1 zorp = " in p for p in passages)
 
@@ -74,7 +76,7 @@ def test_analyze_pairs_each_arm_with_its_reference(tmp_path):
     entries = []
     for arm, finals in ((arms[0], worse), (arms[1], better), (arms[4], worse)):
         for seed in range(3):
-            cfg = toy_config.get_config("context")
+            cfg = toy_config.get_config(extensions.SETUP)
             for field, value in {**BASE, **dict(arm.overrides), "seed": seed}.items():
                 extensions.set_field(cfg, field, value)
             name = f"{arm.label}-{seed}".replace(" ", "_").replace("(", "").replace(")", "")

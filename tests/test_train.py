@@ -315,6 +315,14 @@ def test_error_dpo_samples_must_divide_the_batch(tiny_pair):
     _expect(cfg, r"`dpo_samples`=1 is invalid: must be >= 2")
 
 
+def test_error_passage_context_needs_its_text(tiny_pair):
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", "context")
+    cfg.data.context = "passage"
+    _expect(cfg, r"data.context='passage' needs the retrieved text in `data.passage`")
+    cfg.data.passage = "1 zorp = 5."
+    setup_lib.validate_config(cfg)
+
+
 def test_error_mesh_bigger_than_devices(tiny_pair):
     cfg = tiny_run_config(tiny_pair)
     cfg.mesh.data, cfg.mesh.tensor = 4, 4
