@@ -205,10 +205,13 @@ def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     base = toy_config.get_config("size")
-    zipped = {k: v for k, v in sweep_cfg.zip.to_dict().items() if k not in ("student", "teacher", "data")}
+    z = sweep_cfg.zip
+    runs: dict[str, int] = {}  # "setup / variant" -> number of runs (sweep.json lists each one)
+    for i, setup in enumerate(z.setup):
+        variant = "+".join(d for d in TRAINING_DEFECTS if z.ablation[d][i]) or "correct"
+        runs[f"{setup} / {variant}"] = runs.get(f"{setup} / {variant}", 0) + 1
     return {
-        "base_overrides": sweep_cfg.base_overrides.to_dict(), "product": sweep_cfg.product.to_dict(),
-        "zip": zipped,
+        "base_overrides": sweep_cfg.base_overrides.to_dict(), "runs": runs,
         "toy_run_config": {"lora": base.lora.to_dict(), "optim": base.optim.to_dict(),
                            "rollout": base.rollout.to_dict(), "loss": base.loss.to_dict(),
                            "data": {k: base.data[k] for k in ("n_train", "n_eval", "context_k")},
@@ -313,8 +316,9 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], mode:
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {m['platform']}, {m['cpus']} CPUs, backend {m['backend']}, "
         f"python {m['python']}, jax {m['jax']}",
-        f"- wall time: prepare {timings['prepare']:.0f} s, sweep {timings['sweep']:.0f} s, "
-        f"total {timings['total']:.0f} s",
+        f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build), "
+        f"runs {run_seconds(workdir):.0f} s (the sum of every run's wall time, over resumes); "
+        f"this invocation {timings['total']:.0f} s",
         f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
         f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
         f"{', '.join(FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
@@ -341,6 +345,12 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], mode:
     rundir.write_text(path, "\n".join(lines) + "\n" + body)
     rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
     return path
+
+
+def run_seconds(workdir: Path) -> float:
+    """Sum of the runs' wall time (status.json `wall_seconds`, which spans resumes)."""
+    return sum(float((rundir.read_json(d / rundir.STATUS_FILE) or {}).get("wall_seconds") or 0.0)
+               for d in (workdir / rundir.RUNS_SUBDIR).glob("*") if d.is_dir())
 
 
 def write_retention(cfg: ml_collections.ConfigDict, run_dir: Path, plain_data: Path,

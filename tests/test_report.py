@@ -543,3 +543,23 @@ def test_group_ci_includes_question_sampling_noise():
     assert 0.03 < (one["ci_high"] - one["ci_low"]) / 2 < 0.06  # ~1.96 * sqrt(.25 / 512) = 0.043
     seeds = aggregate_lib.final_ci([0.5, 0.6])
     assert seeds["how"] == "t over seeds" and seeds["ci_low"] < 0.5
+
+
+def test_collapse_is_judged_against_the_correct_implementation_when_step0_is_zero():
+    """A student that starts at ~0% cannot fall below its step 0, so its runs read "stable" at
+    0.0%. Under a defect variant, off-policy parts at 0% while the same methods reach ~88% when
+    implemented correctly ARE the study's collapse; pure on-policy at its correct level survives."""
+    agg = _world("stable")
+    for g in agg["groups"]:
+        start = 0.001
+        if g["method"] in claims_lib.OFF_POLICY_METHODS:
+            finals = [0.0, 0.0, 0.004] if g["variant"] == "defects" else [0.88, 0.87, 0.9]
+        else:
+            finals = [0.58, 0.6, 0.55]
+        g.update(_claim_group(g["method"], finals, start, ["stable"] * 3, variant=g["variant"]))
+    v = _by(report.study_claims(agg))
+    assert v[("Cliff pattern under `correct`", "correct")]["verdict"] == "no cliff"
+    assert v[("Cliff pattern under `defects`", "defects")]["verdict"] == "reproduces the study's cliff"
+    # judged against step 0 alone, 0.0% would count as "stable": no cliff
+    assert claims_lib.cliff_pattern({g["method"]: g for g in agg["groups"]
+                                     if g["variant"] == "defects"})[0] == "no cliff"

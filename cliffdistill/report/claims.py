@@ -192,23 +192,25 @@ def claim_seeding_best(groups: Mapping[str, Mapping], t: Optional[Thresholds] = 
                                        "; no significant winner (paired tests, Holm)")
 
 
-def _survives(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None) -> bool:
-    """A pure on-policy method survives a variant: most of its seeds do not end collapsed, and,
-    for a defect variant, its mean does not collapse relative to the same method implemented
-    correctly (`reference`) -- falling from 65% to 4% is not surviving because the step-0
-    student had 11%."""
+def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None) -> bool:
+    """A group collapses under a variant: most of its seeds end collapsed (vs their own step 0),
+    or, for a defect variant, its mean is collapsed relative to the same method implemented
+    correctly (`reference`). The second test is what makes "collapse" meaningful when the
+    step-0 student is already near 0% (nothing can fall below it: 0.0% would read "stable"):
+    ending at 0% where the correct implementation reaches 90% is the study's collapse, and
+    falling from 65% to 4% is not surviving because the step-0 student had 11%."""
     if _majority(g, "collapsed", t):
-        return False
-    if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
         return True
-    return stats.classify_status(g["final_mean"], reference["final_mean"]) != "collapsed"
+    if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
+        return False
+    return stats.classify_status(g["final_mean"], reference["final_mean"]) == "collapsed"
 
 
 def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]] = None,
                   t: Optional[Thresholds] = None) -> tuple[str, str]:
     """The study's picture in one rule: every method with an off-policy part collapses AND every
-    pure on-policy method survives (most seeds not collapsed; under a defect variant also not
-    collapsed relative to the correct implementation's result, `reference`).
+    pure on-policy method survives (`_collapses`: most seeds collapsed vs step 0, or, under a
+    defect variant, the mean collapsed relative to the correct implementation's, `reference`).
 
     reproduces the study's cliff: off-policy parts all collapse, pure on-policy all survive;
     destroys every method: everything collapses, pure on-policy included; no cliff: some method
@@ -221,12 +223,13 @@ def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str
         return "no data", ""
     evidence = "; ".join(_fmt_group(g) for g in off + on)
     if reference:
-        evidence += "; pure on-policy when implemented correctly: " + ", ".join(
-            f"{g['method']} {pct(reference[g['method']]['final_mean'])}" for g in on
+        evidence += "; when implemented correctly: " + ", ".join(
+            f"{g['method']} {pct(reference[g['method']]['final_mean'])}" for g in off + on
             if g["method"] in reference)
-    if not all(_majority(g, "collapsed", t) for g in off):
+    ref = reference or {}
+    if not all(_collapses(g, ref.get(g["method"]), t) for g in off):
         return NO_CLIFF, evidence
-    survived = [_survives(g, (reference or {}).get(g["method"]), t) for g in on]
+    survived = [not _collapses(g, ref.get(g["method"]), t) for g in on]
     if all(survived):
         return REPRODUCES, evidence
     return (DESTROYS if not any(survived) else "inconclusive"), evidence
@@ -258,10 +261,10 @@ RULES = {
                     "Holm-corrected at `eval.claims.alpha`: supported if teacher_seeded beats every other "
                     "method, contradicted if another method beats it, else no significant winner",
     "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
-                     "collapses AND every pure on-policy method survives (not collapsed vs its "
-                     "step 0, and under a defect variant not collapsed vs the same method "
-                     "implemented correctly); destroys every method if pure on-policy collapses "
-                     "too",
+                     "collapses AND every pure on-policy method survives; a group collapses when "
+                     "most seeds end collapsed vs their step 0 or, under a defect variant, its "
+                     "mean is collapsed vs the same method implemented correctly; destroys "
+                     "every method if pure on-policy collapses too",
     "defects_cause_cliff": "supported if some defect variant reproduces the cliff pattern and the "
                            "correct implementation does not; contradicted if the correct "
                            "implementation reproduces it; else inconclusive",
