@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cliffdistill import rundir, stats
+from cliffdistill import rundir, stats, sweep
 from cliffdistill import methods as methods_lib
 from cliffdistill.report.aggregate import summarize_run
 from cliffdistill.report.markdown import pct, pp, table
@@ -131,12 +131,12 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     c = ml_collections.ConfigDict()
     c.name = "toy study: the study's next steps"
     c.base_config = "configs/toy.py"
-    c.base_overrides = _nest(dict(base_overrides))
+    c.base_overrides = sweep.nest(dict(base_overrides))
     c.order = ("setup", "setup_label", "method", "seed")
     c.name_fields = tuple(f for f in zipped if f not in ("student.path", "teacher.path",
                                                          "data.path", "data.passage",
                                                          "data.context"))
-    c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
+    c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
 
@@ -146,17 +146,6 @@ def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 # ============================================================================ analysis

@@ -54,18 +54,6 @@ CLAIMS_FILE = "claims.json"
 RETENTION_JSON = "retention.json"
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"a.b": v} -> {"a": {"b": v}} (ConfigDict keys cannot contain dots)."""
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 def context_value(seed: int, values: Sequence[int]) -> int:
     """The hidden unit value of a context run: one per seed, cycling through the testbed's
     values, so three seeds see three different values (a method cannot win on one lucky value)."""
@@ -146,14 +134,14 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
     c.name = f"toy study ({mode.name})"
     c.base_config = "configs/toy.py"
     steps = steps or toy_config.STEPS // mode.step_divisor
-    c.base_overrides = _nest({
+    c.base_overrides = sweep.nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
         "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // 4,
         "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
     c.order = ("setup", "method", "seed")
     c.name_fields = ("setup", "method", "seed", *(f"ablation.{d}" for d in TRAINING_DEFECTS))
-    c.zip = _nest({k: tuple(v) for k, v in zipped.items()})
+    c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
 
@@ -380,6 +368,15 @@ def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> Non
                         prepared.testbed["context"]["retention_before"])
 
 
+def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigDict | None) -> Any:
+    """Step 1 of every main-job study: the (cached) toy testbed, its testbed.json in `workdir`."""
+    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
+    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
+    return prepared
+
+
 def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
              methods: tuple[str, ...] = METHODS, factorial_methods: tuple[str, ...] = FACTORIAL_METHODS,
@@ -387,10 +384,7 @@ def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
              ) -> tuple[Path, Any]:
     """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
     t0 = time.time()
-    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
-    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
-    workdir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg)
     t_prep = time.time() - t0
     cfg = sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
                        context_values=tuple(prepared.context_data))
@@ -415,10 +409,7 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     t0 = time.time()
-    print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
-    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
-    workdir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg)
     t_prep = time.time() - t0
     b = toy_config.BUDGET
     steps = steps or b.steps

@@ -128,6 +128,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- expansion
 
 
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a.b": v} -> {"a": {"b": v}}: dotted override fields as a sweep config section
+    (ConfigDict keys cannot contain dots)."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
 def _plain(value: Any) -> Any:
     """ConfigDicts / tuples -> JSON-able plain values (dicts, lists, scalars)."""
     if isinstance(value, ml_collections.ConfigDict):
