@@ -2,7 +2,7 @@
 
     python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the defect factorial
     python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
-    python -m cliffdistill.main --full     # 5 seeds per method, 3 per defect row
+    python -m cliffdistill.main --full     # 5 seeds per method, 3 per defect row, + defect pairs
     python -m cliffdistill.main --study extensions  # the study's next steps (docs/EXTENSIONS.md)
     python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
     python -m cliffdistill.main --publish  # ... and copy the results into docs/
@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ class Mode:
     defect_seeds: int  # seeds of each (defect combination, factorial method) row
     step_divisor: int = 1  # runs of STEPS // step_divisor steps
     each_defect: bool = True  # each defect alone and the bundle (False: the bundle only)
+    pairs: bool = False  # also every pair of defects
 
 
 MODES = {
@@ -77,21 +79,23 @@ MODES = {
     # the default (<= 30 min cold on 2 CPU cores): every verdict decided, fewer defect seeds
     "default": Mode("default", correct_seeds=3, defect_seeds=1),
     # the whole factorial at the issue's statistics: >= 5 correct seeds, >= 3 per defect row
-    "full": Mode("full", correct_seeds=5, defect_seeds=3),
+    "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True),
 }
 #: Methods of the defect factorial: pure on-policy, pure off-policy, mixed and seeded.
 FACTORIAL_METHODS = ("on_policy_gkd", "off_policy", "hybrid", "mixture", "kl_anchored",
                      "teacher_seeded")
 
 
-def defect_combinations(setup: str, methods: Sequence[str], each: bool = True
-                        ) -> list[tuple[str, ...]]:
+def defect_combinations(setup: str, methods: Sequence[str], each: bool = True,
+                        pairs: bool = False) -> list[tuple[str, ...]]:
     """The factorial's defect combinations on `setup`: each training defect alone (those that
-    touch one of `methods` there) and all of them together; `each=False`: the bundle only."""
+    touch one of `methods` there), every pair (`pairs`) and all of them together; `each=False`:
+    the bundle only."""
     applicable = tuple(d for d in setup_lib.TRAINING_DEFECTS
                        if any(setup_lib.defect_applies(d, m, setup) for m in methods))
     singles = [(d,) for d in applicable] if each else []
-    return singles + ([applicable] if len(applicable) > 1 or not each else [])
+    doubles = list(itertools.combinations(applicable, 2)) if pairs and len(applicable) > 2 else []
+    return singles + doubles + ([applicable] if len(applicable) > 1 or not each else [])
 
 
 def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[str]
@@ -103,7 +107,7 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
     rows = [(setup, m, seed, ()) for setup in SETUPS for m in methods
             for seed in range(mode.correct_seeds)]
     for setup in SETUPS:
-        for combo in defect_combinations(setup, factorial_methods, mode.each_defect):
+        for combo in defect_combinations(setup, factorial_methods, mode.each_defect, mode.pairs):
             rows += [(setup, m, seed, combo) for m in factorial_methods
                      if any(setup_lib.defect_applies(d, m, setup) for d in combo)
                      for seed in range(mode.defect_seeds)]
@@ -310,7 +314,7 @@ def write_results(workdir: Path, prepared: Any, timings: dict[str, float], mode:
         f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
         f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
         f"{', '.join(FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
-        "touch reuses its correct run; `--full`: 5 and 3 seeds)",
+        "touch reuses its correct run; `--full`: 5 and 3 seeds and every pair of defects)",
         "", "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
         *testbed_lines(tb), "",
         "## The study's claims on this testbed", "",
@@ -495,9 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cliffdistill.main", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="1 seed, 20-step runs")
+    mode.add_argument("--quick", action="store_true",
+                      help="1 seed, 20-step runs, the all-defects bundle only")
     mode.add_argument("--full", action="store_true",
-                      help="the whole factorial: 5 seeds per method, 3 per defect row")
+                      help="the whole factorial: 5 seeds per method, 3 per defect row, defect pairs")
     mode.add_argument("--smoke", action="store_true",
                       help="micro testbed, 2 methods x 4 steps (~1-2 min): checks an install")
     p.add_argument("--study", choices=("main", "extensions"), default="main",

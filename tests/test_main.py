@@ -41,8 +41,10 @@ def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_t
     combos = {(setup, defects) for setup, _, _, defects in rows if defects}
     for setup in ("size", "context"):
         singles = {d for s, c in combos if s == setup and len(c) == 1 for d in c}
-        bundle = [c for s, c in combos if s == setup and len(c) > 1]
+        pairs = [c for s, c in combos if s == setup and len(c) == 2]
+        bundle = [c for s, c in combos if s == setup and len(c) > 2]
         assert len(bundle) == 1 and set(bundle[0]) == singles
+        assert len(pairs) == len(singles) * (len(singles) - 1) // 2  # --full: every pair
         assert ("teacher_no_context" in singles) == (setup == "context")
     by_combo = {}
     for setup, method, seed, defects in rows:
