@@ -67,7 +67,8 @@ def arms(steps: int, max_new_tokens: int, lr: float, rank: int) -> list[Arm]:
     def knob_arms(method: str, knob: str, field: str, values: Sequence[Any],
                   default: Any) -> list[Arm]:
         return [Arm(f"sensitivity: {method}", f"{knob}={v:g}", SETUP,
-                    (("method", method), *(((field, v),) if v != default else ())),
+                    (("method", method), *(((field, v), *_valid_schedule(field, v, steps))
+                                           if v != default else ())),
                     reference=v == default, knob=knob, value=float(v)) for v in values]
 
     seed_max = methods_lib.seed_tokens(methods_lib.STUDY_SEED_FRACTION, max_new_tokens)
@@ -87,6 +88,16 @@ def arms(steps: int, max_new_tokens: int, lr: float, rank: int) -> list[Arm]:
         out.append(Arm("retrieval vs few-shot", f"{m}: passage teacher", "retrieval",
                        (("method", m),)))
     return out
+
+
+def _valid_schedule(field: str, value: Any, steps: int) -> tuple[tuple[str, Any], ...]:
+    """Fewer steps than the toy's phase boundaries would make the schedule config invalid (a
+    switch after the last step): such a knob value also moves the boundaries other methods use
+    (hybrid / reverse curriculum; not the seeding decay) to its last step -- nothing else."""
+    if field != "schedule.num_steps":
+        return ()
+    bounds = {"schedule.hybrid_switch_step": steps // 2, "schedule.reverse_switch_step": int(0.7 * steps)}
+    return tuple((f, value) for f, b in bounds.items() if b > value)
 
 
 def normal_form(setup: str, values: Mapping[str, Any], base: ml_collections.ConfigDict) -> tuple:
@@ -133,9 +144,9 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     c.base_config = "configs/toy.py"
     c.base_overrides = sweep.nest(dict(base_overrides))
     c.order = ("setup", "setup_label", "method", "seed")
-    c.name_fields = tuple(f for f in zipped if f not in ("student.path", "teacher.path",
-                                                         "data.path", "data.passage",
-                                                         "data.context"))
+    c.name_fields = tuple(f for f in zipped if f not in (
+        "student.path", "teacher.path", "data.path", "data.passage", "data.context",
+        "schedule.hybrid_switch_step", "schedule.reverse_switch_step"))  # follow num_steps
     c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
@@ -152,7 +163,8 @@ def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
 
 
 VARIED = ("method", "loss.on_policy", "loss.jsd_beta", "schedule.seed_max_tokens",
-          "schedule.seed_decay_steps", "lora.rank", "optim.lr", "schedule.num_steps")
+          "schedule.seed_decay_steps", "lora.rank", "optim.lr", "schedule.num_steps",
+          "schedule.hybrid_switch_step", "schedule.reverse_switch_step")
 
 
 def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str, Any],

@@ -51,6 +51,14 @@ def test_sweep_config_rows_set_every_varied_field(tmp_path):
     assert set(cfg.zip.setup) == {"size", "context"}
     passages = [p for p, c in zip(cfg.zip.data.passage, cfg.zip.data.context) if c == "passage"]
     assert all("1 zorp = " in p for p in passages)
+    # every arm's schedule is valid (the short-run arm moves the phase boundaries to its end)
+    from cliffdistill import sweep
+
+    base_cfg = sweep.load_config_file(cfg.base_config)
+    for spec in sweep.expand(cfg, base_cfg):
+        run = sweep.build_run_config(base_cfg, {f"schedule.{k}": v for k, v in
+                                                cfg.base_overrides.schedule.items()}, spec)
+        methods.validate_schedule_config(run.schedule)
 
 
 def _fake_run(workdir, name, cfg, start, final):
