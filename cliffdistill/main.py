@@ -414,7 +414,6 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
 
     t0 = time.time()
     prepared = _prepare(workdir, cache_dir, prepare_cfg)
-    t_prep = time.time() - t0
     b = toy_config.BUDGET
     steps = steps or b.steps
     base_overrides = {"eval.every": steps // 4, "checkpoint.every": steps,
@@ -430,7 +429,6 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
     # no REPORT.md: its (setup, method) groups would pool the arms (e.g. every LoRA rank)
     result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
                              baseline_fn=evaluate.run_baselines, write_report=False)
-    t_sweep = time.time() - t0 - t_prep
     print("[3/3] report", flush=True)
     rows = extensions.analyze(workdir, arms, base_overrides)
     extensions.plot(rows, workdir / "plots" / "extensions.png")
@@ -441,9 +439,11 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
         "extensions`", "",
         f"- date: {datetime.date.today().isoformat()}; machine: {m['platform']}, {m['cpus']} CPUs, "
         f"backend {m['backend']}, python {m['python']}, jax {m['jax']}",
-        f"- wall time: prepare {t_prep:.0f} s (cached when the main job ran first), sweep "
-        f"{t_sweep:.0f} s; {len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, "
-        f"{steps}-step runs, {len(result.failed)} failed)",
+        f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build, "
+        f"shared with the main job), runs {run_seconds(workdir):.0f} s (the sum of every run's "
+        f"wall time, over resumes), this invocation {time.time() - t0:.0f} s; "
+        f"{len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, {steps}-step "
+        f"runs unless an arm varies it, {len(result.failed)} failed)",
         f"- setups (testbed.json): objectives and sensitivity on the size setup (teacher "
         f"{_pct(tb['size']['teacher']['accuracy'])}, student "
         f"{_pct(tb['size']['student']['accuracy'])}, ground-truth oracle "
