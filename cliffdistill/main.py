@@ -172,7 +172,7 @@ def smoke_prepare_config() -> ml_collections.ConfigDict:
 SMOKE_OVERRIDES = {
     "data.n_train": 32, "data.n_fewshot": 16, "data.n_eval": 16, "data.context_k": 2,
     "rollout.batch_size": 8, "rollout.max_new_tokens": 16, "off_policy.max_new_tokens": 16,
-    "eval.max_new_tokens": 16, "eval.batch_size": 16,
+    "eval.max_new_tokens": 16, "eval.batch_size": 16, "eval.study_n": 16,
 }
 SMOKE_METHODS = ("on_policy_gkd", "off_policy")
 SMOKE_STEPS = 4
