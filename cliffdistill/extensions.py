@@ -29,7 +29,7 @@ import numpy as np
 
 from cliffdistill import rundir, stats, sweep
 from cliffdistill import methods as methods_lib
-from cliffdistill.report.aggregate import summarize_run
+from cliffdistill.report.aggregate import question_matrix, summarize_run
 from cliffdistill.report.markdown import pct, pp, table
 from cliffdistill.report.plots import pyplot
 
@@ -104,7 +104,7 @@ def normal_form(setup: str, values: Mapping[str, Any], base: ml_collections.Conf
     """(setup label, the fields that differ from `base`, plus the method): arms with equal normal
     forms share their runs, and a finished run is matched to its arms by it."""
     return (setup, tuple(sorted((f, v) for f, v in values.items()
-                                if f == "method" or v != _get(base, f))))
+                                if f == "method" or v != sweep.get_field(base, f))))
 
 
 def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -114,7 +114,7 @@ def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
     base = toy_config.get_config(SETUP)
     for field, value in base_overrides.items():
-        set_field(base, field, value)
+        sweep.set_field(base, field, value)
     return base
 
 
@@ -131,7 +131,7 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     for setup, overrides in distinct:
         values = dict(overrides)
         for seed in range(seeds):
-            row = {f: values.get(f, _get(base, f)) for f in fields}
+            row = {f: values.get(f, sweep.get_field(base, f)) for f in fields}
             v = int(context_values[seed % len(context_values)])
             # every row sets the fields only some setups change (zip rows are uniform)
             row.update({"seed": seed, "setup": "size" if setup == "size" else "context",
@@ -152,13 +152,6 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     return c
 
 
-def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 # ============================================================================ analysis
 
 
@@ -168,9 +161,11 @@ VARIED = ("method", "loss.on_policy", "loss.jsd_beta", "schedule.seed_max_tokens
 
 
 def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str, Any],
-            n_boot: int = 2000, alpha: float = 0.05) -> list[dict[str, Any]]:
+            thresholds: ml_collections.ConfigDict | None = None) -> list[dict[str, Any]]:
     """Per arm: its runs' step-0 and final accuracy, the two-way bootstrap CI, and (non-reference
-    arms) the paired difference to the part's reference with a Holm-adjusted p inside the part."""
+    arms) the paired difference to the part's reference with a Holm-adjusted p inside the part
+    (`thresholds`: `eval.claims` -- n_boot, alpha; default `stats.default_claim_thresholds`)."""
+    t = thresholds or stats.default_claim_thresholds()
     base = arm_base(base_overrides)
     runs = []
     for entry in json.loads((workdir / "sweep.json").read_text())["runs"]:
@@ -178,7 +173,7 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
             workdir / rundir.RUNS_SUBDIR / entry["name"] / rundir.CONFIG_FILE) or {})
         if "method" not in cfg:
             continue  # never started
-        key = normal_form(cfg.get("setup_label") or cfg.setup, {f: _get(cfg, f) for f in VARIED},
+        key = normal_form(cfg.get("setup_label") or cfg.setup, {f: sweep.get_field(cfg, f) for f in VARIED},
                           base)
         runs.append((key, summarize_run(workdir, {"name": entry["name"]}, {})))
     rows = []
@@ -189,30 +184,16 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
         row = {"part": arm.part, "label": arm.label, "setup": arm.setup, "reference": arm.reference,
                "knob": arm.knob, "value": arm.value, "n_seeds": len(mine),
                "start": float(np.mean([s["start_accuracy"] for s in mine])) if mine else None}
-        if mine:
-            mat = _matrix(mine, "final_per_question")
-            row["final"], row["low"], row["high"] = stats.bootstrap_ci(mat, n_boot=n_boot)
-            row["_final"], row["_start"] = mat, _matrix(mine, "start_per_question")
+        mat = question_matrix([s["final_per_question"] for s in mine])
+        if mat is not None:
+            row["final"], row["low"], row["high"] = stats.bootstrap_ci(mat, n_boot=t.n_boot)
+            row["_final"] = mat
         rows.append(row)
     for part in dict.fromkeys(r["part"] for r in rows):
-        _compare(rows, part, n_boot, alpha)
+        _compare(rows, part, t.n_boot, t.alpha)
     for r in rows:
         r.pop("_final", None)
-        r.pop("_start", None)
     return rows
-
-
-def set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    with cfg.unlocked():
-        node[leaf] = value
-
-
-def _matrix(runs: Sequence[Mapping[str, Any]], field: str) -> np.ndarray:
-    return np.array([[c == "1" for c in r[field]] for r in runs], dtype=np.float64)
 
 
 def _compare(rows: list[dict[str, Any]], part: str, n_boot: int, alpha: float) -> None:

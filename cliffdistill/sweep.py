@@ -193,7 +193,8 @@ def _flatten(tree: Any, what: str, leaves_are_lists: bool) -> dict[str, Any]:
     return out
 
 
-def _get_field(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+def get_field(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    """``cfg.<dotted>`` (KeyError naming the missing part)."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -202,7 +203,8 @@ def _get_field(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
     return node
 
 
-def _set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any, where: str) -> None:
+def set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any,
+              where: str = "overrides") -> None:
     """Set ``cfg.<dotted>`` with ConfigDict's type checks; errors name the sweep field."""
     parts = dotted.split(".")
     node: Any = cfg
@@ -314,9 +316,9 @@ def build_run_config(
     cfg = copy.deepcopy(base)
     sources = sources or {}
     for field, value in base_overrides.items():
-        _set_field(cfg, field, value, "base_overrides")
+        set_field(cfg, field, value, "base_overrides")
     for field, value in spec.overrides.items():
-        _set_field(cfg, field, value, sources.get(field, "product/zip"))
+        set_field(cfg, field, value, sources.get(field, "product/zip"))
     with cfg.unlocked():
         cfg.name = spec.name
     return cfg
@@ -378,7 +380,7 @@ def config_hash(cfg: ml_collections.ConfigDict) -> str:
 def _key_fields(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     def get(field: str, default: Any) -> Any:
         try:
-            return _plain(_get_field(cfg, field))
+            return _plain(get_field(cfg, field))
         except KeyError:
             return default
 

@@ -17,9 +17,9 @@ quote() {
 }
 
 join_quoted() {
-  local out="" w
+  local joined="" w
   for w in "$@"; do
-    out+="${out:+ }$(quote "$w")"
+    joined+="${joined:+ }$(quote "$w")"
   done
-  printf '%s' "$out"
+  printf '%s' "$joined"
 }

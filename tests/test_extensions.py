@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cliffdistill import extensions, methods, rundir
+from cliffdistill import extensions, methods, rundir, stats, sweep
 from configs import toy as toy_config
 
 STEPS, BUDGET, LR, RANK = 40, 128, 3e-3, 8
@@ -52,8 +52,6 @@ def test_sweep_config_rows_set_every_varied_field(tmp_path):
     passages = [p for p, c in zip(cfg.zip.data.passage, cfg.zip.data.context) if c == "passage"]
     assert all("1 zorp = " in p for p in passages)
     # every arm's schedule is valid (the short-run arm moves the phase boundaries to its end)
-    from cliffdistill import sweep
-
     base_cfg = sweep.load_config_file(cfg.base_config)
     for spec in sweep.expand(cfg, base_cfg):
         run = sweep.build_run_config(base_cfg, {f"schedule.{k}": v for k, v in
@@ -86,12 +84,14 @@ def test_analyze_pairs_each_arm_with_its_reference(tmp_path):
         for seed in range(3):
             cfg = toy_config.get_config(extensions.SETUP)
             for field, value in {**BASE, **dict(arm.overrides), "seed": seed}.items():
-                extensions.set_field(cfg, field, value)
+                sweep.set_field(cfg, field, value)
             name = f"{arm.label}-{seed}".replace(" ", "_").replace("(", "").replace(")", "")
             _fake_run(tmp_path, name, cfg, start, finals[seed])
             entries.append({"name": name})
     rundir.write_json(tmp_path / "sweep.json", {"runs": entries})
-    rows = {r["label"]: r for r in extensions.analyze(tmp_path, arms, BASE, n_boot=500)}
+    t = stats.default_claim_thresholds()
+    t.n_boot = 500
+    rows = {r["label"]: r for r in extensions.analyze(tmp_path, arms, BASE, t)}
     ref, jsd0, dpo = rows[arms[0].label], rows[arms[1].label], rows[arms[4].label]
     assert ref["reference"] and ref["n_seeds"] == 3 and ref["final"] == pytest.approx(worse.mean())
     assert ref["low"] < ref["final"] < ref["high"] and ref["start"] == pytest.approx(start.mean())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ml_collections
+import numpy as np
 
 from cliffdistill import methods, rundir, stats
 from cliffdistill.rundir import BASELINE_TITLES, read_json, read_jsonl
@@ -200,13 +201,21 @@ def _group_sort_key(key: tuple[str, str, str]) -> tuple:
     return (setup, method_rank(method), variant != CORRECT, variant)
 
 
+def question_matrix(per_question: Sequence[Optional[str]]) -> Optional[np.ndarray]:
+    """[seeds, questions] 0/1 matrix from the runs' `per_question` strings ("1"/"0" per held-out
+    question), or None when a run did not record one or the runs differ in questions."""
+    rows = list(per_question)
+    if not rows or not all(rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return np.array([[c == "1" for c in r] for r in rows], dtype=np.float64)
+
+
 def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = ()) -> dict:
     """Mean and 95% CI of a group's final accuracy: the two-way bootstrap over seeds x questions
     when every run recorded per-question results on the same questions (the CI then includes
     question-sampling noise, and one seed still gets an interval), else a t-interval over seeds."""
-    rows = list(per_question)
-    if rows and all(rows) and len({len(r) for r in rows}) == 1 and len(rows) == len(values):
-        matrix = [[c == "1" for c in r] for r in rows]
+    matrix = question_matrix(per_question)
+    if matrix is not None and len(matrix) == len(values):
         mean, low, high = stats.bootstrap_ci(matrix, n_boot=2000)
         how = "seeds x questions bootstrap"
     else:

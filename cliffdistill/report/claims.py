@@ -10,7 +10,7 @@ import numpy as np
 
 from cliffdistill import methods, stats, testbed
 from cliffdistill import setup as setup_lib
-from cliffdistill.report.aggregate import CORRECT
+from cliffdistill.report.aggregate import CORRECT, question_matrix
 from cliffdistill.report.markdown import finite, pct, pp, table
 
 
@@ -124,10 +124,7 @@ def _claim_on_policy_works(groups: Mapping[str, Mapping], t: Optional[Thresholds
 
 def _matrix(g: Mapping, field: str = "final_per_question") -> Optional[np.ndarray]:
     """[seeds, questions] 0/1 matrix of a group's evals, or None when a run did not record it."""
-    rows = g.get(field) or []
-    if not rows or any(not r for r in rows) or len({len(r) for r in rows}) != 1:
-        return None
-    return np.array([[c == "1" for c in r] for r in rows], dtype=np.float64)
+    return question_matrix(g.get(field) or [])
 
 
 def pairwise(groups: Mapping[str, Mapping], n_boot: int = 2000) -> dict[tuple[str, str], dict]:
