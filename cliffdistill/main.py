@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
 import itertools
 import json
 import logging
@@ -179,11 +180,22 @@ SMOKE_STEPS = 4
 FLAGS = {"quick": " --quick", "default": "", "full": " --full", "smoke": " --smoke"}
 
 
-def run_smoke(workdir: Path, cache_dir: Path) -> tuple[Path, Any]:
+def run_smoke(workdir: Path, cache_dir: Path, workers: int = 1) -> tuple[Path, Any]:
     """The micro main job: 2 methods x 4 steps x 1 seed, correct and the all-defects bundle."""
     return run_main(workdir, cache_dir, dataclasses.replace(MODES["quick"], name="smoke"),
                     prepare_cfg=smoke_prepare_config(), methods=SMOKE_METHODS,
-                    factorial_methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES)
+                    factorial_methods=SMOKE_METHODS, steps=SMOKE_STEPS, overrides=SMOKE_OVERRIDES,
+                    workers=workers)
+
+
+def default_workers() -> int:
+    """Runs at once by default: on CPU one per core (one small toy run keeps ~1.4 of 2 cores
+    busy; two at once finish ~1.6x sooner, measured), at most 4; on an accelerator 1 (each
+    worker process would claim the device)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
 
 
 def machine() -> dict[str, Any]:
@@ -297,7 +309,7 @@ def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode: Mode,
-                  sweep_cfg: ml_collections.ConfigDict) -> Path:
+                  sweep_cfg: ml_collections.ConfigDict, workers: int = 1) -> Path:
     """RESULTS.md: when/where/how it ran, the testbed's checks, the verdicts, the report."""
     agg = report.aggregate(workdir)
     tb = prepared.testbed
@@ -309,8 +321,8 @@ def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode:
         f"- machine: {m['platform']}, {m['cpus']} CPUs, backend {m['backend']}, "
         f"python {m['python']}, jax {m['jax']}",
         f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build), "
-        f"runs {run_seconds(workdir):.0f} s (the sum of every run's wall time, over resumes); "
-        f"this invocation {invocation_seconds:.0f} s",
+        f"runs {run_seconds(workdir):.0f} s (the sum of every run's wall time, over resumes, "
+        f"{workers} at a time); this invocation {invocation_seconds:.0f} s",
         f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
         f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
         f"{', '.join(FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
@@ -364,6 +376,13 @@ def write_retention(cfg: ml_collections.ConfigDict, run_dir: Path, plain_data: P
     return record
 
 
+def run_cost(cfg: ml_collections.ConfigDict) -> float:
+    """A toy run's relative cost, for the order runs start in with several workers: its steps,
+    x2 on the context setup (the 114k-parameter student and a 3x longer teacher view: 2-3x the
+    seconds per step of a size run, measured in docs/PERFORMANCE.md)."""
+    return methods_lib.num_steps(cfg.method, cfg.schedule) * (2.0 if cfg.setup == "context" else 1.0)
+
+
 def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> None:
     """One sweep run: train, then (context setup) the retention eval."""
     train.run(cfg, run_dir, progress=False)
@@ -372,10 +391,12 @@ def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> Non
                         prepared.testbed["context"]["retention_before"])
 
 
-def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigDict | None) -> Any:
+def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigDict | None,
+             workers: int = 1) -> Any:
     """Step 1 of every main-job study: the (cached) toy testbed, its testbed.json in `workdir`."""
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
-    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True))
+    prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True),
+                           workers=workers)
     workdir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(workdir / testbed_lib.TESTBED_JSON, prepared.testbed)
     return prepared
@@ -384,18 +405,19 @@ def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigD
 def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
              methods: tuple[str, ...] = METHODS, factorial_methods: tuple[str, ...] = FACTORIAL_METHODS,
-             steps: int | None = None, overrides: dict[str, Any] | None = None
-             ) -> tuple[Path, Any]:
-    """prepare -> sweep -> report; returns (RESULTS.md path, the sweep result)."""
+             steps: int | None = None, overrides: dict[str, Any] | None = None,
+             workers: int = 1) -> tuple[Path, Any]:
+    """prepare -> sweep (`workers` runs at once) -> report; returns (RESULTS.md path, the sweep
+    result)."""
     t0 = time.time()
-    prepared = _prepare(workdir, cache_dir, prepare_cfg)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers)
     cfg = sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
                        context_values=tuple(prepared.context_data))
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
-    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: run_one(c, d, prepared),
-                             baseline_fn=evaluate.run_baselines)
+    result = sweep.run_sweep(cfg, workdir, run_fn=functools.partial(run_one, prepared=prepared),
+                             baseline_fn=evaluate.run_baselines, workers=workers, cost=run_cost)
     print("[3/3] report", flush=True)
-    path = write_results(workdir, prepared, time.time() - t0, mode, cfg)
+    path = write_results(workdir, prepared, time.time() - t0, mode, cfg, workers)
     print(f"done in {time.time() - t0:.0f} s: {path} ({len(result.failed)} failed runs)")
     print("\n".join(toy_claims_summary(workdir)))
     return path, result
@@ -404,13 +426,14 @@ def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
 def run_extensions(workdir: Path, cache_dir: Path, *,
                    prepare_cfg: ml_collections.ConfigDict | None = None,
                    seeds: int = extensions.SEEDS, steps: int | None = None,
-                   overrides: dict[str, Any] | None = None) -> tuple[Path, Any]:
+                   overrides: dict[str, Any] | None = None, workers: int = 1
+                   ) -> tuple[Path, Any]:
     """The study's proposed next steps (cliffdistill.extensions) on the toy testbed: prepare
     (cached) -> the arms' runs -> EXTENSIONS.md with tables, a plot, CIs and paired tests."""
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     t0 = time.time()
-    prepared = _prepare(workdir, cache_dir, prepare_cfg)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers)
     b = toy_config.BUDGET
     steps = steps or b.steps
     base_overrides = {"eval.every": steps // 4, "checkpoint.every": steps,
@@ -424,8 +447,9 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
                                   base_overrides, seeds)
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
     # no REPORT.md: its (setup, method) groups would pool the arms (e.g. every LoRA rank)
-    result = sweep.run_sweep(cfg, workdir, run_fn=lambda c, d: train.run(c, d, progress=False),
-                             baseline_fn=evaluate.run_baselines, write_report=False)
+    result = sweep.run_sweep(cfg, workdir, run_fn=functools.partial(train.run, progress=False),
+                             baseline_fn=evaluate.run_baselines, write_report=False,
+                             workers=workers, cost=run_cost)
     print("[3/3] report", flush=True)
     rows = extensions.analyze(workdir, arms, base_overrides)
     extensions.plot(rows, workdir / "plots" / "extensions.png")
@@ -438,7 +462,7 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
         f"backend {m['backend']}, python {m['python']}, jax {m['jax']}",
         f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build, "
         f"shared with the main job), runs {run_seconds(workdir):.0f} s (the sum of every run's "
-        f"wall time, over resumes), this invocation {time.time() - t0:.0f} s; "
+        f"wall time, over resumes, {workers} at a time), this invocation {time.time() - t0:.0f} s; "
         f"{len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, {steps}-step "
         f"runs unless an arm varies it, {len(result.failed)} failed)",
         f"- setups (testbed.json): objectives and sensitivity on the size setup (teacher "
@@ -508,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: runs/main (runs/main_quick, runs/main_full, runs/main_smoke)")
     p.add_argument("--cache_dir", default=None,
                    help="toy testbed cache (default $CLIFFDISTILL_CACHE or ~/.cache/cliffdistill)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once, each in a worker process (default: one per CPU core, "
+                        "at most 4, on CPU; 1 on an accelerator)")
     p.add_argument("--publish", action="store_true",
                    help="copy RESULTS.md, plots, testbed.json and claims.json into docs/")
     args = p.parse_args(argv)
@@ -531,12 +558,15 @@ def main(argv: list[str] | None = None) -> int:
     # command, not by run_main: the setting is process-global and would follow a library caller.
     jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    workers = args.workers or default_workers()
+    if workers < 1:
+        p.error(f"--workers must be >= 1, got {workers}")
     if args.smoke:
-        _, result = run_smoke(workdir, cache_dir)
+        _, result = run_smoke(workdir, cache_dir, workers)
     elif name == "extensions":
-        _, result = run_extensions(workdir, cache_dir)
+        _, result = run_extensions(workdir, cache_dir, workers=workers)
     else:
-        _, result = run_main(workdir, cache_dir, MODES[name])
+        _, result = run_main(workdir, cache_dir, MODES[name], workers=workers)
     if args.publish:
         out = (publish_extensions if name == "extensions" else publish)(workdir, repo / "docs")
         print("published:", ", ".join(str(p) for p in out))

@@ -28,17 +28,19 @@ from cliffdistill.setup import Setup
 log = logging.getLogger(__name__)
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p.tobytes() if isinstance(p, np.ndarray) else repr(p).encode())
     return h.hexdigest()[:20]
 
 
-def _checkpoint_identity(path: str) -> tuple:
-    """What identifies a teacher checkpoint: its resolved path and its files' sizes and mtimes."""
+def checkpoint_identity(path: str) -> tuple:
+    """What identifies a checkpoint: its resolved path and its weight, config and tokenizer
+    files' sizes and mtimes."""
     root = Path(path).resolve()
-    files = sorted(root.glob("*.safetensors")) + [root / "config.json"]
+    files = (sorted(root.glob("*.safetensors")) + [root / "config.json"]
+             + sorted(root.glob("tokenizer*.json")))
     return (str(root),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
@@ -50,7 +52,7 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     c = s.cfg.off_policy
     teacher_path = s.cfg.teacher.path or s.cfg.student.path
-    key = _digest(_checkpoint_identity(teacher_path), s.cfg.teacher.dtype, s.train.teacher,
+    key = digest(checkpoint_identity(teacher_path), s.cfg.teacher.dtype, s.train.teacher,
                   s.train.teacher_mask, c.temperature, c.max_new_tokens, c.seed, s.eos_ids,
                   s.cfg.moe_impl)
     file = cache_dir / f"teacher_samples_{key}.npz"

@@ -1,7 +1,7 @@
 r"""Sweeps: expand a sweep config into runs, run them resumably in-process, then write the report.
 
     python -m cliffdistill.sweep --config configs/sweeps/toy_quick.py --workdir DIR \
-        [--shard i/n] [--retry_failed] [--dry_run] [--config.product.seed='(0, 1)']
+        [--shard i/n] [--workers N] [--retry_failed] [--dry_run] [--config.product.seed='(0, 1)']
 
 A sweep config (``get_config()`` -> ConfigDict) has
 
@@ -22,7 +22,9 @@ A sweep config (``get_config()`` -> ConfigDict) has
 * ``name`` (optional): the sweep's title in the report.
 
 Runs execute **in this process, one after another**, so jit caches are shared by runs with equal
-shapes.  The runner is resumable and idempotent: ``DIR/runs/<name>/status.json`` with state
+shapes; ``--workers N`` runs N at once in worker processes that each live for the whole sweep
+(CPU: one small run keeps neither core of a 2-core machine busy; leave it at 1 on an
+accelerator).  The runner is resumable and idempotent: ``DIR/runs/<name>/status.json`` with state
 ``done`` means skip; a run that raises is recorded as ``failed`` (error + traceback tail) and the
 sweep goes on; failed runs are re-run only with ``--retry_failed``; ``KeyboardInterrupt`` /
 ``SystemExit`` stop the sweep and leave the run to be redone next time.  A run left ``running``
@@ -58,6 +60,7 @@ from cliffdistill import report, validation
 from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
                                  SWEEP_FILE, Preempted, last_metric_step, owner_fields, read_json, run_state,
                                  safe_name, write_json)
+from cliffdistill.workers import pool as worker_pool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_FN = "cliffdistill.train:run"
@@ -494,6 +497,65 @@ def _finish_status(path: Path, seconds: float) -> str:
     return "done"
 
 
+Outcome = tuple[str, float, str]  # (done | failed | preempted, seconds, the preemption message)
+
+
+def _execute(cfg: ml_collections.ConfigDict, rdir: Path, run_fn: RunFn) -> Outcome:
+    """Trains one run into ``rdir``. A run that raises is recorded as ``failed`` (the sweep goes
+    on); Preempted is returned as ``preempted`` (it may come from a worker process)."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    # Mark it running, with this process as owner: a retried run must not keep its old "failed"
+    # if run_fn writes no status, and if this process is killed the run reads as stale.
+    write_json(rdir / STATUS_FILE, {"state": "running", "error": None, **owner_fields()})
+    t0 = time.monotonic()
+    try:
+        run_fn(cfg, rdir)
+    except Preempted as exc:
+        return "preempted", time.monotonic() - t0, str(exc)
+    except Exception as exc:  # noqa: BLE001 - any run error is recorded; the sweep goes on
+        seconds = time.monotonic() - t0
+        _record_failure(rdir, exc, seconds)
+        return "failed", seconds, ""
+    seconds = time.monotonic() - t0
+    return _finish_status(rdir, seconds), seconds, ""
+
+
+def _execute_task(item: tuple[int, tuple[ml_collections.ConfigDict, Path, RunFn]]
+                  ) -> tuple[int, Outcome]:
+    i, task = item
+    return i, _execute(*task)
+
+
+def costliest_first(costs: Sequence[float]) -> list[int]:
+    """Indices in the order workers should start them: the costliest first (so no worker is
+    left alone with a long run at the end), the given order among equal costs."""
+    return sorted(range(len(costs)), key=lambda i: -costs[i])
+
+
+def _execute_all(tasks: list[tuple[ml_collections.ConfigDict, Path, RunFn]], workers: int):
+    """Yields (task index, ``_execute``'s outcome) as the tasks finish.
+
+    ``workers > 1`` trains that many runs at once, each in a worker process (`cliffdistill.workers`)
+    that lives for the whole sweep (so its jit caches serve every run it takes); tasks go to
+    whichever worker is free. The run function must be picklable (a module-level function or a
+    ``functools.partial`` of one). An interrupt terminates the workers: their runs read as stale
+    and are redone on resume."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_execute_task, enumerate(tasks))
+        return
+    pool = worker_pool(min(workers, len(tasks)))
+    try:
+        # chunksize 1: runs take seconds to minutes, so dispatch cost is nothing and the
+        # next free worker takes the next run
+        yield from pool.imap_unordered(_execute_task, enumerate(tasks), chunksize=1)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 # ----------------------------------------------------------------------------- runner
 
 
@@ -508,8 +570,11 @@ def run_sweep(
     base: Optional[ml_collections.ConfigDict] = None,
     stale_after: float = STALE_AFTER_SECONDS,
     write_report: bool = True,
+    workers: int = 1,
+    cost: Optional[Callable[[ml_collections.ConfigDict], float]] = None,
 ) -> SweepResult:
-    """Run (this shard of) a sweep in-process, sequentially; resumable; then write the report.
+    """Run (this shard of) a sweep (in-process, or in `workers` processes); resumable; then
+    write the report.
 
     ``run_fn(run_config, run_dir)`` trains one run and leaves the run-dir contract behind
     (config.json, metrics.jsonl, eval.jsonl, status.json).  ``baseline_fn(setup_config, out_path)``
@@ -518,7 +583,10 @@ def run_sweep(
     ``base`` replaces loading ``sweep_cfg.base_config`` (tests).  ``stale_after``: seconds without a
     heartbeat after which a ``running`` run counts as dead (``rundir.staleness``).
     ``write_report=False``: a caller with its own report (whose arms the standard report's
-    (setup, method, variant) groups would pool) skips REPORT.md.
+    (setup, method, variant) groups would pool) skips REPORT.md.  ``workers > 1``: that many runs
+    at once in worker processes (``_execute_all``; ``run_fn`` must then be picklable); ``cost``
+    (a run config -> its relative cost) makes them start the costliest runs first, so no worker
+    is left alone with a long run at the end (only the order changes, never a result).
     """
     validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     workdir = Path(workdir)
@@ -537,55 +605,49 @@ def run_sweep(
     ran: list[str] = []
     skipped: list[str] = []
     failed: list[str] = []
-    durations: list[float] = []
-    t_start = time.monotonic()
+    todo: list[tuple[int, int]] = []  # (position in this shard, run index)
     for pos, idx in enumerate(selected):
-        spec, cfg = specs[idx], configs[idx]
-        rdir = run_dir(workdir, spec.name)
-        state = run_state(rdir, stale_after)
+        name = specs[idx].name
+        state = run_state(run_dir(workdir, name), stale_after)
         if state in ("done", "running") or (state == "failed" and not retry_failed):
-            skipped.append(spec.name)
+            skipped.append(name)
             if state == "failed":
-                failed.append(spec.name)
-            log(f"{pos + 1}/{len(selected)} skip ({state}) {spec.name}")
+                failed.append(name)
+            log(f"{pos + 1}/{len(selected)} skip ({state}) {name}")
             continue
         if state == "stale":
-            log(f"{pos + 1}/{len(selected)} re-running stale run {spec.name} (its process died)")
-        rdir.mkdir(parents=True, exist_ok=True)
-        # Mark it running, with this process as owner: a retried run must not keep its old "failed"
-        # if run_fn writes no status, and if this process is killed the run reads as stale.
-        write_json(rdir / STATUS_FILE, {"state": "running", "error": None, **owner_fields()})
-        t0 = time.monotonic()
-        try:
-            run_fn(cfg, rdir)
-        except Preempted:
-            log(f"{pos + 1}/{len(selected)} preempted {spec.name}: stopping the sweep "
+            log(f"{pos + 1}/{len(selected)} re-running stale run {name} (its process died)")
+        todo.append((pos, idx))
+
+    if workers > 1 and cost is not None:
+        todo = [todo[i] for i in costliest_first([cost(configs[idx]) for _, idx in todo])]
+    durations: list[float] = []
+    t_start = time.monotonic()
+    tasks = [(configs[idx], run_dir(workdir, specs[idx].name), run_fn) for _, idx in todo]
+    for i, (outcome, seconds, message) in _execute_all(tasks, workers):
+        pos, idx = todo[i]
+        name = specs[idx].name
+        if outcome == "preempted":
+            log(f"{pos + 1}/{len(selected)} preempted {name}: stopping the sweep "
                 "(re-run the same command to resume)")
-            raise
-        except Exception as exc:  # noqa: BLE001 - any run error is recorded; the sweep goes on
-            seconds = time.monotonic() - t0
-            _record_failure(rdir, exc, seconds)
-            outcome = "failed"
-        else:
-            seconds = time.monotonic() - t0
-            outcome = _finish_status(rdir, seconds)
-        ran.append(spec.name)
+            raise Preempted(message)
+        ran.append(name)
         if outcome == "failed":
-            failed.append(spec.name)
+            failed.append(name)
         durations.append(seconds)
-        remaining = sum(
-            1
-            for j in selected[pos + 1 :]
-            if run_state(run_dir(workdir, specs[j].name)) not in ("done", "failed")
-        )
-        eta = (sum(durations) / len(durations)) * remaining
+        remaining = len(todo) - len(durations)
+        # `workers` runs at a time: the mean run time over `workers` per remaining run
+        eta = sum(durations) / len(durations) * remaining / max(1, min(workers, remaining))
         finished = sum(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
         log(
-            f"{pos + 1}/{len(selected)} {outcome} {spec.name} in {_fmt_seconds(seconds)}; "
+            f"{len(durations)}/{len(todo)} {outcome} {name} in {_fmt_seconds(seconds)}; "
             f"elapsed {_fmt_seconds(time.monotonic() - t_start)}, ETA {_fmt_seconds(eta)}; "
             f"sweep {finished}/{len(specs)} finished" + (f", {len(failed)} failed here" if failed else "")
         )
 
+    order = {s.name: i for i, s in enumerate(specs)}  # workers finish out of order
+    ran.sort(key=order.__getitem__)
+    failed.sort(key=order.__getitem__)
     all_finished = all(run_state(run_dir(workdir, s.name)) in ("done", "failed") for s in specs)
     report_written = False
     if write_report and (shard[0] == 0 or all_finished):
@@ -686,6 +748,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("workdir", None, "Sweep directory (runs/, baselines/, REPORT.md, ...).")
     flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
+    flags.DEFINE_integer("workers", 1, "Runs at once, each in a worker process (CPU hosts).")
     flags.DEFINE_bool("retry_failed", False, "Re-run runs whose status.json says failed.")
     flags.DEFINE_bool("dry_run", False, "List the runs and their state; run nothing.")
     flags.DEFINE_float("stale_after_s", STALE_AFTER_SECONDS, "A `running` run whose heartbeat is "
@@ -711,7 +774,8 @@ def main(argv: Sequence[str]) -> None:
     run_fn = resolve_callable(f.run_fn)
     baseline_fn = resolve_callable(f.baseline_fn) if f.config.get("baselines", False) else None
     result = run_sweep(f.config, workdir, run_fn, baseline_fn, shard=shard,
-                       retry_failed=f.retry_failed, stale_after=f.stale_after_s)
+                       retry_failed=f.retry_failed, stale_after=f.stale_after_s,
+                       workers=f.workers)
     _log(
         f"shard {shard[0]}/{shard[1]}: ran {len(result.ran)}, skipped {len(result.skipped)}, "
         f"failed {len(result.failed)} of {len(result.selected)} (sweep total {result.total})"

@@ -28,6 +28,7 @@ Everything goes through the same HF load / prompt / grade path as a real checkpo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,6 +45,7 @@ import numpy as np
 import optax
 
 from cliffdistill import evaluate, methods, testbed, train
+from cliffdistill import workers as workers_lib
 from cliffdistill.data import gsm8k, prompts, synthetic, toy_corpus, toy_tokenizer
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, lora as lora_lib, transformer
@@ -507,9 +509,18 @@ def _pretrain_model(root: Path, name: str, m: ml_collections.ConfigDict, c: ml_c
             "config": m.to_dict()}
 
 
+def _pretrain_saved_tokenizer(root: Path, name: str, m: ml_collections.ConfigDict,
+                              c: ml_collections.ConfigDict, tokenizer_dir: Path, seed: int
+                              ) -> dict[str, Any]:
+    """`_pretrain_model` in a worker process: the tokenizer comes from its saved files."""
+    return _pretrain_model(root, name, m, c, toy_tokenizer.load_tokenizer(tokenizer_dir), seed,
+                           say=lambda line: print(line, flush=True))
+
+
 def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
-            say: Callable[[str], None] = print) -> Prepared:
-    """Builds (or reuses) the toy testbed under cache_dir/<config hash>/ and its testbed.json."""
+            say: Callable[[str], None] = print, workers: int = 1) -> Prepared:
+    """Builds (or reuses) the toy testbed under cache_dir/<config hash>/ and its testbed.json;
+    `workers` > 1 pretrains the teacher and the student at once (`cliffdistill.workers`)."""
     c = c or default_prepare_config()
     root = Path(cache_dir) / f"toy-{_key(c)}"
     done = root / "prepared.json"
@@ -527,9 +538,6 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     data = write_data(root, c)
     timings: dict[str, float] = {}
     report: dict[str, Any] = {"vocab_size": len(tok)}
-    report["teacher"] = _pretrain_model(root, "teacher", c.teacher, c, tok, c.seed + 1, say)
-    timings["teacher"] = report["teacher"]["seconds"]
-
     dev = gsm8k.load_jsonl(data.size / "dev.jsonl")
     snapshots: dict[int, float] = {}
 
@@ -537,7 +545,19 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
         snapshots[step] = accuracy(Model.load(path), dev, c)
         say(f"  student candidate: step {step}, dev accuracy {snapshots[step]:.1%}")
 
-    report["student"] = _pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say, pick)
+    # The two pretrainings are independent: with `workers` > 1 the teacher trains in a worker
+    # process while the student trains here (the same programs, so the same weights).
+    teacher_args = (root, "teacher", c.teacher, c, paths["tokenizer"], c.seed + 1)
+    with (workers_lib.pool(1) if workers > 1 else contextlib.nullcontext()) as pool:
+        teacher = (pool.apply_async(_pretrain_saved_tokenizer, teacher_args) if pool is not None
+                   else None)
+        if teacher is None:
+            report["teacher"] = _pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
+        report["student"] = _pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
+                                            pick)
+        if teacher is not None:
+            report["teacher"] = teacher.get()
+    timings["teacher"] = report["teacher"]["seconds"]
     timings["student"] = report["student"]["seconds"]
     eligible = [st for st, acc in snapshots.items() if acc <= c.student.max_accuracy]
     if not eligible:

@@ -299,11 +299,35 @@ def update_step(c: Context, state: dict[str, Any], batch: dict[str, Any], plan: 
 # ============================================================================ records
 
 
+def step0_cache_file(s: Setup, workdir: epath.Path, lora_layers: Any) -> epath.Path | None:
+    """Where the step-0 eval of this run is shared with the sweep's other runs, or None.
+
+    At step 0 every adapter's `b` is zero, so the student is exactly its base model and its eval
+    depends only on what the key covers: the checkpoint, the eval (and study-protocol) prompts
+    and answers, and the eval settings -- not the method, seed or defect switches. Adapters that
+    are not the zero update (none so far, but an init could change) get no cache file."""
+    cfg = s.cfg
+    if cfg.eval.step0_cache_dir == "none" or any(
+            np.any(sharding.to_host(layer["b"])) for layer in lora_layers.values()):
+        return None
+    e = cfg.eval
+    study = (s.train.student[:e.study_n].tobytes(), repr(list(s.train.golds[:e.study_n])),
+             e.study_n, e.study_max_new_tokens) if cfg.ablation.study_eval else None
+    key = offpolicy.digest(
+        offpolicy.checkpoint_identity(cfg.student.path), cfg.student.dtype, s.eval.student,
+        s.eval.student_mask, repr(list(s.eval.golds)), e.max_new_tokens, e.batch_size, study,
+        dict(cfg.lora), dict(cfg.mesh), cfg.moe_impl, s.eos_ids, s.pad_id, jax.__version__,
+        jax.default_backend())
+    root = epath.Path(e.step0_cache_dir) if e.step0_cache_dir else workdir.parent / "eval_cache"
+    return root / f"step0_{key}.json"
+
+
 class Evaluator:
     """Periodic held-out evaluation into DIR/eval.jsonl; status vs the step-0 accuracy."""
 
     def __init__(self, s: Setup, workdir: epath.Path, evals: list[dict], enabled: bool):
         self.s, self.file, self.evals, self.enabled = s, workdir / rundir.EVAL_FILE, evals, enabled
+        self.workdir = workdir
         self.start_acc = next((e["accuracy"] for e in evals if e["step"] == 0), None)
 
     def _score(self, views: Any, n: int, lora_layers: Any, max_new_tokens: int) -> dict[str, Any]:
@@ -320,13 +344,24 @@ class Evaluator:
             eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
         return summary
 
-    def __call__(self, step: int, lora_layers: Any) -> dict[str, Any]:
+    def _evaluate(self, lora_layers: Any) -> dict[str, Any]:
         s, cfg = self.s, self.s.cfg
-        t0 = time.time()
         summary = self._score(s.eval, len(s.eval.questions), lora_layers, cfg.eval.max_new_tokens)
         if cfg.ablation.study_eval:  # the study's protocol on the same adapters (DESIGN §1)
             study = self._score(s.train, cfg.eval.study_n, lora_layers, cfg.eval.study_max_new_tokens)
             summary["study"] = {k: study[k] for k in ("accuracy", "n", "truncation_rate")}
+        return summary
+
+    def __call__(self, step: int, lora_layers: Any) -> dict[str, Any]:
+        s, cfg = self.s, self.s.cfg
+        t0 = time.time()
+        cache = step0_cache_file(s, self.workdir, lora_layers) if step == 0 else None
+        cached = rundir.read_json(cache) if cache is not None else None
+        summary = cached if cached is not None else self._evaluate(lora_layers)
+        if cached is not None:
+            log.info("step-0 eval read from %s", cache)
+        elif cache is not None and self.enabled:
+            rundir.write_json(cache, summary)  # atomic: a reader sees all of it or nothing
         if self.start_acc is None:
             self.start_acc = summary["accuracy"]
         summary["status"] = stats.classify_status(summary["accuracy"], self.start_acc,

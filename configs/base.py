@@ -112,6 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
         batch_size=64,
         study_n=50,  # ablation.study_eval: the study's protocol scored the first 50 train questions
         study_max_new_tokens=256,  # ... with 256-token answers
+        # The step-0 eval is the base student's (the adapters start as the zero update), the
+        # same for every run of a setup: "" -> computed once in <workdir>/../eval_cache and
+        # reused by the sweep's other runs; "none" -> always computed.
+        step0_cache_dir="",
         status=stats.default_status_thresholds(),
         claims=stats.default_claim_thresholds(),  # the report's verdict thresholds
     ))

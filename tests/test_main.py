@@ -2,9 +2,11 @@
 
 import json
 
+import ml_collections
 import pytest
 
-from cliffdistill import main, report, testbed, toy
+from cliffdistill import main, report, testbed, toy, train
+from cliffdistill.data import toy_tokenizer
 
 # testbed.json keys the issue (#14) requires; dotted paths into the nested JSON
 TESTBED_KEYS = (
@@ -59,7 +61,8 @@ def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_t
 @pytest.mark.slow
 def test_main_pipeline_micro(tmp_path):
     run = tmp_path / "run"
-    results, sweep_result = main.run_smoke(run, tmp_path / "cache")
+    # two workers: the teacher pretrains in a worker process, the runs train in two (checked below)
+    results, sweep_result = main.run_smoke(run, tmp_path / "cache", workers=2)
     assert not sweep_result.failed
     assert len(sweep_result.ran) == 2 * 4  # 2 methods x (2 setups x {correct, defects})
     text = results.read_text()
@@ -97,3 +100,26 @@ def test_main_pipeline_micro(tmp_path):
     # a second call reuses the testbed and skips every finished run
     _, again = main.run_smoke(run, tmp_path / "cache")
     assert again.ran == [] and len(again.skipped) == 8
+    _worker_processes_compute_what_one_process_computes(tmp_path, tmp_path / "cache", run)
+
+
+def _worker_processes_compute_what_one_process_computes(tmp_path, cache, run):
+    """`workers=2` changes where the work runs, not its numbers: the teacher pretrained in a
+    worker process and a run trained in one equal, bit for bit, the same work done here."""
+    c = main.smoke_prepare_config()
+    root = next(cache.glob("toy-*"))
+    tok = toy_tokenizer.load_tokenizer(root / "tokenizer")
+    toy._pretrain_model(tmp_path / "here", "teacher", c.teacher, c, tok, c.seed + 1, say=print)
+    assert ((tmp_path / "here" / "teacher" / "model.safetensors").read_bytes()
+            == (root / "teacher" / "model.safetensors").read_bytes())
+    worker_run = next(d for d in (run / "runs").iterdir() if d.name.startswith(
+        "setup=context.method=on_policy_gkd") and "=True" not in d.name)
+    cfg = ml_collections.ConfigDict(json.loads((worker_run / "config.json").read_text()))
+    train.run(cfg, tmp_path / "rerun", progress=False)
+    for name in ("eval.jsonl", "metrics.jsonl"):  # every number but the timings
+        rows = [[{k: v for k, v in json.loads(line).items()
+                  if not k.startswith(("time/", "seconds", "mfu"))}
+                 for line in (d / name).read_text().splitlines()]
+                for d in (worker_run, tmp_path / "rerun")]
+        assert rows[0] == rows[1], name
+

@@ -543,6 +543,12 @@ def test_group_ci_includes_question_sampling_noise():
     assert 0.03 < (one["ci_high"] - one["ci_low"]) / 2 < 0.06  # ~1.96 * sqrt(.25 / 512) = 0.043
     seeds = aggregate_lib.final_ci([0.5, 0.6])
     assert seeds["how"] == "t over seeds" and seeds["ci_low"] < 0.5
+    # the resample count is `eval.claims.n_boot`'s, passed through
+    matrix = np.array([[1, 0] * 128, [1, 1, 0, 0] * 64], float)
+    per_q = ["".join(str(int(v)) for v in row) for row in matrix]
+    for n_boot in (300, 2000):
+        got = aggregate_lib.final_ci([0.5, 0.5], per_q, n_boot=n_boot)
+        assert (got["mean"], got["ci_low"], got["ci_high"]) == stats.bootstrap_ci(matrix, n_boot=n_boot)
 
 
 def test_collapse_is_judged_against_the_correct_implementation_when_step0_is_zero():

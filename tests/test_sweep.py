@@ -331,6 +331,43 @@ def test_preempted_run_stops_the_sweep(base_path, tmp_path):
     assert calls[1] in again.calls and calls[0] not in again.calls
 
 
+def pid_run(cfg: ml_collections.ConfigDict, run_dir: Path) -> None:
+    """``fake_run`` that records the process it ran in and crashes on hybrid seed 1 (module
+    level: a worker process unpickles it)."""
+    (run_dir / "pid").write_text(str(os.getpid()))
+    time.sleep(0.5)  # long enough that the second worker is up before the first is done
+    if cfg.name == "method=hybrid.seed=1":
+        raise RuntimeError("boom in a worker")
+    fake_run(cfg, run_dir)
+
+
+def test_costliest_runs_are_queued_first_in_sweep_order_among_equals():
+    assert sweep.costliest_first([1.0, 3.0, 2.0, 3.0, 1.0]) == [1, 3, 2, 0, 4]
+    assert sweep.costliest_first([]) == []
+
+
+def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference, tmp_path):
+    """`workers=2`: the runs execute in two worker processes (not this one), a crash there is
+    recorded as in-process, and with no crash the report is byte-identical to the sequential
+    sweep's."""
+    base, expected = reference
+    workdir = tmp_path / "sweep"
+    cost = {"on_policy_gkd": 1.0, "hybrid": 2.0, "teacher_seeded": 3.0}
+    result = sweep.run_sweep(study_sweep(base), workdir, pid_run, fake_baselines, progress=False,
+                             workers=2, cost=lambda cfg: cost[cfg.method])
+    pids = {int((workdir / "runs" / name / "pid").read_text()) for name in result.ran}
+    assert len(result.ran) == 6 and len(pids) == 2 and os.getpid() not in pids
+    assert result.failed == ["method=hybrid.seed=1"]
+    status = json.loads((workdir / "runs" / "method=hybrid.seed=1" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: boom in a worker"
+
+    retried = sweep.run_sweep(study_sweep(base), workdir, fake_run, fake_baselines,
+                              retry_failed=True, progress=False, workers=2)
+    assert retried.ran == ["method=hybrid.seed=1"] and retried.failed == []
+    for name in OUTPUTS:
+        assert (workdir / name).read_bytes() == expected[name], name
+
+
 def test_runner_writes_status_when_run_fn_does_not(base_path, tmp_path):
     workdir = tmp_path / "sweep"
     cfg = make_sweep(base_path, product={"seed": (0,)})

@@ -76,6 +76,33 @@ def test_teacher_samples_are_cached_and_shared(tiny_pair, tmp_path):
     assert len(cached) == 1  # one teacher-sample set for both methods and seeds
 
 
+def test_step0_eval_is_computed_once_and_shared(tiny_pair, tmp_path):
+    """Runs of one setup share the step-0 eval (the base student's): the second run reads what the
+    first computed -- equal to computing it (a run with the cache off) -- and adapters that are
+    not the zero update get no cache file."""
+    def step0(method, seed, parent, cache_dir=""):
+        cfg = tiny_run_config(tiny_pair, method, steps=1)
+        cfg.seed, cfg.eval.step0_cache_dir = seed, cache_dir
+        train.run(cfg, parent / f"{method}{seed}", progress=False)
+        return _no_time([json.loads((parent / f"{method}{seed}" / "eval.jsonl").read_text()
+                                    .splitlines()[0])])[0]
+
+    first = step0("hybrid", 0, tmp_path / "a")
+    files = list((tmp_path / "a" / "eval_cache").glob("step0_*.json"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert step0("on_policy_gkd", 1, tmp_path / "a") == first
+    assert files[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    assert step0("on_policy_gkd", 1, tmp_path / "b", cache_dir="none") == first
+    assert not (tmp_path / "b" / "eval_cache").exists()
+
+    s = setup_lib.make_setup(tiny_run_config(tiny_pair, "hybrid", steps=1))
+    lora = setup_lib.init_state(s, 1)["lora"]
+    assert train.step0_cache_file(s, tmp_path / "c" / "run", lora) is not None
+    moved = jax.tree_util.tree_map(lambda x: x + 1e-3, lora)
+    assert train.step0_cache_file(s, tmp_path / "c" / "run", moved) is None
+
+
 def _train_loss_pieces(tiny_pair, shift):
     """The trainer's off-policy loss term vs the dense reference `losses.off_policy_nll`."""
     cfg = tiny_run_config(tiny_pair, "hybrid", steps=1)

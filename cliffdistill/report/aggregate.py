@@ -210,13 +210,15 @@ def question_matrix(per_question: Sequence[Optional[str]]) -> Optional[np.ndarra
     return np.array([[c == "1" for c in r] for r in rows], dtype=np.float64)
 
 
-def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = ()) -> dict:
+def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = (),
+             n_boot: int = 2000) -> dict:
     """Mean and 95% CI of a group's final accuracy: the two-way bootstrap over seeds x questions
-    when every run recorded per-question results on the same questions (the CI then includes
-    question-sampling noise, and one seed still gets an interval), else a t-interval over seeds."""
+    (`n_boot` resamples: `eval.claims.n_boot`) when every run recorded per-question results on
+    the same questions (the CI then includes question-sampling noise, and one seed still gets
+    an interval), else a t-interval over seeds."""
     matrix = question_matrix(per_question)
     if matrix is not None and len(matrix) == len(values):
-        mean, low, high = stats.bootstrap_ci(matrix, n_boot=2000)
+        mean, low, high = stats.bootstrap_ci(matrix, n_boot=n_boot)
         how = "seeds x questions bootstrap"
     else:
         (mean, low, high), how = stats.mean_ci(values), "t over seeds"
@@ -258,7 +260,7 @@ def _seed_key(seed: Any) -> tuple:
     return (1, 0, str(seed))
 
 
-def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
+def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping], n_boot: int = 2000) -> dict:
     """Across-seed statistics of one (setup, method, variant)."""
     setup, method, variant = key
     runs = sorted(runs, key=lambda r: (_seed_key(r["seed"]), r["name"]))
@@ -271,7 +273,7 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
     deltas = [r["delta_vs_start"] for r in done if r["delta_vs_start"] is not None]
     bests = [r["best_accuracy"] for r in done if r["best_accuracy"] is not None]
     starts = [r["start_accuracy"] for r in done if r["start_accuracy"] is not None]
-    final = final_ci(finals, [r["final_per_question"] for r in done])
+    final = final_ci(finals, [r["final_per_question"] for r in done], n_boot)
     return {
         "setup": setup,
         "method": method,
@@ -351,6 +353,18 @@ def read_baselines(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, str]]:
     return found, failed
 
 
+def claim_thresholds(sweep_dir: Path, entries: Sequence[Mapping]) -> ml_collections.ConfigDict:
+    """The verdict thresholds the runs were configured with (config `eval.claims`, read from the
+    first run that has them), else `stats.default_claim_thresholds()`."""
+    t = stats.default_claim_thresholds()
+    for e in entries:
+        cfg = read_json(sweep_dir / rundir.RUNS_SUBDIR / str(e["name"]) / rundir.CONFIG_FILE) or {}
+        if (cfg.get("eval") or {}).get("claims"):
+            t.update(cfg["eval"]["claims"])
+            break
+    return t
+
+
 def aggregate(sweep_dir: str | Path) -> dict:
     """All numbers of the report, as plain JSON-able data (see the module docstring for definitions)."""
     sweep_dir = Path(sweep_dir)
@@ -362,7 +376,9 @@ def aggregate(sweep_dir: str | Path) -> dict:
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["setup"], r["method"], r["variant"]), []).append(r)
-    group_list = [summarize_group(k, groups[k]) for k in sorted(groups, key=_group_sort_key)]
+    claim_t = claim_thresholds(sweep_dir, entries)
+    group_list = [summarize_group(k, groups[k], int(claim_t.n_boot))
+                  for k in sorted(groups, key=_group_sort_key)]
 
     setups = sorted({r["setup"] for r in runs} | set(baselines))
     cost_by_method: dict[str, dict[str, dict]] = {}
@@ -377,13 +393,6 @@ def aggregate(sweep_dir: str | Path) -> dict:
     for r in runs:
         r.pop("_series")
     states = [r["state"] for r in runs]
-    # the verdict thresholds the runs were configured with (config.eval.claims), else defaults
-    claim_t = stats.default_claim_thresholds()
-    for e in entries:
-        cfg = read_json(sweep_dir / rundir.RUNS_SUBDIR / str(e["name"]) / rundir.CONFIG_FILE) or {}
-        if (cfg.get("eval") or {}).get("claims"):
-            claim_t.update(cfg["eval"]["claims"])
-            break
     return {
         "name": name,
         "counts": {
