@@ -383,6 +383,13 @@ def run_cost(cfg: ml_collections.ConfigDict) -> float:
     return methods_lib.num_steps(cfg.method, cfg.schedule) * (2.0 if cfg.setup == "context" else 1.0)
 
 
+def run_setup(cfg: ml_collections.ConfigDict) -> str:
+    """A run's kind for the worker schedule: a context run (the 114k-parameter student, bound by
+    its matmuls) shares 2 cores better with a size run (26.6k parameters, bound by dispatch)
+    than with another context run (`sweep.next_task`)."""
+    return str(cfg.setup)
+
+
 def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> None:
     """One sweep run: train, then (context setup) the retention eval."""
     train.run(cfg, run_dir, progress=False)
@@ -415,7 +422,8 @@ def run_main(workdir: Path, cache_dir: Path, mode: Mode, *,
                        context_values=tuple(prepared.context_data))
     print(f"[2/3] sweep: {len(sweep.expand(cfg))} runs -> {workdir}", flush=True)
     result = sweep.run_sweep(cfg, workdir, run_fn=functools.partial(run_one, prepared=prepared),
-                             baseline_fn=evaluate.run_baselines, workers=workers, cost=run_cost)
+                             baseline_fn=evaluate.run_baselines, workers=workers, cost=run_cost,
+                             kind=run_setup)
     print("[3/3] report", flush=True)
     path = write_results(workdir, prepared, time.time() - t0, mode, cfg, workers)
     print(f"done in {time.time() - t0:.0f} s: {path} ({len(result.failed)} failed runs)")
@@ -449,7 +457,7 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
     # no REPORT.md: its (setup, method) groups would pool the arms (e.g. every LoRA rank)
     result = sweep.run_sweep(cfg, workdir, run_fn=functools.partial(train.run, progress=False),
                              baseline_fn=evaluate.run_baselines, write_report=False,
-                             workers=workers, cost=run_cost)
+                             workers=workers, cost=run_cost, kind=run_setup)
     print("[3/3] report", flush=True)
     rows = extensions.analyze(workdir, arms, base_overrides)
     extensions.plot(rows, workdir / "plots" / "extensions.png")

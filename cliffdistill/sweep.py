@@ -526,28 +526,48 @@ def _execute_task(item: tuple[int, tuple[ml_collections.ConfigDict, Path, RunFn]
     return i, _execute(*task)
 
 
-def costliest_first(costs: Sequence[float]) -> list[int]:
-    """Indices in the order workers should start them: the costliest first (so no worker is
-    left alone with a long run at the end), the given order among equal costs."""
-    return sorted(range(len(costs)), key=lambda i: -costs[i])
+def next_task(pending: Sequence[int], kinds: Sequence[Any], running: Sequence[int]) -> int:
+    """The task a free worker starts next: the first of `pending` (in preference order) whose
+    kind no running task has, else the first. Two runs of different kinds share a CPU better
+    than two of one kind: measured on 2 cores, a context and a size toy run at once finish ~1.7x
+    sooner than one after the other, two context runs only ~1.3x."""
+    busy = {kinds[i] for i in running}
+    return next((i for i in pending if kinds[i] not in busy), pending[0])
 
 
-def _execute_all(tasks: list[tuple[ml_collections.ConfigDict, Path, RunFn]], workers: int):
+def _execute_all(tasks: list[tuple[ml_collections.ConfigDict, Path, RunFn]], workers: int,
+                 kinds: Sequence[Any] = ()):
     """Yields (task index, ``_execute``'s outcome) as the tasks finish.
 
     ``workers > 1`` trains that many runs at once, each in a worker process (`cliffdistill.workers`)
-    that lives for the whole sweep (so its jit caches serve every run it takes); tasks go to
-    whichever worker is free. The run function must be picklable (a module-level function or a
+    that lives for the whole sweep (so its jit caches serve every run it takes); a free worker
+    starts `next_task` (tasks are in preference order; `kinds`: one per task, none -> one
+    kind). The run function must be picklable (a module-level function or a
     ``functools.partial`` of one). An interrupt terminates the workers: their runs read as stale
     and are redone on resume."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_execute_task, enumerate(tasks))
         return
-    pool = worker_pool(min(workers, len(tasks)))
+    import queue
+
+    kinds = list(kinds) or [None] * len(tasks)
+    n = min(workers, len(tasks))
+    pool = worker_pool(n)
+    finished: queue.Queue = queue.Queue()  # (index, outcome) from the pool's result thread
+    pending, running = list(range(len(tasks))), set()
     try:
-        # chunksize 1: runs take seconds to minutes, so dispatch cost is nothing and the
-        # next free worker takes the next run
-        yield from pool.imap_unordered(_execute_task, enumerate(tasks), chunksize=1)
+        while pending or running:
+            while pending and len(running) < n:
+                i = next_task(pending, kinds, sorted(running))
+                pending.remove(i)
+                running.add(i)
+                pool.apply_async(_execute_task, ((i, tasks[i]),), callback=finished.put,
+                                 error_callback=lambda e, i=i: finished.put((i, e)))
+            i, outcome = finished.get()
+            running.discard(i)
+            if isinstance(outcome, BaseException):
+                raise outcome  # not a run's own error (`_execute` records those): e.g. pickling
+            yield i, outcome
         pool.close()
     except BaseException:
         pool.terminate()
@@ -572,6 +592,7 @@ def run_sweep(
     write_report: bool = True,
     workers: int = 1,
     cost: Optional[Callable[[ml_collections.ConfigDict], float]] = None,
+    kind: Optional[Callable[[ml_collections.ConfigDict], Any]] = None,
 ) -> SweepResult:
     """Run (this shard of) a sweep (in-process, or in `workers` processes); resumable; then
     write the report.
@@ -584,9 +605,11 @@ def run_sweep(
     heartbeat after which a ``running`` run counts as dead (``rundir.staleness``).
     ``write_report=False``: a caller with its own report (whose arms the standard report's
     (setup, method, variant) groups would pool) skips REPORT.md.  ``workers > 1``: that many runs
-    at once in worker processes (``_execute_all``; ``run_fn`` must then be picklable); ``cost``
-    (a run config -> its relative cost) makes them start the costliest runs first, so no worker
-    is left alone with a long run at the end (only the order changes, never a result).
+    at once in worker processes (``_execute_all``; ``run_fn`` must then be picklable). Only the
+    order runs start in depends on ``cost`` (a run config -> its relative cost: the costliest
+    start first, so no worker is left alone with a long run at the end) and ``kind`` (run config
+    -> a label: a free worker prefers a run of a kind no other worker is running,
+    ``next_task``), never a result.
     """
     validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     workdir = Path(workdir)
@@ -619,12 +642,13 @@ def run_sweep(
             log(f"{pos + 1}/{len(selected)} re-running stale run {name} (its process died)")
         todo.append((pos, idx))
 
-    if workers > 1 and cost is not None:
-        todo = [todo[i] for i in costliest_first([cost(configs[idx]) for _, idx in todo])]
+    if workers > 1 and cost is not None:  # costliest first; a stable sort keeps the sweep order
+        todo.sort(key=lambda t: -cost(configs[t[1]]))
     durations: list[float] = []
     t_start = time.monotonic()
     tasks = [(configs[idx], run_dir(workdir, specs[idx].name), run_fn) for _, idx in todo]
-    for i, (outcome, seconds, message) in _execute_all(tasks, workers):
+    kinds = [kind(configs[idx]) for _, idx in todo] if kind is not None else []
+    for i, (outcome, seconds, message) in _execute_all(tasks, workers, kinds):
         pos, idx = todo[i]
         name = specs[idx].name
         if outcome == "preempted":

@@ -546,7 +546,8 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
         say(f"  student candidate: step {step}, dev accuracy {snapshots[step]:.1%}")
 
     # The two pretrainings are independent: with `workers` > 1 the teacher trains in a worker
-    # process while the student trains here (the same programs, so the same weights).
+    # process while the student trains here (the same programs, so the same weights), and the
+    # checks that need only the student and the data run here while the teacher still trains.
     teacher_args = (root, "teacher", c.teacher, c, paths["tokenizer"], c.seed + 1)
     with (workers_lib.pool(1) if workers > 1 else contextlib.nullcontext()) as pool:
         teacher = (pool.apply_async(_pretrain_saved_tokenizer, teacher_args) if pool is not None
@@ -555,26 +556,23 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
             report["teacher"] = _pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
         report["student"] = _pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
                                             pick)
+        _keep_student_snapshot(root, paths["student"], c, report["student"], snapshots)
+        t1 = time.time()
+        student_checks = measure_student(c, data, paths["student"])
+        timings["measure"] = time.time() - t1
+        t1 = time.time()
+        overlap = pretrain_overlap(
+            data.eval_solutions, [(c.teacher, c.seed + 1), (c.student, c.seed + 2)], c)
+        timings["overlap"] = time.time() - t1
         if teacher is not None:
             report["teacher"] = teacher.get()
     timings["teacher"] = report["teacher"]["seconds"]
     timings["student"] = report["student"]["seconds"]
-    eligible = [st for st, acc in snapshots.items() if acc <= c.student.max_accuracy]
-    if not eligible:
-        raise ValueError(f"no student snapshot has dev accuracy <= {c.student.max_accuracy} "
-                         f"({snapshots}); use earlier `student.snapshots`")
-    chosen = max(eligible)
-    shutil.rmtree(paths["student"])
-    shutil.copytree(root / "student_snapshots" / f"step{chosen}", paths["student"])
-    report["student"].update(snapshot_step=chosen, dev_accuracy_by_snapshot=snapshots)
 
     t1 = time.time()
-    tb = measure(c, data, paths, tok, report, say)
-    timings["measure"] = time.time() - t1
-    t1 = time.time()
-    tb["eval_pretrain_overlap"] = pretrain_overlap(
-        data.eval_solutions, [(c.teacher, c.seed + 1), (c.student, c.seed + 2)], c)
-    timings["overlap"] = time.time() - t1
+    tb = measure(c, data, paths, tok, report, student_checks, say)
+    timings["measure"] += time.time() - t1
+    tb["eval_pretrain_overlap"] = overlap
     testbed.judge(tb, c.checks)
     timings["total"] = time.time() - t0
     tb["prepare_seconds"] = timings
@@ -586,20 +584,44 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     return Prepared(**paths, report=report)
 
 
+def _keep_student_snapshot(root: Path, student_dir: Path, c: ml_collections.ConfigDict,
+                           student: dict[str, Any], snapshots: dict[int, float]) -> None:
+    """The student is its latest snapshot whose dev accuracy is <= `student.max_accuracy`."""
+    eligible = [st for st, acc in snapshots.items() if acc <= c.student.max_accuracy]
+    if not eligible:
+        raise ValueError(f"no student snapshot has dev accuracy <= {c.student.max_accuracy} "
+                         f"({snapshots}); use earlier `student.snapshots`")
+    chosen = max(eligible)
+    shutil.rmtree(student_dir)
+    shutil.copytree(root / "student_snapshots" / f"step{chosen}", student_dir)
+    student.update(snapshot_step=chosen, dev_accuracy_by_snapshot=snapshots)
+
+
+def measure_student(c: ml_collections.ConfigDict, data: Data, student_dir: Path) -> dict[str, float]:
+    """The size setup's checks that need only the student: its accuracy on the size and plain
+    tasks, and the ground-truth oracle's."""
+    student = Model.load(student_dir)
+    return {"accuracy": accuracy(student, gsm8k.load_jsonl(data.size / "test.jsonl"), c),
+            "plain_accuracy": accuracy(student, gsm8k.load_jsonl(data.plain / "test.jsonl"), c),
+            "oracle": oracle(student, data.size, c)}
+
+
 def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok: Any,
-            report: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
-    """testbed.json's measurements (accuracies are fractions; every eval is greedy, held-out)."""
-    teacher, student = Model.load(paths["teacher"]), Model.load(paths["student"])
+            report: dict[str, Any], student_checks: dict[str, float],
+            say: Callable[[str], None]) -> dict[str, Any]:
+    """testbed.json's measurements (accuracies are fractions; every eval is greedy, held-out);
+    `student_checks`: `measure_student`'s."""
+    teacher = Model.load(paths["teacher"])
     plain_eval = gsm8k.load_jsonl(data.plain / "test.jsonl")
     size_eval = gsm8k.load_jsonl(data.size / "test.jsonl")
     size = {"value": c.size_value,
             "teacher": {"params": report["teacher"]["params"],
                         "accuracy": accuracy(teacher, size_eval, c)},
             "student": {"params": report["student"]["params"],
-                        "accuracy": accuracy(student, size_eval, c),
-                        "plain_accuracy": accuracy(student, plain_eval, c),
+                        "accuracy": student_checks["accuracy"],
+                        "plain_accuracy": student_checks["plain_accuracy"],
                         "snapshot_step": report["student"]["snapshot_step"]},
-            "oracle": {"accuracy": oracle(student, data.size, c)}}
+            "oracle": {"accuracy": student_checks["oracle"]}}
     size["oracle_gain"] = size["oracle"]["accuracy"] - size["student"]["accuracy"]
     size["param_ratio"] = size["teacher"]["params"] / size["student"]["params"]
     say(f"  size: teacher {size['teacher']['accuracy']:.1%}, student {size['student']['accuracy']:.1%}, "

@@ -341,9 +341,12 @@ def pid_run(cfg: ml_collections.ConfigDict, run_dir: Path) -> None:
     fake_run(cfg, run_dir)
 
 
-def test_costliest_runs_are_queued_first_in_sweep_order_among_equals():
-    assert sweep.costliest_first([1.0, 3.0, 2.0, 3.0, 1.0]) == [1, 3, 2, 0, 4]
-    assert sweep.costliest_first([]) == []
+def test_a_free_worker_starts_the_first_run_of_a_kind_nobody_runs():
+    kinds = ["ctx", "ctx", "size", "ctx", "size"]
+    assert sweep.next_task([0, 1, 2, 3, 4], kinds, running=[]) == 0
+    assert sweep.next_task([1, 2, 3, 4], kinds, running=[0]) == 2  # a size run beside a ctx one
+    assert sweep.next_task([1, 3, 4], kinds, running=[2]) == 1
+    assert sweep.next_task([3], kinds, running=[1]) == 3  # only its own kind left
 
 
 def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference, tmp_path):
@@ -354,7 +357,8 @@ def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference
     workdir = tmp_path / "sweep"
     cost = {"on_policy_gkd": 1.0, "hybrid": 2.0, "teacher_seeded": 3.0}
     result = sweep.run_sweep(study_sweep(base), workdir, pid_run, fake_baselines, progress=False,
-                             workers=2, cost=lambda cfg: cost[cfg.method])
+                             workers=2, cost=lambda cfg: cost[cfg.method],
+                             kind=lambda cfg: cfg.seed)
     pids = {int((workdir / "runs" / name / "pid").read_text()) for name in result.ran}
     assert len(result.ran) == 6 and len(pids) == 2 and os.getpid() not in pids
     assert result.failed == ["method=hybrid.seed=1"]
