@@ -72,11 +72,14 @@ class Mode:
     step_divisor: int = 1  # runs of STEPS // step_divisor steps
     each_defect: bool = True  # each defect alone and the bundle (False: the bundle only)
     pairs: bool = False  # also every pair of defects
+    evals: int = 4  # evaluations of 512 questions per run after step 0 (evenly spaced)
 
 
 MODES = {
-    # 1 seed, half-length runs, the all-defects bundle only: a first look in minutes (cached)
-    "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2, each_defect=False),
+    # 1 seed, half-length runs, the all-defects bundle only, evaluated at step 0 and the end
+    # (no curve): a first look in minutes (cached)
+    "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2, each_defect=False,
+                  evals=1),
     # the default (<= 30 min cold on 2 CPU cores): every verdict decided, fewer defect seeds
     "default": Mode("default", correct_seeds=3, defect_seeds=1),
     # the whole factorial at the statistics: >= 5 correct seeds, >= 3 per defect row
@@ -142,7 +145,7 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
     c.base_overrides = sweep.nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
-        "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // 4,
+        "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // mode.evals,
         "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
     c.order = ("setup", "method", "seed")
     c.name_fields = ("setup", "method", "seed", *(f"ablation.{d}" for d in TRAINING_DEFECTS))
