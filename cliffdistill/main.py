@@ -1,7 +1,7 @@
 """The embedded default: the whole study in miniature, on CPU, with no downloads.
 
     python -m cliffdistill.main            # both setups x 9 methods x 3 seeds + the defect factorial
-    python -m cliffdistill.main --quick    # 1 seed, 20-step runs: a few minutes
+    python -m cliffdistill.main --quick    # 1 seed, 20-step runs, step 0 + final eval: minutes
     python -m cliffdistill.main --full     # 5 seeds per method, 3 per defect row, + defect pairs
     python -m cliffdistill.main --study extensions  # the study's next steps (docs/EXTENSIONS.md)
     python -m cliffdistill.main --smoke    # micro testbed, 2 methods x 4 steps: proves the install
@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="1 seed, 20-step runs, the all-defects bundle only")
+                      help="1 seed, 20-step runs evaluated at step 0 and the end, the "
+                           "all-defects bundle only")
     mode.add_argument("--full", action="store_true",
                       help="the whole factorial: 5 seeds per method, 3 per defect row, defect pairs")
     mode.add_argument("--smoke", action="store_true",
