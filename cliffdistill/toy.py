@@ -483,9 +483,9 @@ def _paths(root: Path, c: ml_collections.ConfigDict) -> dict[str, Any]:
                 context_data={v: context_dir(root, v) for v in c.context_values})
 
 
-def _pretrain_model(root: Path, name: str, m: ml_collections.ConfigDict, c: ml_collections.ConfigDict,
-                    tok: Any, seed: int, say: Callable[[str], None],
-                    snapshot: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
+def pretrain_model(root: Path, name: str, m: ml_collections.ConfigDict, c: ml_collections.ConfigDict,
+                   tok: Any, seed: int, say: Callable[[str], None],
+                   snapshot: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
     """Pretrains `name` from scratch and saves it (and its snapshots) as HF checkpoints."""
     mcfg = model_cfg(m, len(tok), tok.eos_token_id, tok.pad_token_id)
 
@@ -512,8 +512,8 @@ def _pretrain_model(root: Path, name: str, m: ml_collections.ConfigDict, c: ml_c
 def _pretrain_saved_tokenizer(root: Path, name: str, m: ml_collections.ConfigDict,
                               c: ml_collections.ConfigDict, tokenizer_dir: Path, seed: int
                               ) -> dict[str, Any]:
-    """`_pretrain_model` in a worker process: the tokenizer comes from its saved files."""
-    return _pretrain_model(root, name, m, c, toy_tokenizer.load_tokenizer(tokenizer_dir), seed,
+    """`pretrain_model` in a worker process: the tokenizer comes from its saved files."""
+    return pretrain_model(root, name, m, c, toy_tokenizer.load_tokenizer(tokenizer_dir), seed,
                            say=lambda line: print(line, flush=True))
 
 
@@ -553,9 +553,9 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
         teacher = (pool.apply_async(_pretrain_saved_tokenizer, teacher_args) if pool is not None
                    else None)
         if teacher is None:
-            report["teacher"] = _pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
-        report["student"] = _pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
-                                            pick)
+            report["teacher"] = pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
+        report["student"] = pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
+                                           pick)
         _keep_student_snapshot(root, paths["student"], c, report["student"], snapshots)
         t1 = time.time()
         student_checks = measure_student(c, data, paths["student"])

@@ -109,7 +109,7 @@ def _worker_processes_compute_what_one_process_computes(tmp_path, cache, run):
     c = main.smoke_prepare_config()
     root = next(cache.glob("toy-*"))
     tok = toy_tokenizer.load_tokenizer(root / "tokenizer")
-    toy._pretrain_model(tmp_path / "here", "teacher", c.teacher, c, tok, c.seed + 1, say=print)
+    toy.pretrain_model(tmp_path / "here", "teacher", c.teacher, c, tok, c.seed + 1, say=print)
     assert ((tmp_path / "here" / "teacher" / "model.safetensors").read_bytes()
             == (root / "teacher" / "model.safetensors").read_bytes())
     worker_run = next(d for d in (run / "runs").iterdir() if d.name.startswith(
