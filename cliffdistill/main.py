@@ -80,9 +80,10 @@ MODES = {
     # (no curve): a first look in minutes (cached)
     "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2, each_defect=False,
                   evals=1),
-    # the default (<= 30 min cold on 2 CPU cores): every verdict decided, fewer defect seeds
+    # the default (37 min cold on 2 CPU cores, measured; target 30): every verdict decided, fewer
+    # defect seeds
     "default": Mode("default", correct_seeds=3, defect_seeds=1),
-    # the whole factorial at the statistics: >= 5 correct seeds, >= 3 per defect row
+    # the whole factorial: >= 5 correct seeds, >= 3 per defect row, every pair of defects
     "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True),
 }
 #: Methods of the defect factorial: pure on-policy, pure off-policy, mixed and seeded.
