@@ -305,9 +305,10 @@ def step0_cache_file(s: Setup, workdir: epath.Path, lora_layers: Any) -> epath.P
     At step 0 every adapter's `b` is zero, so the student is exactly its base model and its eval
     depends only on what the key covers: the checkpoint, the eval (and study-protocol) prompts
     and answers, and the eval settings -- not the method, seed or defect switches. Adapters that
-    are not the zero update (none so far, but an init could change) get no cache file."""
+    are not the zero update (none so far, but an init could change) get no cache file, nor does
+    a multi-process run (its eval is a collective: every process must run it, or none)."""
     cfg = s.cfg
-    if cfg.eval.step0_cache_dir == "none" or any(
+    if cfg.eval.step0_cache_dir == "none" or jax.process_count() > 1 or any(
             np.any(sharding.to_host(layer["b"])) for layer in lora_layers.values()):
         return None
     e = cfg.eval
