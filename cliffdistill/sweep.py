@@ -60,7 +60,7 @@ from cliffdistill import report, validation
 from cliffdistill.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
                                  SWEEP_FILE, Preempted, last_metric_step, owner_fields, read_json, run_state,
                                  safe_name, write_json)
-from cliffdistill.workers import pool as worker_pool
+from cliffdistill import workers as workers_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_FN = "cliffdistill.train:run"
@@ -520,12 +520,6 @@ def _execute(cfg: ml_collections.ConfigDict, rdir: Path, run_fn: RunFn) -> Outco
     return _finish_status(rdir, seconds), seconds, ""
 
 
-def _execute_task(item: tuple[int, tuple[ml_collections.ConfigDict, Path, RunFn]]
-                  ) -> tuple[int, Outcome]:
-    i, task = item
-    return i, _execute(*task)
-
-
 def next_task(pending: Sequence[int], kinds: Sequence[Any], running: Sequence[int]) -> int:
     """The task a free worker starts next: the first of `pending` (in preference order) whose
     kind no running task has, else the first. Two runs of different kinds share a CPU better
@@ -543,37 +537,38 @@ def _execute_all(tasks: list[tuple[ml_collections.ConfigDict, Path, RunFn]], wor
     that lives for the whole sweep (so its jit caches serve every run it takes); a free worker
     starts `next_task` (tasks are in preference order; `kinds`: one per task, none -> one
     kind). The run function must be picklable (a module-level function or a
-    ``functools.partial`` of one). An interrupt terminates the workers: their runs read as stale
-    and are redone on resume."""
+    ``functools.partial`` of one). A failure or an interrupt stops the workers (`workers.stop`):
+    their runs read as stale and are redone on resume; a worker that dies stops the sweep with an
+    error instead of a wait."""
     if workers <= 1 or len(tasks) <= 1:
-        yield from map(_execute_task, enumerate(tasks))
+        yield from ((i, _execute(*task)) for i, task in enumerate(tasks))
         return
-    import queue
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     kinds = list(kinds) or [None] * len(tasks)
     n = min(workers, len(tasks))
-    pool = worker_pool(n)
-    finished: queue.Queue = queue.Queue()  # (index, outcome) from the pool's result thread
-    pending, running = list(range(len(tasks))), set()
+    pending, running = list(range(len(tasks))), {}  # running: future -> task index
+    ex = workers_lib.executor(n)
     try:
         while pending or running:
             while pending and len(running) < n:
-                i = next_task(pending, kinds, sorted(running))
+                i = next_task(pending, kinds, sorted(running.values()))
                 pending.remove(i)
-                running.add(i)
-                pool.apply_async(_execute_task, ((i, tasks[i]),), callback=finished.put,
-                                 error_callback=lambda e, i=i: finished.put((i, e)))
-            i, outcome = finished.get()
-            running.discard(i)
-            if isinstance(outcome, BaseException):
-                raise outcome  # not a run's own error (`_execute` records those): e.g. pickling
-            yield i, outcome
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
+                running[ex.submit(_execute, *tasks[i])] = i
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=running.__getitem__):
+                i = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as e:
+                    raise RuntimeError(
+                        f"a worker process died (killed? out of memory?) while training "
+                        f"{tasks[i][1]}; re-run the same command to resume: the runs that were "
+                        "in flight read as stale and are redone") from e
+                yield i, outcome
     finally:
-        pool.join()
+        workers_lib.stop(ex)  # idle after the last run; after a failure: no waiting
 
 
 # ----------------------------------------------------------------------------- runner

@@ -28,7 +28,6 @@ Everything goes through the same HF load / prompt / grade path as a real checkpo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -549,9 +548,9 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     # process while the student trains here (the same programs, so the same weights), and the
     # checks that need only the student and the data run here while the teacher still trains.
     teacher_args = (root, "teacher", c.teacher, c, paths["tokenizer"], c.seed + 1)
-    with (workers_lib.pool(1) if workers > 1 else contextlib.nullcontext()) as pool:
-        teacher = (pool.apply_async(_pretrain_saved_tokenizer, teacher_args) if pool is not None
-                   else None)
+    ex = workers_lib.executor(1) if workers > 1 else None
+    try:
+        teacher = ex.submit(_pretrain_saved_tokenizer, *teacher_args) if ex is not None else None
         if teacher is None:
             report["teacher"] = pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
         report["student"] = pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
@@ -565,7 +564,10 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
             data.eval_solutions, [(c.teacher, c.seed + 1), (c.student, c.seed + 2)], c)
         timings["overlap"] = time.time() - t1
         if teacher is not None:
-            report["teacher"] = teacher.get()
+            report["teacher"] = teacher.result()
+    finally:
+        if ex is not None:
+            workers_lib.stop(ex)
     timings["teacher"] = report["teacher"]["seconds"]
     timings["student"] = report["student"]["seconds"]
 

@@ -2,7 +2,8 @@
 
 A small toy run or pretraining keeps ~1.4 of 2 CPU cores busy (XLA's CPU kernels for
 [32, 128]-token batches of a 114k-parameter model are too small to use every thread), so two
-independent jobs at once finish ~1.6x sooner than one after another (measured on 2 cores).
+independent jobs at once finish 1.3-1.7x sooner than one after another (measured on 2 cores,
+docs/PERFORMANCE.md).
 Workers are *spawned* (forking a process whose jax runtime already runs threads is unsafe) and
 copy this process's jax settings, e.g. the persistent compilation cache the command line set, so
 they share compiled programs. On an accelerator keep one process: each would claim the device.
@@ -10,6 +11,7 @@ they share compiled programs. On an accelerator keep one process: each would cla
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import sys
 from typing import Any
@@ -32,8 +34,23 @@ def init_worker(settings: dict[str, Any]) -> None:
         jax.config.update(name, value)
 
 
-def pool(n: int) -> Any:
-    """A spawned `multiprocessing.Pool` of `n` workers with this process's jax settings.
-    Work sent to it must be picklable: module-level functions (or partials of them)."""
-    ctx = multiprocessing.get_context("spawn")
-    return ctx.Pool(n, initializer=init_worker, initargs=(jax_settings(),))
+def executor(n: int) -> concurrent.futures.ProcessPoolExecutor:
+    """`n` spawned worker processes with this process's jax settings. Work sent to them must be
+    picklable: module-level functions (or partials of them). A worker that dies (killed, out of
+    memory) breaks the executor: its futures raise BrokenProcessPool instead of never finishing."""
+    return concurrent.futures.ProcessPoolExecutor(
+        n, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+        initargs=(jax_settings(),))
+
+
+def stop(ex: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancels the queued work and stops the workers now: after a failure or an interrupt nobody
+    should wait for runs that take minutes (a stopped run reads as stale and is redone on resume).
+    Python >= 3.14 has `kill_workers`; before it, the executor's process table is the only handle."""
+    ex.shutdown(wait=False, cancel_futures=True)
+    kill = getattr(ex, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        proc.kill()

@@ -372,6 +372,20 @@ def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference
         assert (workdir / name).read_bytes() == expected[name], name
 
 
+def test_a_dead_worker_stops_the_sweep_and_its_run_is_redone(base_path, tmp_path, monkeypatch):
+    """A worker killed mid-run (OOM, kill -9) raises instead of leaving the sweep waiting; the
+    same command then redoes that run (stale: its process is gone)."""
+    victim = "method=hybrid.seed=0"
+    monkeypatch.setenv("KILL_AT_RUN", victim)  # inherited by the spawned workers
+    with pytest.raises(RuntimeError, match="worker process died"):
+        sweep.run_sweep(study_sweep(base_path), tmp_path / "sweep", killing_run, fake_baselines,
+                        progress=False, workers=2)
+    monkeypatch.delenv("KILL_AT_RUN")
+    result = sweep.run_sweep(study_sweep(base_path), tmp_path / "sweep", fake_run, fake_baselines,
+                             progress=False, workers=2)
+    assert victim in result.ran and not result.failed and result.report_written
+
+
 def test_runner_writes_status_when_run_fn_does_not(base_path, tmp_path):
     workdir = tmp_path / "sweep"
     cfg = make_sweep(base_path, product={"seed": (0,)})
