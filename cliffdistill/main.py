@@ -194,7 +194,7 @@ def run_smoke(workdir: Path, cache_dir: Path, workers: int = 1) -> tuple[Path, A
 
 def default_workers() -> int:
     """Runs at once by default: on CPU one per core (one small toy run keeps ~1.4 of 2 cores
-    busy; two at once finish ~1.6x sooner, measured), at most 4; on an accelerator 1 (each
+    busy; two at once finish 1.3-1.7x sooner, measured), at most 4; on an accelerator 1 (each
     worker process would claim the device)."""
     if jax.default_backend() != "cpu":
         return 1

@@ -552,7 +552,7 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     try:
         teacher = ex.submit(_pretrain_saved_tokenizer, *teacher_args) if ex is not None else None
         if teacher is None:
-            report["teacher"] = pretrain_model(*teacher_args[:4], tok, c.seed + 1, say)
+            report["teacher"] = pretrain_model(root, "teacher", c.teacher, c, tok, c.seed + 1, say)
         report["student"] = pretrain_model(root, "student", c.student, c, tok, c.seed + 2, say,
                                            pick)
         _keep_student_snapshot(root, paths["student"], c, report["student"], snapshots)
