@@ -164,12 +164,16 @@ class Views:
     golds: list[str]
 
 
-def _pad_views(ids: list[list[int]], pad_id: int, limit: int, field: str) -> tuple[np.ndarray, np.ndarray]:
+def _pad_views(ids: list[list[int]], pad_id: int, limit: int, field: str,
+               multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads to the longest prompt's power-of-two bucket, or (multiple > 0) to the longest
+    prompt rounded up to `multiple` (config `rollout.trim_multiple`)."""
     longest = max(len(r) for r in ids)
     if longest > limit:
         raise ValueError(f"a prompt has {longest} tokens but config field `{field}`={limit}: the "
                          f"prompt is longer than the KV cache's prompt budget; raise `{field}`")
-    return prompts.pad_left(ids, pad_id, prompts.bucket_length(longest))
+    width = prompts.trimmed_length(longest, multiple, prompts.bucket_length(longest))
+    return prompts.pad_left(ids, pad_id, width)
 
 
 def load_tokenizer(cfg: ml_collections.ConfigDict) -> Any:
@@ -187,9 +191,11 @@ def build_views(cfg: ml_collections.ConfigDict, tokenizer: Any, examples: list[g
         chat_template=cfg.chat_template,
         teacher_system=cfg.data.passage if cfg.data.context == "passage" else None,
         **dict(cfg.data.template_kwargs))
-    s, sm = _pad_views(student_ids, pad_id, cfg.rollout.max_prompt_len, "rollout.max_prompt_len")
-    t, tm = _pad_views(teacher_ids, pad_id, cfg.rollout.max_teacher_prompt_len,
-                       "rollout.max_teacher_prompt_len")
+    r = cfg.rollout
+    s, sm = _pad_views(student_ids, pad_id, r.max_prompt_len, "rollout.max_prompt_len",
+                       r.trim_multiple)
+    t, tm = _pad_views(teacher_ids, pad_id, r.max_teacher_prompt_len,
+                       "rollout.max_teacher_prompt_len", r.trim_multiple)
     return Views(s, sm, t, tm, [e.question for e in examples], [e.answer for e in examples])
 
 

@@ -61,6 +61,7 @@ def run_budget() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         lora_rank=8, lora_alpha=16.0, lr=3e-3, steps=40, batch_size=32,
         max_new_tokens=128,  # completion budget of rollouts, teacher samples and evals
+        trim_multiple=32,  # prompt views / each step's completions padded to a multiple of 32
         seed_fraction=methods.STUDY_SEED_FRACTION,  # teacher-seeded prefix: 20/256 of it
         n_fewshot=64, split_seed=0))
 
@@ -97,6 +98,9 @@ def default_prepare_config() -> ml_collections.ConfigDict:
         layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=2500, batch=32,
         lr=3e-3, episode_every=0, knows_size_value=False, snapshots=(2500,), max_accuracy=0.30))
     c.seq_len = 128  # pretraining sequence length of plain problems (episodes use 3x)
+    # each pretraining batch is cut to its longest row rounded up to this (0: seq_len / 3 x
+    # seq_len): attention's cost is quadratic in the padding, which changes no real token
+    c.pretrain_pad_multiple = 16
     c.run = run_budget()
     c.checks = testbed.default_checks()
     c.eval_batch_size = 256
@@ -202,13 +206,16 @@ def unit_values(c: ml_collections.ConfigDict, m: ml_collections.ConfigDict, seed
 
 def pretraining_stream(tokenizer: Any, c: ml_collections.ConfigDict, m: ml_collections.ConfigDict,
                        seed: int) -> Callable[[int], Batch]:
-    """batch(step) -> (tokens [B, T], target mask [B, T]) of `stream_items`; plain steps are
-    seq_len tokens, episode steps 3 x seq_len (two shapes: the step compiles twice)."""
+    """batch(step) -> (tokens [B, T], target mask [B, T]) of `stream_items`; rows longer than
+    seq_len (plain steps) or 3 x seq_len (episode steps) are dropped, and T is the longest row
+    rounded up to `pretrain_pad_multiple` (each distinct T compiles the step once)."""
     pad = tokenizer.pad_token_id
 
     def batch(step: int) -> Batch:
         rows = [_encode(tokenizer, it.prompt, it.answer) for it in stream_items(c, m, seed, step)]
-        return pack(rows, (3 if _is_episode_step(m, step) else 1) * c.seq_len, pad)
+        limit = (3 if _is_episode_step(m, step) else 1) * c.seq_len
+        longest = max((len(t) for t, _ in rows if len(t) <= limit), default=0)
+        return pack(rows, prompts.trimmed_length(longest, c.pretrain_pad_multiple, limit), pad)
 
     return batch
 
@@ -401,7 +408,7 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     student, teacher = prompts.build_views(tok, list(first), list(shots), instruction="",
                                            teacher_system=passage)
     ids = teacher if shots or passage else student
-    toks, mask = prompts.pad_left(ids, tok.pad_token_id, prompts.bucket_length(max(map(len, ids))))
+    toks, mask = prompts.pad_left(ids, tok.pad_token_id, _width(max(map(len, ids)), c))
     eos = (tok.eos_token_id,)
     out = evaluate.generate_greedy(model.cfg, model.params, lora, toks, mask,
                                    max_new_tokens=c.run.max_new_tokens,
@@ -409,6 +416,11 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     return {key: evaluate.summarize(evaluate.grade(tok, *out, questions, [e.answer for e in exs],
                                                    eos))["accuracy"]
             for key, exs in sets.items()}
+
+
+def _width(longest: int, c: ml_collections.ConfigDict) -> int:
+    """Columns for rows of `longest` tokens, padded as the runs pad theirs (`setup._pad_views`)."""
+    return prompts.trimmed_length(longest, c.run.trim_multiple, prompts.bucket_length(longest))
 
 
 def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
@@ -423,7 +435,7 @@ def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
     answers = [tok(e.solution + toy_tokenizer.END, add_special_tokens=False)["input_ids"]
                for e in splits.train]
     rows = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(student_prompts, answers)]
-    tokens, mask = pack(rows, prompts.bucket_length(max(len(r[0]) for r in rows)), tok.pad_token_id)
+    tokens, mask = pack(rows, _width(max(len(r[0]) for r in rows), c), tok.pad_token_id)
     lcfg = lora_lib.LoraConfig(rank=b.lora_rank, alpha=b.lora_alpha)
     lora0 = lora_lib.init_lora(model.cfg, lcfg, jax.random.key(c.seed), model.params)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(b.lr, weight_decay=0.0))

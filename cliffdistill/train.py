@@ -152,9 +152,20 @@ def rollout(c: Context, lora: LoraParams, plan: methods.StepPlan, prompt_idx: np
     else:
         out = sampling.generate_arrays(s.student_cfg, s.student_params, lora, *student, key,
                                        c.put(rows), sp, **static)
-    out = jax.block_until_ready(out)
+    out = trim_completions(jax.block_until_ready(out), c.cfg.rollout.trim_multiple)
     log_.seconds["rollout"] = time.time() - t0
     return out
+
+
+def trim_completions(out: sampling.GenerateOutput, multiple: int) -> sampling.GenerateOutput:
+    """The rollout's [B, G] fields cut to its longest row rounded up to `multiple` (0: kept
+    whole), so scoring and the update skip the columns that are padding in every row."""
+    G = out.tokens.shape[1]
+    g = prompts.trimmed_length(int(sharding.to_host(out.mask).sum(-1).max()), multiple, G)
+    if g == G:
+        return out
+    return out._replace(tokens=out.tokens[:, :g], mask=out.mask[:, :g],
+                        student_mask=out.student_mask[:, :g], logprobs=out.logprobs[:, :g])
 
 
 def score(c: Context, out: sampling.GenerateOutput, plan: methods.StepPlan,
@@ -244,8 +255,10 @@ def off_policy_batch(c: Context, state: dict[str, Any], plan: methods.StepPlan, 
         idx = offpolicy.replay_draw(state["replay"], len(prompt_idx), rng)
     else:
         idx = prompt_idx
+    mask = c.off_mask[idx]  # [B, G_off] (cut like a rollout: `trim_completions`)
+    g = prompts.trimmed_length(int(mask.sum(-1).max()), cfg.rollout.trim_multiple, mask.shape[1])
     off = {"prompt": c.put(s.train.student[idx]), "prompt_mask": c.put(s.train.student_mask[idx]),
-           "completion": c.put(c.off_tokens[idx]), "loss_mask": c.put(c.off_mask[idx])}
+           "completion": c.put(c.off_tokens[idx, :g]), "loss_mask": c.put(mask[:, :g])}
     if cfg.loss.off_policy == "forward_kl":
         off["teacher_h"] = update_lib.teacher_hidden(
             s.teacher_cfg, s.teacher_params, c.put(s.train.teacher[idx]),

@@ -106,6 +106,7 @@ RULES: dict[str, Rule] = {
     "rollout.batch_size": count(1), "rollout.n_samples": count(1),
     "rollout.max_new_tokens": count(1), "rollout.max_prompt_len": count(1),
     "rollout.max_teacher_prompt_len": count(1),
+    "rollout.trim_multiple": count(0, "0 = static buckets"),
     "rollout.temperature": Range(lo=0.0, why="0 = greedy"),
     "rollout.top_p": fraction("nucleus mass", open_lo=True),
     "rollout.top_k": count(0, "0 = no top-k filter"),

@@ -62,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
         top_k=0,
         max_prompt_len=512,  # prompt budget of the KV cache (student view)
         max_teacher_prompt_len=4096,  # ... and of the teacher's view (context + question)
+        # 0: prompt views padded to a power of two, scoring and updates over the whole
+        # completion bucket (one compiled shape). k > 0: views padded to their longest prompt
+        # rounded up to k, and each step's completions cut to its longest row rounded up to k
+        # (less compute, up to max_new_tokens / k compiled shapes; float rounding differs).
+        trim_multiple=0,
     ))
 
     # ---------------------------------------------------------------- losses

@@ -10,6 +10,7 @@ from cliffdistill.data.prompts import (
     COT8_EXEMPLARS,
     INSTRUCTION,
     bucket_length,
+    trimmed_length,
     build_views,
     context_shots,
     pad_left,
@@ -192,6 +193,19 @@ def test_bucket_length():
     assert bucket_length(0, minimum=1) == 1
     with pytest.raises(ValueError, match="n >= 0"):
         bucket_length(-1)
+
+
+def test_trimmed_length():
+    # rounded up to the multiple, never past the cap, at least one multiple; 0 keeps the cap
+    assert [trimmed_length(n, 32, 128) for n in (0, 1, 32, 33, 97, 127, 128)] == [
+        32, 32, 32, 64, 128, 128, 128]
+    assert trimmed_length(199, 16, 256) == 208
+    assert trimmed_length(5, 0, 128) == 128
+    assert trimmed_length(10, 32, 16) == 16  # the cap wins over the multiple
+    with pytest.raises(ValueError, match="n <= cap"):
+        trimmed_length(129, 32, 128)
+    with pytest.raises(ValueError, match="multiple >= 0"):
+        trimmed_length(3, -1, 128)
 
 
 def test_pad_left():

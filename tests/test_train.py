@@ -138,6 +138,97 @@ def test_trainer_off_policy_loss_equals_reference_nll(tiny_pair, shift):
     assert got == pytest.approx(ref, abs=1e-5)
 
 
+def test_cutting_padding_columns_changes_only_rounding(tiny_pair):
+    """What `rollout.trim_multiple` relies on: the teacher's scores and the update's loss and
+    gradients of a batch equal, to float rounding, those of the same batch with extra all-padding
+    columns -- prompt padding on the left, completion padding on the right."""
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context", steps=1)
+    s = setup_lib.make_setup(cfg)
+    rng = np.random.default_rng(0)
+    B, G, extra = 4, 6, 5
+    comp = rng.integers(5, s.student_cfg.vocab_size, (B, G)).astype(np.int32)
+    cmask = np.ones((B, G), bool)
+    cmask[1, 3:] = cmask[2, 5:] = False
+    lp_old = np.where(cmask, -rng.random((B, G)), 0.0).astype(np.float32)
+
+    def widen(prompt, pmask, completion, mask, fill):
+        """`extra` more pad columns left of the prompt and right of the completion."""
+        pad = np.full((B, extra), s.pad_id, np.int32)
+        return (np.concatenate([pad, prompt], 1),
+                np.concatenate([np.zeros((B, extra), bool), pmask], 1),
+                np.concatenate([completion, pad], 1),
+                np.concatenate([mask, np.full((B, extra), fill, mask.dtype)], 1))
+
+    def teacher_scores(prompt, pmask, completion, mask):
+        return np.asarray(scoring.score(s.teacher_cfg, s.teacher_params, prompt, pmask,
+                                        completion, mask, vocab_chunk=7))
+
+    t_view = (s.train.teacher[:B], s.train.teacher_mask[:B])
+    lp_t = teacher_scores(*t_view, comp, cmask)
+    lp_t_wide = teacher_scores(*widen(*t_view, comp, cmask, False))
+    np.testing.assert_allclose(lp_t_wide[:, :G], lp_t, rtol=1e-5, atol=1e-5)
+    assert not lp_t_wide[:, G:].any()
+
+    spec = update.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=True,
+                             has_off=True, has_anchor=True, on_loss="sampled_rkl", off_loss="nll",
+                             shift_off=True, vocab_chunk=7, remat=False, moe_impl="ragged",
+                             optim=update.OptimConfig(), num_steps=1)
+    lora = lora_lib.init_lora(s.student_cfg, lora_lib.LoraConfig(rank=2, alpha=4.0),
+                              jax.random.key(0), s.student_params)
+    layers = jax.tree_util.tree_map(lambda x: x + 0.01, lora.layers)
+    plan = update.plan_arrays(methods.StepPlan(on_weight=0.7, off_weight=0.3, anchor_beta=0.1),
+                              kl_discount=0.0, jsd_beta=1.0, dpo_beta=0.1,
+                              confidence_temperature=1.0)
+    s_view = (s.train.student[:B], s.train.student_mask[:B])
+
+    def loss_and_grads(prompt, pmask, completion, mask, lp_o, lp_te):
+        on = {"prompt": prompt, "prompt_mask": pmask, "completion": completion, "loss_mask": mask,
+              "lp_old": lp_o, "lp_teacher": lp_te}
+        off = {k: on[k] for k in ("prompt", "prompt_mask", "completion", "loss_mask")}
+        (loss, _), grads = jax.value_and_grad(update.loss_terms, argnums=1, has_aux=True)(
+            spec, layers, s.student_params, None, {"on": on, "off": off}, plan)
+        return float(loss), grads
+
+    loss, grads = loss_and_grads(*s_view, comp, cmask, lp_old, lp_t)
+    wide = widen(*s_view, comp, cmask, False)
+    pad_g = lambda x: np.concatenate([x, np.zeros((B, extra), x.dtype)], 1)  # noqa: E731
+    loss_w, grads_w = loss_and_grads(*wide, pad_g(lp_old), pad_g(lp_t))
+    assert loss_w == pytest.approx(loss, rel=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                           grads_w, grads)
+
+
+def test_trim_completions_cuts_the_columns_every_row_pads():
+    B, G = 3, 16
+    mask = np.zeros((B, G), bool)
+    mask[0, :5], mask[1, :9], mask[2, :2] = True, True, True
+    toks = np.where(mask, np.arange(1, G + 1), 0).astype(np.int32)
+    out = sampling.GenerateOutput(tokens=jnp.asarray(toks), mask=jnp.asarray(mask),
+                                  student_mask=jnp.asarray(mask),
+                                  logprobs=jnp.asarray(np.where(mask, -0.5, 0.0), jnp.float32),
+                                  lengths=jnp.asarray(mask.sum(1), jnp.int32),
+                                  finished=jnp.ones((B,), bool), truncated=jnp.zeros((B,), bool))
+    cut = train.trim_completions(out, 4)  # longest row 9 -> 12 columns
+    assert cut.tokens.shape == cut.mask.shape == cut.student_mask.shape == cut.logprobs.shape == (B, 12)
+    np.testing.assert_array_equal(cut.tokens, toks[:, :12])
+    np.testing.assert_array_equal(cut.mask, mask[:, :12])
+    assert cut.lengths is out.lengths and cut.finished is out.finished
+    assert train.trim_completions(out, 0) is out  # 0: the static bucket is kept
+    assert train.trim_completions(out, 32).tokens.shape == (B, G)  # never past the bucket
+
+
+def test_trim_multiple_pads_prompt_views_to_a_multiple(tiny_pair):
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context", steps=1)
+    wide = setup_lib.make_setup(cfg).train
+    cfg.rollout.trim_multiple = 8
+    narrow = setup_lib.make_setup(cfg).train
+    for view in ("student", "teacher"):
+        w, n = getattr(wide, view), getattr(narrow, view)
+        longest = int(getattr(narrow, f"{view}_mask").sum(1).max())
+        assert n.shape[1] == min(w.shape[1], -(-longest // 8) * 8)
+        np.testing.assert_array_equal(n, w[:, w.shape[1] - n.shape[1]:])  # left padding cut
+
+
 # ----------------------------------------------------------------------------- objectives
 
 

@@ -192,6 +192,21 @@ def bucket_length(n: int, minimum: int = 16) -> int:
     return 1 << (max(n, minimum) - 1).bit_length()
 
 
+def trimmed_length(n: int, multiple: int, cap: int) -> int:
+    """Columns for rows of at most `n` real tokens: `n` rounded up to a multiple of `multiple`,
+    never more than `cap` (the static bucket); `multiple` = 0 keeps `cap`.
+
+    Padding columns cost compute in every forward pass (attention is quadratic in them) but
+    change no real token's value, so cutting them changes results only by float rounding. Each
+    distinct length compiles its own program once: the multiple bounds how many there are."""
+    if multiple < 0 or n < 0 or n > cap:
+        raise ValueError(f"trimmed_length needs 0 <= n <= cap and multiple >= 0; got n={n}, "
+                         f"cap={cap}, multiple={multiple}")
+    if multiple == 0:
+        return cap
+    return min(cap, max(multiple, -(-n // multiple) * multiple))
+
+
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int,
              length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads to ``[B, P]`` int32 tokens and a bool mask, so every completion starts at
