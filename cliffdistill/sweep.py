@@ -516,6 +516,10 @@ def _execute(cfg: ml_collections.ConfigDict, rdir: Path, run_fn: RunFn) -> Outco
         seconds = time.monotonic() - t0
         _record_failure(rdir, exc, seconds)
         return "failed", seconds, ""
+    finally:
+        # a long sweep's compiled programs would reach the process's memory-map limit
+        if workers_lib.free_compiled_programs():
+            _log(f"dropped the compiled programs after {rdir.name} (memory-map limit near)")
     seconds = time.monotonic() - t0
     return _finish_status(rdir, seconds), seconds, ""
 

@@ -43,6 +43,40 @@ def executor(n: int) -> concurrent.futures.ProcessPoolExecutor:
         initargs=(jax_settings(),))
 
 
+def map_counts() -> tuple[int, int] | None:
+    """(memory maps this process holds, the kernel's per-process limit `vm.max_map_count`), or
+    None where /proc does not tell (not Linux)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            held = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            return held, int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def free_compiled_programs(fraction: float = 0.5) -> bool:
+    """Drops jax's compiled programs once this process holds over `fraction` of its memory-map
+    limit; returns whether it did.
+
+    XLA:CPU keeps a few memory maps per compiled program while the program is cached. A process
+    that trains hundreds of runs (a sweep worker, or a sweep in one process) compiles thousands of
+    programs -- one per loss-term combination, defect switch and completion width -- and at the
+    kernel's limit (65530 maps by default) the next compilation fails ("LLVM compilation error:
+    Cannot allocate memory") and kills the process. Called between runs; the runs after it
+    recompile, or load the programs from the persistent compilation cache."""
+    counts = map_counts()
+    if counts is None or counts[0] <= fraction * counts[1]:
+        return False
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    return True
+
+
 def stop(ex: concurrent.futures.ProcessPoolExecutor) -> None:
     """Cancels the queued work and stops the workers now: after a failure or an interrupt nobody
     should wait for runs that take minutes (a stopped run reads as stale and is redone on resume).

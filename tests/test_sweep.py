@@ -560,3 +560,32 @@ def test_sweep_workdir_that_is_a_file_is_one_sentence(base_path, tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         sweep.run_sweep(study_sweep(base_path), f, Trainer(), fake_baselines, progress=False)
+
+
+def test_compiled_programs_are_dropped_between_runs_near_the_memory_map_limit(
+        base_path, tmp_path, monkeypatch):
+    """A long sweep in one process (or one worker) would reach the kernel's memory-map limit
+    with XLA:CPU's cached programs and die in the next compilation; past half the limit the
+    runner drops jax's caches after the run, whatever the run's outcome."""
+    import jax
+
+    from cliffdistill import workers
+
+    cleared = []
+    monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
+    monkeypatch.setattr(workers, "map_counts", lambda: (400, 1000))
+    assert not workers.free_compiled_programs() and not cleared
+    monkeypatch.setattr(workers, "map_counts", lambda: None)  # no /proc: nothing to decide on
+    assert not workers.free_compiled_programs() and not cleared
+
+    monkeypatch.setattr(workers, "map_counts", lambda: (600, 1000))
+    cfg = make_sweep(base_path, product={"seed": (0, 1)})
+
+    def crash_on_seed_1(cfg, run_dir):
+        if int(cfg.seed) == 1:
+            raise ValueError("bad run")
+        fake_run(cfg, run_dir)
+
+    result = sweep.run_sweep(cfg, tmp_path / "sweep", crash_on_seed_1, progress=False)
+    assert result.ran == ["seed=0", "seed=1"] and result.failed == ["seed=1"]
+    assert cleared == [1, 1]  # after the run that finished and after the one that failed
