@@ -13,8 +13,8 @@
    value only the teacher knows) and the context setup (the teacher's own weights with/without
    k solved examples in the prompt; one hidden unit value per seed), correctly implemented;
    then the defect factorial (`sweep_rows`): each study defect alone and all together on the
-   methods it touches; every eval is also scored under the study's protocol (`study_eval`) and
-   every context run measures its retention of the plain task;
+   methods it touches; the first and final evals are also scored under the study's protocol
+   (`study_eval`), and every context run measures its retention of the plain task;
 3. report: tables, plots and a verdict on each of the study's claims (none on a setup that fails
    the headroom checks), in WORKDIR/REPORT.md and WORKDIR/RESULTS.md (the latter with machine,
    versions, date and timings).
@@ -73,6 +73,9 @@ class Mode:
     each_defect: bool = True  # each defect alone and the bundle (False: the bundle only)
     pairs: bool = False  # also every pair of defects
     evals: int = 4  # evaluations of 512 questions per run after step 0 (evenly spaced)
+    # ... of a defect-variant run (None: `evals`): its verdict reads its final eval against the
+    # correct implementation's, so its curve can be coarser than the correct runs'
+    defect_evals: int | None = None
 
 
 MODES = {
@@ -80,11 +83,12 @@ MODES = {
     # (no curve): a first look in minutes (cached)
     "quick": Mode("quick", correct_seeds=1, defect_seeds=1, step_divisor=2, each_defect=False,
                   evals=1),
-    # the default (37 min cold on 2 CPU cores, measured; target 30): every verdict decided, fewer
-    # defect seeds
-    "default": Mode("default", correct_seeds=3, defect_seeds=1),
-    # the whole factorial: >= 5 correct seeds, >= 3 per defect row, every pair of defects
-    "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True),
+    # the default (target: 30 min cold on 2 CPU cores; measured in README): every verdict
+    # decided, fewer defect seeds, defect variants evaluated at half-time and the end
+    "default": Mode("default", correct_seeds=3, defect_seeds=1, defect_evals=2),
+    # the whole factorial: >= 5 correct seeds, >= 3 per defect row, every pair of defects (its
+    # evaluation steps are the default's, so it reuses the default's runs)
+    "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True, defect_evals=2),
 }
 #: Methods of the defect factorial: pure on-policy, pure off-policy, mixed and seeded.
 FACTORIAL_METHODS = ("on_policy_gkd", "off_policy", "hybrid", "mixture", "kl_anchored",
@@ -123,31 +127,32 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
                  factorial_methods: Sequence[str] = FACTORIAL_METHODS, steps: int | None = None,
                  overrides: dict[str, Any] | None = None,
                  context_values: Sequence[int] | None = None) -> ml_collections.ConfigDict:
-    """The main job's sweep: one zip row per run (`sweep_rows`). Every run also evaluates under
-    the study's protocol (`ablation.study_eval`); the seed prefix of teacher_seeded is the
-    budget's seed fraction of the completion budget in use."""
+    """The main job's sweep: one zip row per run (`sweep_rows`). Every run's first and final
+    evals are also scored under the study's protocol (`ablation.study_eval`); the seed prefix of
+    teacher_seeded is the budget's seed fraction of the completion budget in use."""
     from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     context_values = tuple(context_values or (toy_config.DEFAULT_CONTEXT_VALUE,))
     overrides = dict(overrides or {})
     overrides.setdefault("schedule.seed_max_tokens", methods_lib.seed_tokens(
         toy_config.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy_config.BUDGET.max_new_tokens)))
+    steps = steps or toy_config.STEPS // mode.step_divisor
     zipped: dict[str, list] = {}
     for setup, method, seed, defects in sweep_rows(mode, methods, factorial_methods):
         paths = toy_config.toy_paths(str(root), setup, context_value(seed, context_values))
+        evals = mode.defect_evals if defects and mode.defect_evals else mode.evals
         values = {"setup": setup, "method": method, "seed": seed, **paths,
+                  "eval.every": steps // evals,
                   **{f"ablation.{d}": d in defects for d in TRAINING_DEFECTS}}
         for field, value in values.items():
             zipped.setdefault(field, []).append(value)
     c = ml_collections.ConfigDict()
     c.name = f"toy study ({mode.name})"
     c.base_config = "configs/toy.py"
-    steps = steps or toy_config.STEPS // mode.step_divisor
     c.base_overrides = sweep.nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
-        "schedule.reverse_switch_step": int(0.7 * steps), "eval.every": steps // mode.evals,
-        "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
+        "schedule.reverse_switch_step": int(0.7 * steps), "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
     c.order = ("setup", "method", "seed")
     c.name_fields = ("setup", "method", "seed", *(f"ablation.{d}" for d in TRAINING_DEFECTS))
     c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})

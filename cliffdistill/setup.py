@@ -172,8 +172,7 @@ def _pad_views(ids: list[list[int]], pad_id: int, limit: int, field: str,
     if longest > limit:
         raise ValueError(f"a prompt has {longest} tokens but config field `{field}`={limit}: the "
                          f"prompt is longer than the KV cache's prompt budget; raise `{field}`")
-    width = prompts.trimmed_length(longest, multiple, prompts.bucket_length(longest))
-    return prompts.pad_left(ids, pad_id, width)
+    return prompts.pad_left(ids, pad_id, prompts.prompt_width(longest, multiple))
 
 
 def load_tokenizer(cfg: ml_collections.ConfigDict) -> Any:

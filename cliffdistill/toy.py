@@ -28,6 +28,7 @@ Everything goes through the same HF load / prompt / grade path as a real checkpo
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -88,8 +89,10 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     # (measured: ground-truth oracle +0.8..+5.5 pp at 40-100 steps, any learning rate).
     c.size_value = 6  # not one of context_values
     c.unit_fraction = 0.25  # share of a plain pretraining batch that is zero-shot unit problems
+    # 1000 pretraining steps: the teacher is prepare's critical path, and its loss was flat from
+    # ~900 steps of a 1500-step run (0.137 at 900, 0.134 at 1000, 0.136 at 1500)
     c.teacher = ml_collections.ConfigDict(dict(
-        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1500, batch=32,
+        layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, mlp=192, steps=1000, batch=32,
         lr=3e-3, episode_every=4, knows_size_value=True))
     # Half the width, so ~4.3x fewer parameters (the embedding is shared by every width); two
     # layers, because locating the i-th operand and carrying the running count needs depth.
@@ -408,7 +411,8 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     student, teacher = prompts.build_views(tok, list(first), list(shots), instruction="",
                                            teacher_system=passage)
     ids = teacher if shots or passage else student
-    toks, mask = prompts.pad_left(ids, tok.pad_token_id, _width(max(map(len, ids)), c))
+    width = prompts.prompt_width(max(map(len, ids)), c.run.trim_multiple)  # as the runs pad
+    toks, mask = prompts.pad_left(ids, tok.pad_token_id, width)
     eos = (tok.eos_token_id,)
     out = evaluate.generate_greedy(model.cfg, model.params, lora, toks, mask,
                                    max_new_tokens=c.run.max_new_tokens,
@@ -416,11 +420,6 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     return {key: evaluate.summarize(evaluate.grade(tok, *out, questions, [e.answer for e in exs],
                                                    eos))["accuracy"]
             for key, exs in sets.items()}
-
-
-def _width(longest: int, c: ml_collections.ConfigDict) -> int:
-    """Columns for rows of `longest` tokens, padded as the runs pad theirs (`setup._pad_views`)."""
-    return prompts.trimmed_length(longest, c.run.trim_multiple, prompts.bucket_length(longest))
 
 
 def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
@@ -435,7 +434,8 @@ def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
     answers = [tok(e.solution + toy_tokenizer.END, add_special_tokens=False)["input_ids"]
                for e in splits.train]
     rows = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(student_prompts, answers)]
-    tokens, mask = pack(rows, _width(max(len(r[0]) for r in rows), c), tok.pad_token_id)
+    width = prompts.prompt_width(max(len(r[0]) for r in rows), c.run.trim_multiple)
+    tokens, mask = pack(rows, width, tok.pad_token_id)
     lcfg = lora_lib.LoraConfig(rank=b.lora_rank, alpha=b.lora_alpha)
     lora0 = lora_lib.init_lora(model.cfg, lcfg, jax.random.key(c.seed), model.params)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(b.lr, weight_decay=0.0))
@@ -577,15 +577,17 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
         timings["overlap"] = time.time() - t1
         if teacher is not None:
             report["teacher"] = teacher.result()
+        timings["teacher"] = report["teacher"]["seconds"]
+        timings["student"] = report["student"]["seconds"]
+        t1 = time.time()
+        # the context oracles (LoRA trainings of the teacher) in the worker, the evals here
+        oracles = ({str(v): ex.submit(_oracle_at, paths["teacher"], d, c)
+                    for v, d in data.contexts.items()} if ex is not None else None)
+        tb = measure(c, data, paths, tok, report, student_checks, say, oracles)
+        timings["measure"] += time.time() - t1
     finally:
         if ex is not None:
             workers_lib.stop(ex)
-    timings["teacher"] = report["teacher"]["seconds"]
-    timings["student"] = report["student"]["seconds"]
-
-    t1 = time.time()
-    tb = measure(c, data, paths, tok, report, student_checks, say)
-    timings["measure"] += time.time() - t1
     tb["eval_pretrain_overlap"] = overlap
     testbed.judge(tb, c.checks)
     timings["total"] = time.time() - t0
@@ -620,11 +622,18 @@ def measure_student(c: ml_collections.ConfigDict, data: Data, student_dir: Path)
             "oracle": oracle(student, data.size, c)}
 
 
+def _oracle_at(model_dir: Path, data_dir: Path, c: ml_collections.ConfigDict) -> float:
+    """`oracle` in a worker process: the model comes from its saved files."""
+    return oracle(Model.load(model_dir), data_dir, c)
+
+
 def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok: Any,
             report: dict[str, Any], student_checks: dict[str, float],
-            say: Callable[[str], None]) -> dict[str, Any]:
+            say: Callable[[str], None],
+            oracles: dict[str, concurrent.futures.Future] | None = None) -> dict[str, Any]:
     """testbed.json's measurements (accuracies are fractions; every eval is greedy, held-out);
-    `student_checks`: `measure_student`'s."""
+    `student_checks`: `measure_student`'s; `oracles`: the context oracles per value, computing
+    in a worker (None: computed here)."""
     teacher = Model.load(paths["teacher"])
     plain_eval = gsm8k.load_jsonl(data.plain / "test.jsonl")
     size_eval = gsm8k.load_jsonl(data.size / "test.jsonl")
@@ -643,14 +652,15 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
     sets = {str(v): gsm8k.load_jsonl(d / "test.jsonl") for v, d in data.contexts.items()}
     student_acc = accuracies(teacher, sets, c)  # no context: one generation for every value
     format_acc = accuracies(teacher, sets, c, shots=format_only_context(c, data.plain))
-    per_value = {}
+    per_value = {str(v): {"teacher": accuracy(teacher, sets[str(v)], c, shots=run_context(d, c)),
+                          "teacher_passage": accuracy(teacher, sets[str(v)], c,
+                                                      passage=synthetic.passage_text(v)),
+                          "student": student_acc[str(v)], "format_only": format_acc[str(v)]}
+                 for v, d in data.contexts.items()}
+    retention_before = accuracy(teacher, plain_eval, c)
     for v, d in data.contexts.items():
-        row = {"teacher": accuracy(teacher, sets[str(v)], c, shots=run_context(d, c)),
-               "teacher_passage": accuracy(teacher, sets[str(v)], c,
-                                           passage=synthetic.passage_text(v)),
-               "student": student_acc[str(v)], "format_only": format_acc[str(v)],
-               "oracle": oracle(teacher, d, c)}
-        per_value[str(v)] = row
+        row = per_value[str(v)]
+        row["oracle"] = oracles[str(v)].result() if oracles else oracle(teacher, d, c)
         say(f"  context value {v}: " + ", ".join(f"{k} {x:.1%}" for k, x in row.items()))
     mean = lambda key: statistics.mean(r[key] for r in per_value.values())  # noqa: E731
     context = {"values": list(c.context_values), "per_value": per_value,
@@ -661,7 +671,7 @@ def measure(c: ml_collections.ConfigDict, data: Data, paths: dict[str, Any], tok
                "oracle_gain": mean("oracle") - mean("student"),
                # the context student is the base model: its plain-task accuracy before any run
                # (each context run's retention eval measures it after)
-               "retention_before": accuracy(teacher, plain_eval, c)}
+               "retention_before": retention_before}
     # the retrieval-style variant: the same student, data and oracle; the teacher reads a passage
     retrieval = {"values": list(c.context_values),
                  "teacher": {"accuracy": mean("teacher_passage"), "params": report["teacher"]["params"]},

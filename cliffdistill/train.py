@@ -168,6 +168,28 @@ def trim_completions(out: sampling.GenerateOutput, multiple: int) -> sampling.Ge
                         student_mask=out.student_mask[:, :g], logprobs=out.logprobs[:, :g])
 
 
+#: The fields of an update batch that run over its completion columns ([B, G] or [B, G, D]).
+COMPLETION_FIELDS = ("completion", "loss_mask", "lp_old", "lp_teacher", "teacher_h")
+
+
+def match_widths(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """The step's on- and off-policy batches padded on the right to one completion width (the
+    wider of the two), so an update that has both compiles once per width instead of once per
+    pair of widths (`rollout.match_update_widths`). Padding is masked out: the loss changes only
+    by float rounding (`test_cutting_padding_columns_changes_only_rounding`)."""
+    parts = [k for k in ("on", "off") if k in batch]
+    g = max((batch[k]["completion"].shape[1] for k in parts), default=0)
+    out = dict(batch)
+    for k in parts:
+        extra = g - batch[k]["completion"].shape[1]
+        if extra:
+            out[k] = {name: (jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2),
+                                     constant_values=pad_id if name == "completion" else 0)
+                             if name in COMPLETION_FIELDS else x)
+                      for name, x in batch[k].items()}
+    return out
+
+
 def score(c: Context, out: sampling.GenerateOutput, plan: methods.StepPlan,
           prompt_idx: np.ndarray, log_: StepLog) -> dict[str, Any]:
     """The teacher scores the rollout under its own prompt view; returns the on-policy batch
@@ -289,8 +311,10 @@ def update_step(c: Context, state: dict[str, Any], batch: dict[str, Any], plan: 
     """One optimizer step on the weighted sum of the batch's loss terms (state updated in place);
     raises FloatingPointError naming the step and the non-finite values."""
     cfg = c.cfg
-    spec = update_spec(c, batch, plan, num_steps)
     t0 = time.time()
+    if cfg.rollout.match_update_widths:
+        batch = match_widths(batch, c.s.pad_id)
+    spec = update_spec(c, batch, plan, num_steps)
     arrays = update_lib.plan_arrays(plan, kl_discount=cfg.loss.kl_discount,
                                     jsd_beta=cfg.loss.jsd_beta, dpo_beta=cfg.loss.dpo_beta,
                                     confidence_temperature=cfg.loss.confidence_temperature)
@@ -358,20 +382,25 @@ class Evaluator:
             eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
         return summary
 
-    def _evaluate(self, lora_layers: Any) -> dict[str, Any]:
+    def _evaluate(self, lora_layers: Any, study: bool) -> dict[str, Any]:
         s, cfg = self.s, self.s.cfg
         summary = self._score(s.eval, len(s.eval.questions), lora_layers, cfg.eval.max_new_tokens)
-        if cfg.ablation.study_eval:  # the study's protocol on the same adapters (DESIGN §1)
-            study = self._score(s.train, cfg.eval.study_n, lora_layers, cfg.eval.study_max_new_tokens)
-            summary["study"] = {k: study[k] for k in ("accuracy", "n", "truncation_rate")}
+        if study:  # the study's protocol on the same adapters (DESIGN §1)
+            st = self._score(s.train, cfg.eval.study_n, lora_layers, cfg.eval.study_max_new_tokens)
+            summary["study"] = {k: st[k] for k in ("accuracy", "n", "truncation_rate")}
         return summary
 
-    def __call__(self, step: int, lora_layers: Any) -> dict[str, Any]:
+    def __call__(self, step: int, lora_layers: Any, final: bool = False) -> dict[str, Any]:
+        """Evaluates the adapters after `step` steps; `final`: the run's last step. The study's
+        protocol (`ablation.study_eval`) scores the first and the final eval -- the numbers the
+        report reads -- and, with `eval.study_every` = N > 0, every eval at a multiple of N."""
         s, cfg = self.s, self.s.cfg
         t0 = time.time()
+        every = cfg.eval.study_every
+        study = cfg.ablation.study_eval and (step == 0 or final or (every > 0 and step % every == 0))
         cache = step0_cache_file(s, self.workdir, lora_layers) if step == 0 else None
         cached = rundir.read_json(cache) if cache is not None else None
-        summary = cached if cached is not None else self._evaluate(lora_layers)
+        summary = cached if cached is not None else self._evaluate(lora_layers, study)
         if cached is not None:
             log.info("step-0 eval read from %s", cache)
         elif cache is not None and self.enabled:
@@ -527,7 +556,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 state["step"] = np.asarray(step + 1, np.int64)
                 state["data_pos"] = np.asarray((step + 1) * len(idx), np.int64)
                 if (step + 1) % cfg.eval.every == 0 or step + 1 == num_steps:           # eval
-                    e = evaluator(step + 1, state["lora"])
+                    e = evaluator(step + 1, state["lora"], final=step + 1 == num_steps)
                     log_.metrics.update({"time/eval": e["seconds"], "eval/accuracy": e["accuracy"]})
                 if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == num_steps or preempt["flag"]:
                     t0 = time.time()                                                     # checkpoint

@@ -133,6 +133,7 @@ RULES: dict[str, Rule] = {
     "eval.claims.n_boot": count(100, "bootstrap resamples"),
     "eval.study_n": count(1, "train questions of the study's eval protocol"),
     "eval.study_max_new_tokens": count(1),
+    "eval.study_every": count(0, "0 = only the first and the final eval"),
     "eval.status.collapse_abs": fraction(), "eval.status.collapse_abs_min_start": fraction(),
     "eval.status.collapse_frac": fraction(), "eval.status.stable_frac": fraction(),
     "checkpoint.every": count(1), "checkpoint.keep": count(1),

@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
         # rounded up to k, and each step's completions cut to its longest row rounded up to k
         # (less compute, up to max_new_tokens / k compiled shapes; float rounding differs).
         trim_multiple=0,
+        # a step's on- and off-policy batches padded to one width (the wider): with
+        # trim_multiple > 0 a mixed update then compiles once per width, not once per pair of
+        # widths (worth it where a compile costs more than the padding: small models, short runs)
+        match_update_widths=False,
     ))
 
     # ---------------------------------------------------------------- losses
@@ -117,6 +121,9 @@ def get_config() -> ml_collections.ConfigDict:
         batch_size=64,
         study_n=50,  # ablation.study_eval: the study's protocol scored the first 50 train questions
         study_max_new_tokens=256,  # ... with 256-token answers
+        # ... at the first and the final eval (what the report reads); N > 0: also at every eval
+        # whose step is a multiple of N (a curve under the study's protocol)
+        study_every=0,
         # The step-0 eval is the base student's (the adapters start as the zero update), the
         # same for every run of a setup: "" -> computed once in <workdir>/../eval_cache and
         # reused by the sweep's other runs; "none" -> always computed.

@@ -63,10 +63,13 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
     c.lora.update(rank=b.lora_rank, alpha=b.lora_alpha)
     c.data.update(n_train=prep.n_train_prompts, n_fewshot=b.n_fewshot, n_eval=prep.n_eval,
                   split_seed=b.split_seed, instruction="", context_k=prep.context_k)
+    # match_update_widths: every new pair of (on, off) widths would compile a mixed update
+    # again, ~4-10 s on 2 CPU cores against ~0.3-1 s per toy step (docs/PERFORMANCE.md).
     # trim_multiple: answers average ~44 of the 128-token budget and the context teacher's view
     # ~183 real tokens, so scoring and updates skip most padding (docs/PERFORMANCE.md)
     c.rollout.update(batch_size=b.batch_size, max_new_tokens=b.max_new_tokens, max_prompt_len=128,
-                     max_teacher_prompt_len=512, trim_multiple=b.trim_multiple)
+                     max_teacher_prompt_len=512, trim_multiple=b.trim_multiple,
+                     match_update_widths=True)
     c.off_policy.update(max_new_tokens=b.max_new_tokens, gen_batch_size=64)
     c.replay.capacity = 128
     c.loss.update(vocab_chunk=4096, remat="none")

@@ -141,20 +141,32 @@ def test_a_defect_that_touches_no_step_leaves_the_run_identical(tiny_pair, tmp_p
 
 
 def test_study_eval_scores_the_first_train_questions_beside_the_held_out_eval(tiny_pair, tmp_path):
-    """`ablation.study_eval` changes no training (same metrics as without it) and adds, to every
-    eval, the study's protocol: the first `eval.study_n` *training* questions."""
-    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=2)
+    """`ablation.study_eval` changes no training (same metrics as without it) and adds the
+    study's protocol -- the first `eval.study_n` *training* questions -- to the first and the
+    final eval, and with `eval.study_every` = N to every eval at a multiple of N."""
+    cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=3)
     with cfg.unlocked():
-        cfg.eval.study_n, cfg.eval.study_max_new_tokens = 5, 6
+        cfg.eval.study_n, cfg.eval.study_max_new_tokens, cfg.eval.every = 5, 6, 1
     plain = _metrics(cfg, tmp_path / "plain")
     with cfg.unlocked():
         cfg.ablation.study_eval = True
     assert _metrics(cfg, tmp_path / "study") == plain
-    evals = [json.loads(line) for line in (tmp_path / "study" / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [0, 2]
-    for e in evals:
-        assert e["study"]["n"] == 5 and 0.0 <= e["study"]["accuracy"] <= 1.0
+
+    def evals(name):
+        lines = (tmp_path / name / "eval.jsonl").read_text().splitlines()
+        return {e["step"]: e for e in map(json.loads, lines)}
+
+    got = evals("study")
+    assert sorted(got) == [0, 1, 2, 3]
+    assert sorted(st for st, e in got.items() if "study" in e) == [0, 3]  # first and final
+    for e in got.values():
         assert e["n"] == cfg.data.n_eval  # the held-out eval is unchanged
+        if "study" in e:
+            assert e["study"]["n"] == 5 and 0.0 <= e["study"]["accuracy"] <= 1.0
+    with cfg.unlocked():
+        cfg.eval.study_every = 2
+    _metrics(cfg, tmp_path / "every2")
+    assert sorted(st for st, e in evals("every2").items() if "study" in e) == [0, 2, 3]
     with cfg.unlocked():
         cfg.eval.study_n = cfg.data.n_train + 1
     with pytest.raises(ValueError, match="eval.study_n"):

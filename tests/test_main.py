@@ -32,6 +32,9 @@ def test_sweep_config_cycles_context_values_and_scales_the_seed_prefix(tmp_path)
     assert cfg.base_overrides.schedule.seed_max_tokens == 10  # 20/256 of the 128-token budget
     assert cfg.base_overrides.ablation.study_eval is True
     assert set(cfg.zip.method) == set(main.METHODS) and "off_policy" in cfg.zip.method
+    # correct runs evaluate every 10 of 40 steps; defect variants at half-time and the end
+    defect = [any(cfg.zip.ablation[d][i] for d in main.TRAINING_DEFECTS) for i in range(len(rows))]
+    assert {(d, e) for d, e in zip(defect, cfg.zip.eval.every)} == {(False, 10), (True, 20)}
     small = main.sweep_config(tmp_path, main.MODES["quick"], overrides={"rollout.max_new_tokens": 64})
     assert small.base_overrides.schedule.seed_max_tokens == 5
 

@@ -14,6 +14,7 @@ from cliffdistill.data.prompts import (
     build_views,
     context_shots,
     pad_left,
+    prompt_width,
     render,
     shot_solution,
     student_messages,
@@ -206,6 +207,12 @@ def test_trimmed_length():
         trimmed_length(129, 32, 128)
     with pytest.raises(ValueError, match="multiple >= 0"):
         trimmed_length(3, -1, 128)
+
+
+def test_prompt_width():
+    # the power-of-two bucket (at least 16), or the longest prompt rounded up to the multiple
+    assert [prompt_width(n, 0) for n in (5, 16, 17, 183)] == [16, 16, 32, 256]
+    assert [prompt_width(n, 32) for n in (5, 17, 183, 192)] == [16, 32, 192, 192]
 
 
 def test_pad_left():

@@ -473,3 +473,56 @@ def test_relative_workdir(tiny_pair, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=2)
     assert train.run(cfg, "relative/run", progress=False)["state"] == "done"
     assert (tmp_path / "relative" / "run" / "checkpoints").is_dir()
+
+
+def test_match_widths_pads_the_narrower_batch_and_a_mixed_update_compiles_once_per_width(tiny_pair):
+    """`rollout.match_update_widths`: the step's on- and off-policy batches are padded on the right
+    to the wider one's width (padding: pad id, mask False, 0), so width pairs (6, 4), (4, 6), (6, 6)
+    share one compiled update where unmatched each pair needs its own."""
+    s = setup_lib.make_setup(tiny_run_config(tiny_pair, "mixture", steps=1))
+    rng = np.random.default_rng(0)
+    B = 2
+    prompt, pmask = s.train.student[:B], s.train.student_mask[:B]
+
+    def part(g, on):
+        comp = rng.integers(5, s.student_cfg.vocab_size, (B, g)).astype(np.int32)
+        b = {"prompt": prompt, "prompt_mask": pmask, "completion": comp,
+             "loss_mask": np.ones((B, g), bool)}
+        if on:
+            b.update(lp_old=np.full((B, g), -1.0, np.float32),
+                     lp_teacher=np.full((B, g), -2.0, np.float32))
+        return {k: jnp.asarray(v) for k, v in b.items()}
+
+    on, off = part(6, True), part(4, False)
+    got = train.match_widths({"on": on, "off": off}, s.pad_id)
+    assert got["on"] is on  # the wider batch is untouched
+    np.testing.assert_array_equal(got["off"]["completion"][:, :4], off["completion"])
+    assert (np.asarray(got["off"]["completion"][:, 4:]) == s.pad_id).all()
+    assert got["off"]["loss_mask"].shape == (B, 6) and not np.asarray(got["off"]["loss_mask"][:, 4:]).any()
+    assert got["off"]["prompt"] is off["prompt"]  # prompts keep their own width
+    alone = {"off": off}
+    assert train.match_widths(alone, s.pad_id)["off"] is off  # one batch: nothing to match
+
+    spec = update.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=True,
+                             has_off=True, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
+                             shift_off=True, vocab_chunk=7, remat="none", moe_impl="ragged",
+                             optim=update.OptimConfig(lr=1.25e-3), num_steps=0)
+    plan = update.plan_arrays(methods.StepPlan(on_weight=0.3, off_weight=0.7), kl_discount=0.0,
+                              jsd_beta=1.0, dpo_beta=0.1, confidence_temperature=1.0)
+
+    def new_compiles(match):
+        """Programs compiled for width pairs (6, 4) and (4, 6) after a step at (6, 6)."""
+        fn = update.update_fn(spec)
+        state = update.init_state(s.student_cfg, s.student_params, lora_lib.LoraConfig(2, 4.0),
+                                  s.mesh, update.make_optimizer(spec.optim, 1), seed=0,
+                                  lora_dtype="float32", replay_capacity=1)
+        layers, opt, before = state["lora"], state["opt_state"], None
+        for g_on, g_off in ((6, 6), (6, 4), (4, 6)):
+            batch = {"on": part(g_on, True), "off": part(g_off, False)}
+            batch = train.match_widths(batch, s.pad_id) if match else batch
+            layers, opt, _ = fn(layers, opt, s.student_params, None, batch, plan)
+            before = fn._cache_size() if before is None else before
+        return fn._cache_size() - before
+
+    assert new_compiles(True) == 0
+    assert new_compiles(False) == 2

@@ -207,6 +207,12 @@ def trimmed_length(n: int, multiple: int, cap: int) -> int:
     return min(cap, max(multiple, -(-n // multiple) * multiple))
 
 
+def prompt_width(longest: int, multiple: int) -> int:
+    """Columns of a prompt view whose longest prompt has `longest` tokens: its power-of-two
+    bucket, or (multiple > 0, config `rollout.trim_multiple`) `longest` rounded up to `multiple`."""
+    return trimmed_length(longest, multiple, bucket_length(longest))
+
+
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int,
              length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads to ``[B, P]`` int32 tokens and a bool mask, so every completion starts at
