@@ -152,7 +152,8 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
     c.base_overrides = sweep.nest({
         "schedule.num_steps": steps, "schedule.extended_num_steps": 2 * steps,
         "schedule.hybrid_switch_step": steps // 2, "schedule.seed_decay_steps": steps // 2,
-        "schedule.reverse_switch_step": int(0.7 * steps), "checkpoint.every": steps, "ablation.study_eval": True, **overrides})
+        "schedule.reverse_switch_step": int(0.7 * steps), "checkpoint.every": steps,
+        "ablation.study_eval": True, **overrides})
     c.order = ("setup", "method", "seed")
     c.name_fields = ("setup", "method", "seed", *(f"ablation.{d}" for d in TRAINING_DEFECTS))
     c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})
