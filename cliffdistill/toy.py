@@ -89,7 +89,7 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     # (measured: ground-truth oracle +0.8..+5.5 pp at 40-100 steps, any learning rate).
     c.size_value = 6  # not one of context_values
     c.unit_fraction = 0.25  # share of a plain pretraining batch that is zero-shot unit problems
-    # 1000 pretraining steps (prepare's critical path; 1500 took ~95 s more, cold, 2 cores). It
+    # 1000 pretraining steps (prepare's critical path: 330 s vs 435 s for 1500, cold, 2 cores). It
     # costs teacher accuracy, measured: size 97.9% -> 77.3%, context 90.7% -> 59.2% (1500 -> 1000
     # steps); both setups still pass the headroom checks (docs/PERFORMANCE.md)
     c.teacher = ml_collections.ConfigDict(dict(
