@@ -5,7 +5,8 @@ writes, so a file name or a write discipline is never a string literal in two pl
 
     DIR/config.json      resolved config the run was started with
     DIR/status.json      {"state": "running"|"done"|"failed"|"preempted", "error", "final_step",
-                          "pid", "host", "heartbeat", "resumed_from", "skipped_checkpoints", ...}
+                          "pid", "pid_start", "host", "heartbeat", "resumed_from",
+                          "skipped_checkpoints", ...}
     DIR/metrics.jsonl    one record per train step (+ DIR/tb/ TensorBoard events)
     DIR/eval.jsonl       one record per periodic evaluation
     DIR/checkpoints/     orbax CheckpointManager of the train-state pytree
@@ -153,23 +154,44 @@ def write_status(workdir: str | os.PathLike, status: Mapping[str, Any]) -> None:
     write_json(Path(workdir) / STATUS_FILE, dict(status))
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (field 3, the state, first), or None (not Linux,
+    or no such process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def pid_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc field 22), or None where /proc
+    does not tell: with the pid it names one process, even after the pid is reused."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
+
+
 def owner_fields() -> dict[str, Any]:
     """Who is running a run and when it last said so: what `staleness` checks."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}
+    return {"pid": os.getpid(), "pid_start": pid_start(os.getpid()),
+            "host": socket.gethostname(), "heartbeat": time.time()}
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host and is not a zombie (killed, not yet reaped)."""
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether process `pid` exists on this host and is not a zombie (killed, not yet reaped);
+    with `start` (its `pid_start`), also that it is that process and not a later one given the
+    same pid -- pids (shared with threads) are reused within minutes on a busy host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
         return True
-    try:  # Linux: a zombie still answers kill(0) but will never write again
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+    fields = _proc_stat(pid)
+    if fields is None:
         return True
+    if fields[0] == "Z":  # a zombie still answers kill(0) but will never write again
+        return False
+    return start is None or pid_start(pid) in (None, start)
 
 
 def staleness(status: Mapping[str, Any], *, stale_after: float = STALE_AFTER_SECONDS,
@@ -187,7 +209,7 @@ def staleness(status: Mapping[str, Any], *, stale_after: float = STALE_AFTER_SEC
     pid, beat = status.get("pid"), status.get("heartbeat")
     if not isinstance(pid, int) or not isinstance(beat, (int, float)):
         return "no heartbeat recorded"
-    if status.get("host") == host and not pid_alive(pid):
+    if status.get("host") == host and not pid_alive(pid, status.get("pid_start")):
         return f"process {pid} on {host} is gone"
     if now - beat > stale_after:
         return (f"no heartbeat for {now - beat:.0f}s (> {stale_after:.0f}s) from process {pid} "

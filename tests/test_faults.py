@@ -212,6 +212,12 @@ def test_staleness_rules():
     assert "no heartbeat for" in rundir.staleness(elsewhere, now=now + 61, stale_after=60)
     assert rundir.staleness({"state": "running"}) == "no heartbeat recorded"
     assert rundir.staleness({**alive, "pid": _dead_pid(), "state": "done"}) is None
+    # a pid now held by another process (reused): its start time differs
+    me = rundir.pid_start(os.getpid())
+    if me is not None:  # Linux
+        assert rundir.staleness({**alive, "pid_start": me}) is None
+        assert "gone" in rundir.staleness({**alive, "pid_start": me + 1})
+        assert rundir.owner_fields()["pid_start"] == me
 
 
 def test_heartbeat_renews_and_status_cli_reports_stale(tmp_path, capsys):
