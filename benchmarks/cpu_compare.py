@@ -44,7 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cliffdistill import losses, models, sampling, scoring  # noqa: E402
+from cliffdistill import models  # noqa: E402
+from cliffdistill.engine import losses, sampling, scoring  # noqa: E402
 from cliffdistill.models import lora as lora_lib  # noqa: E402
 from cliffdistill.models import transformer  # noqa: E402
 from cliffdistill.models.config import ModelConfig  # noqa: E402

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cliffdistill import methods, sampling, scoring, update
+from cliffdistill.engine import methods, sampling, scoring, update
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models import transformer
 from cliffdistill.models.config import ModelConfig, to_hf_config

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cliffdistill import memplan, methods
+from cliffdistill.engine import methods
+from cliffdistill.run import memplan
 from cliffdistill.models.config import ModelConfig
 
 # The study's teacher_seeded run (DESIGN §1, configs/base.py defaults) that --estimate prices.

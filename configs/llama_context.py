@@ -9,11 +9,11 @@ examples before the question; the student is the same base + LoRA reading only t
 
 import ml_collections
 
-from configs import base
+from cliffdistill.run import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base.get_config()
+    c = defaults.get_config()
     c.setup = "context"
     c.student.path = "/models/Llama-3.1-8B-Instruct"
     c.teacher.path = ""  # the student's base weights with the context

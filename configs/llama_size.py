@@ -11,11 +11,11 @@ a v5p-32). Each device reads only its slice of the safetensors files.
 
 import ml_collections
 
-from configs import base
+from cliffdistill.run import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base.get_config()
+    c = defaults.get_config()
     c.setup = "size"
     c.student.path = "/models/Llama-3.1-8B-Instruct"
     c.teacher.path = "/models/Llama-3.3-70B-Instruct"

@@ -9,11 +9,11 @@ The study's settings: 100 steps (200 for extended_on_policy), LoRA rank 32, lr 3
 
 import ml_collections
 
-from configs import base
+from cliffdistill.run import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base.get_config()
+    c = defaults.get_config()
     c.setup = "size"
     c.student.path = "/models/Qwen3-4B-Instruct-2507"
     c.teacher.path = "/models/Qwen3-30B-A3B-Instruct-2507"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from cliffdistill import train  # noqa: E402
+from cliffdistill.run import loop  # noqa: E402
 from tests.tiny import tiny_run_config  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as conftest: bitwise comparable
@@ -38,7 +38,7 @@ def fault_config(paths: dict, cache_dir: str) -> ml_collections.ConfigDict:
 
 
 def main(args: dict) -> None:
-    train.run(fault_config(args["paths"], args["cache_dir"]), args["workdir"], progress=False)
+    loop.run(fault_config(args["paths"], args["cache_dir"]), args["workdir"], progress=False)
 
 
 if __name__ == "__main__":

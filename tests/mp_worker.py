@@ -4,8 +4,8 @@
         --steps 2 --mesh data=2,fsdp=2,tensor=2 [--coordinator 127.0.0.1:PORT --num_processes 2 \
         --process_id I]
 
-Joins the job through `cliffdistill.distributed.initialize` (nothing to join with one process),
-trains with `train.run` into the shared DIR, then restores the final checkpoint and writes the LoRA
+Joins the job through `cliffdistill.run.distributed.initialize` (nothing to join with one process),
+trains with `loop.run` into the shared DIR, then restores the final checkpoint and writes the LoRA
 params (gathered to every process) to OUT.npz from process 0. Prints one `RESULT {json}` line.
 The environment (JAX_PLATFORMS, XLA_FLAGS device count) is set by the parent.
 """
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--process_id", type=int, default=None)
     args = ap.parse_args()
 
-    from cliffdistill import distributed
+    from cliffdistill.run import distributed
 
     info = distributed.initialize(coordinator_address=args.coordinator,
                                   num_processes=args.num_processes, process_id=args.process_id)
@@ -47,8 +47,9 @@ def main() -> None:
     # The same numerics as the in-process tests (tests/conftest.py).
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    from cliffdistill import methods, rundir, train
-    from cliffdistill import setup as setup_lib
+    from cliffdistill.engine import methods
+    from cliffdistill.run import loop, rundir
+    from cliffdistill.run import assembly
     from cliffdistill.models import sharding
     from tests.tiny import tiny_run_config
 
@@ -56,13 +57,13 @@ def main() -> None:
     cfg = tiny_run_config(paths, args.method, steps=args.steps)
     cfg.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
     t0 = time.time()
-    summary = train.run(cfg, args.workdir, progress=False)
+    summary = loop.run(cfg, args.workdir, progress=False)
     seconds = time.time() - t0
 
     # Restore what the run checkpointed (every process reads the shared directory), and gather
     # the LoRA params (replicated global arrays) to host numpy on every process.
-    s = setup_lib.make_setup(cfg)
-    target = setup_lib.init_state(s, methods.num_steps(cfg.method, cfg.schedule))
+    s = assembly.make_setup(cfg)
+    target = assembly.init_state(s, methods.num_steps(cfg.method, cfg.schedule))
     with rundir.Checkpoints(args.workdir) as ckpt:
         restored = ckpt.restore(ckpt.latest(), target)
     flat = jax.tree_util.tree_flatten_with_path(restored["lora"])[0]

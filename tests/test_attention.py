@@ -118,7 +118,7 @@ def test_remat_policy_names():
 
 def test_planner_counts_remat_policies():
     """The memory planner's update: "none" > "dots" > "full" saved bytes; bools still accepted."""
-    from cliffdistill import memplan as planner
+    from cliffdistill.run import memplan as planner
     from cliffdistill.models.config import preset
 
     m, mesh = preset("qwen3_4b"), planner.MeshShape.of({})

@@ -150,7 +150,7 @@ def test_init_on_device_has_the_param_tree_and_scale():
 
 def test_benchmark_times_the_trainers_update():
     """One benchmark update step reports the loss of `update.loss_terms` on the same inputs."""
-    from cliffdistill import update
+    from cliffdistill.engine import update
     from cliffdistill.models import lora as lora_lib
 
     cfg = phases.SMOKE_STUDENT

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliffdistill import models, sampling
+from cliffdistill import models
+from cliffdistill.engine import sampling
 from cliffdistill.models import transformer
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from cliffdistill import methods, train, update
-from cliffdistill import setup as setup_lib
+from cliffdistill.engine import methods, update
+from cliffdistill.run import loop
+from cliffdistill.run import assembly
 from cliffdistill.models import lora as lora_lib
 from tests.tiny import tiny_run_config
 
@@ -17,7 +18,7 @@ from tests.tiny import tiny_run_config
 @pytest.fixture(scope="module")
 def pieces(tiny_pair):
     """A tiny student, an on- and an off-policy batch, perturbed adapters and a base spec."""
-    s = setup_lib.make_setup(tiny_run_config(tiny_pair, "mixture", steps=1))
+    s = assembly.make_setup(tiny_run_config(tiny_pair, "mixture", steps=1))
     rng = np.random.default_rng(0)
     B, G = 3, 6
     prompt, pmask = s.train.student[:B], s.train.student_mask[:B]
@@ -110,22 +111,22 @@ UNTOUCHED = [("unshifted_off_policy", "size", "on_policy_gkd"),
 
 
 def test_defect_applicability_table():
-    touched = {d: [m for m in methods.STUDY_METHODS if setup_lib.defect_applies(d, m, "context")]
-               for d in setup_lib.TRAINING_DEFECTS}
+    touched = {d: [m for m in methods.STUDY_METHODS if assembly.defect_applies(d, m, "context")]
+               for d in assembly.TRAINING_DEFECTS}
     assert touched["unshifted_off_policy"] == ["hybrid", "mixture", "replay_buffer", "kl_anchored",
                                                "reverse_curriculum", "off_policy"]
     assert touched["zero_kl_anchor"] == ["kl_anchored"]
     assert touched["two_step_mixture"] == ["mixture", "replay_buffer"]
     assert "off_policy" not in touched["on_policy_no_prompt"]
     assert touched["teacher_no_context"] == touched["on_policy_no_prompt"]
-    assert not any(setup_lib.defect_applies("teacher_no_context", m, "size")
+    assert not any(assembly.defect_applies("teacher_no_context", m, "size")
                    for m in methods.STUDY_METHODS)
     for defect, setup, method in UNTOUCHED:
-        assert not setup_lib.defect_applies(defect, method, setup)
+        assert not assembly.defect_applies(defect, method, setup)
 
 
 def _metrics(cfg, workdir):
-    train.run(cfg, workdir, progress=False)
+    loop.run(cfg, workdir, progress=False)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
@@ -170,4 +171,4 @@ def test_study_eval_scores_the_first_train_questions_beside_the_held_out_eval(ti
     with cfg.unlocked():
         cfg.eval.study_n = cfg.data.n_train + 1
     with pytest.raises(ValueError, match="eval.study_n"):
-        setup_lib.validate_config(cfg)
+        assembly.validate_config(cfg)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cliffdistill import distributed as dist
-from cliffdistill.distributed import Resolution, first_host, resolve
+from cliffdistill.run import distributed as dist
+from cliffdistill.run.distributed import Resolution, first_host, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import transformers
 
-from cliffdistill import evaluate, models, rundir, sampling
-from cliffdistill import setup as setup_lib
+from cliffdistill import models
+from cliffdistill.engine import sampling
+from cliffdistill.run import evaluation, rundir
+from cliffdistill.run import assembly
 from cliffdistill.data import gsm8k, prompts
 from tests.tiny import tiny_run_config
 
@@ -38,7 +40,7 @@ def _direct_loop(cfg, lora_layers):
     unpadded question at a time, decode, extract, grade."""
     tok = transformers.AutoTokenizer.from_pretrained(cfg.student.path)
     mcfg, params = models.load_hf(cfg.student.path, dtype=jnp.float32)
-    examples = list(setup_lib.load_splits(cfg).eval)
+    examples = list(assembly.load_splits(cfg).eval)
     instruction = prompts.INSTRUCTION if cfg.data.instruction is None else cfg.data.instruction
     ids, _ = prompts.build_views(tok, examples, [], system=cfg.data.system, instruction=instruction)
     lora = models.LoraParams(jax.device_get(lora_layers), cfg.lora.alpha / cfg.lora.rank)
@@ -62,13 +64,13 @@ def run(tiny_pair, tmp_path_factory):
     shutil.copytree(tiny_pair["data"], root / "data")
     cfg = tiny_run_config({**tiny_pair, "data": root / "data"}, "on_policy_gkd", steps=2)
     cfg.data.n_eval, cfg.eval.max_new_tokens = N_EVAL, BUDGET
-    s = setup_lib.make_setup(cfg)
-    state = setup_lib.init_state(s, 2)
+    s = assembly.make_setup(cfg)
+    state = assembly.init_state(s, 2)
     # adapters whose greedy answers contain numbers for a few questions (most random ones don't)
     for seed in range(100):
         layers = _lora_with_b(state["lora"], seed)
-        _, records = evaluate.evaluate_arrays(
-            s, s.student_cfg, s.student_params, models.LoraParams(layers, setup_lib.lora_scale(cfg)),
+        _, records = evaluation.evaluate_arrays(
+            s, s.student_cfg, s.student_params, models.LoraParams(layers, assembly.lora_scale(cfg)),
             s.eval.student, s.eval.student_mask, max_new_tokens=BUDGET)
         if sum(r.extracted is not None for r in records) >= 3:
             break
@@ -104,7 +106,7 @@ def _records(path):
 
 
 def test_checkpoint_eval_matches_independent_loop(run):
-    out = evaluate.evaluate_run(run["dir"], "all", baselines=True, echo=None)
+    out = evaluation.evaluate_run(run["dir"], "all", baselines=True, echo=None)
     ev = run["dir"] / "eval"
     assert sorted(out["steps"]) == [0, 1, 2]  # step 0 + one entry per checkpoint
     for step in (1, 2):
@@ -146,29 +148,29 @@ def test_checkpoint_eval_matches_independent_loop(run):
 
 
 def test_restore_lora_returns_the_saved_step(run):
-    s = setup_lib.make_setup(run["cfg"])
+    s = assembly.make_setup(run["cfg"])
     for step in (1, 2):
-        got = evaluate.restore_lora(s, run["cfg"], run["dir"], step)
+        got = evaluation.restore_lora(s, run["cfg"], run["dir"], step)
         assert got.scale == run["cfg"].lora.alpha / run["cfg"].lora.rank
         jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(got.layers),
                                jax.device_get(run["lora"][step]))
-    latest = evaluate.restore_lora(s, run["cfg"], run["dir"])
+    latest = evaluation.restore_lora(s, run["cfg"], run["dir"])
     np.testing.assert_array_equal(latest.layers["q_proj"]["b"], run["lora"][2]["q_proj"]["b"])
 
 
 def test_overrides_and_bad_steps(run, tmp_path):
     work = tmp_path / "copy"
     shutil.copytree(run["dir"], work)
-    out = evaluate.evaluate_run(work, 0, max_new_tokens=12, n_eval=4, echo=None)
+    out = evaluation.evaluate_run(work, 0, max_new_tokens=12, n_eval=4, echo=None)
     rec = _records(work / "eval" / "step_0.jsonl")
     assert len(rec) == 4 == out["steps"][0]["n"] and out["steps"][0]["max_new_tokens"] == 12
     assert all(r["length"] <= 12 for r in rec) and any(r["length"] == 12 for r in rec)
     with pytest.raises(ValueError, match=r"no checkpoint for step 7.*\[1, 2\]"):
-        evaluate.evaluate_run(work, 7, echo=None)
+        evaluation.evaluate_run(work, 7, echo=None)
     with pytest.raises(ValueError, match="step"):
-        evaluate.evaluate_run(work, "newest", echo=None)
+        evaluation.evaluate_run(work, "newest", echo=None)
     with pytest.raises(FileNotFoundError, match="config.json"):
-        evaluate.evaluate_run(tmp_path / "nothing", echo=None)
+        evaluation.evaluate_run(tmp_path / "nothing", echo=None)
 
 
 def _spy(monkeypatch):
@@ -177,19 +179,19 @@ def _spy(monkeypatch):
     def fake(model_cfg, params, lora, tokenizer, prompts_, prompt_mask, questions, golds, **kw):
         calls.append({"cfg": model_cfg, "params": params, "lora": lora, "prompts": prompts_,
                       "mask": prompt_mask, "budget": kw["max_new_tokens"]})
-        recs = [evaluate.Record(q, "", None, g, False, False, True, False, 1)
+        recs = [evaluation.Record(q, "", None, g, False, False, True, False, 1)
                 for q, g in zip(questions, golds)]
-        return evaluate.summarize(recs), recs
+        return evaluation.summarize(recs), recs
 
-    monkeypatch.setattr(evaluate, "evaluate_prompts", fake)
+    monkeypatch.setattr(evaluation, "evaluate_prompts", fake)
     return calls
 
 
 def test_baselines_context_setup_teacher_is_base_with_context(tiny_pair, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context")
-    s = setup_lib.make_setup(cfg)
+    s = assembly.make_setup(cfg)
     calls = _spy(monkeypatch)
-    out = evaluate.run_baselines(cfg, tmp_path / "b" / "context.json", setup_obj=s)
+    out = evaluation.run_baselines(cfg, tmp_path / "b" / "context.json", setup_obj=s)
     assert json.loads((tmp_path / "b" / "context.json").read_text()) == out
     assert set(out) == {"student", "teacher", "teacher_with_context"}
     assert out["teacher_with_context"] is None and out["teacher"]["view"] == "teacher"
@@ -206,9 +208,9 @@ def test_baselines_size_setup_with_context(tiny_pair, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="size")
     cfg.data.context = "fewshot"
     calls = _spy(monkeypatch)
-    out = evaluate.run_baselines(cfg, tmp_path / "size.json", max_new_tokens=3)  # builds its setup
+    out = evaluation.run_baselines(cfg, tmp_path / "size.json", max_new_tokens=3)  # builds its setup
     assert all(out[k] is not None for k in ("student", "teacher", "teacher_with_context"))
-    s = setup_lib.make_setup(cfg)  # memoised models: the same param objects
+    s = assembly.make_setup(cfg)  # memoised models: the same param objects
     student, teacher, with_context = calls
     assert student["params"] is s.student_params and student["cfg"] == s.student_cfg
     assert teacher["params"] is s.teacher_params and teacher["cfg"] == s.teacher_cfg

@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 
-from cliffdistill import export, models, rundir
-from cliffdistill import setup as setup_lib
+from cliffdistill import models
+from cliffdistill.run import export, rundir
+from cliffdistill.run import assembly
 from cliffdistill.data import toy_tokenizer
 from tests.hf_models import hf_logits
 from tests.tiny import tiny_model_config, tiny_run_config
@@ -40,7 +41,7 @@ def _make_run(run_dir, cfg, seeds=(1, 2)):
     """config.json + orbax checkpoints of the trainer's state tree, as `train.run` writes them
     (the state only needs the student's shapes: no data or tokenizer); returns {step: lora}."""
     s = export.shape_setup(cfg)
-    state = setup_lib.init_state(s, 2)
+    state = assembly.init_state(s, 2)
     run_dir.mkdir(parents=True)
     rundir.write_json(run_dir / rundir.CONFIG_FILE, cfg.to_dict())
     ckpt = rundir.Checkpoints(run_dir)

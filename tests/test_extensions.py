@@ -5,7 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from cliffdistill import extensions, methods, rundir, stats, sweep
+from cliffdistill import stats
+from cliffdistill.engine import methods
+from cliffdistill.run import rundir
+from cliffdistill.run import config_io
+from cliffdistill.study import extensions, grid, runner
 from configs import toy as toy_config
 
 STEPS, BUDGET, LR, RANK = 40, 128, 3e-3, 8
@@ -52,9 +56,9 @@ def test_sweep_config_rows_set_every_varied_field(tmp_path):
     passages = [p for p, c in zip(cfg.zip.data.passage, cfg.zip.data.context) if c == "passage"]
     assert all("1 zorp = " in p for p in passages)
     # every arm's schedule is valid (the short-run arm moves the phase boundaries to its end)
-    base_cfg = sweep.load_config_file(cfg.base_config)
-    for spec in sweep.expand(cfg, base_cfg):
-        run = sweep.build_run_config(base_cfg, {f"schedule.{k}": v for k, v in
+    base_cfg = config_io.load_config_file(cfg.base_config)
+    for spec in grid.expand(cfg, base_cfg):
+        run = grid.build_run_config(base_cfg, {f"schedule.{k}": v for k, v in
                                                 cfg.base_overrides.schedule.items()}, spec)
         methods.validate_schedule_config(run.schedule)
 
@@ -84,7 +88,7 @@ def test_analyze_pairs_each_arm_with_its_reference(tmp_path):
         for seed in range(3):
             cfg = toy_config.get_config(extensions.SETUP)
             for field, value in {**BASE, **dict(arm.overrides), "seed": seed}.items():
-                sweep.set_field(cfg, field, value)
+                config_io.set_field(cfg, field, value)
             name = f"{arm.label}-{seed}".replace(" ", "_").replace("(", "").replace(")", "")
             _fake_run(tmp_path, name, cfg, start, finals[seed])
             entries.append({"name": name})

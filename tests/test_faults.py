@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from cliffdistill import evaluate, offpolicy, rundir, train
-from cliffdistill import setup as setup_lib
+from cliffdistill.run import evaluation, loop, offpolicy, rundir
+from cliffdistill.run import assembly
 from tests.fault_child import STEPS, fault_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def _no_time(records):
 def _outcome(cfg, run_dir):
     """What must not change with a fault: final train state, per-step metrics, evals."""
     with rundir.Checkpoints(run_dir) as ckpt:
-        state = ckpt.restore(ckpt.latest(), setup_lib.init_state(setup_lib.make_setup(cfg), STEPS))
+        state = ckpt.restore(ckpt.latest(), assembly.init_state(assembly.make_setup(cfg), STEPS))
     return (jax.tree_util.tree_map(np.asarray, state),
             _no_time(rundir.read_jsonl(run_dir / rundir.METRICS_FILE)),
             _no_time(rundir.read_jsonl(run_dir / rundir.EVAL_FILE)))
@@ -60,7 +60,7 @@ def straight(tiny_pair, tmp_path_factory):
     (except the one that kills the cache build)."""
     root = tmp_path_factory.mktemp("straight")
     cfg = fault_config(tiny_pair, root / "cache")
-    assert train.run(cfg, root / "run", progress=False)["state"] == "done"
+    assert loop.run(cfg, root / "run", progress=False)["state"] == "done"
     return cfg, root / "cache", _outcome(cfg, root / "run")
 
 
@@ -90,7 +90,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_pair, tmp_path, straight, 
     cfg, cache, reference = straight
     run_dir = tmp_path / "run"
     _run_child_until_killed(tiny_pair, run_dir, cache, fault, compile_cache)
-    summary = train.run(cfg, run_dir, progress=False)
+    summary = loop.run(cfg, run_dir, progress=False)
     assert summary["state"] == "done"
     _assert_same(_outcome(cfg, run_dir), reference)
 
@@ -103,7 +103,7 @@ def test_kill_9_while_building_teacher_cache(tiny_pair, tmp_path, straight, comp
     assert not list(cache.glob("teacher_samples_*.npz"))  # only an orphaned temp file
     assert list(cache.glob(".teacher_samples_*.tmp"))
     cfg = fault_config(tiny_pair, cache)
-    assert train.run(cfg, tmp_path / "run", progress=False)["state"] == "done"
+    assert loop.run(cfg, tmp_path / "run", progress=False)["state"] == "done"
     _assert_same(_outcome(cfg, tmp_path / "run"), reference)
 
 
@@ -129,7 +129,7 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(tiny_pair, tmp_path, st
     cfg, _, reference = straight
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="stopped after step 3"):
-        train.run(cfg, run_dir, step_hook=_stop_after_step(3), progress=False)
+        loop.run(cfg, run_dir, step_hook=_stop_after_step(3), progress=False)
     assert rundir.run_state(run_dir) == "failed"
     with rundir.Checkpoints(run_dir) as ckpt:
         assert ckpt.all_steps() == [2, 4]
@@ -137,11 +137,11 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(tiny_pair, tmp_path, st
 
     # evaluate: a bad single step names step and path; --step all skips it with a warning
     with pytest.raises(rundir.CheckpointError, match=r"step 4 at .*checkpoints/4 cannot be restored"):
-        evaluate.evaluate_run(run_dir, 4, echo=None)
-    result = evaluate.evaluate_run(run_dir, "all", echo=None)
+        evaluation.evaluate_run(run_dir, 4, echo=None)
+    result = evaluation.evaluate_run(run_dir, "all", echo=None)
     assert sorted(result["steps"]) == [0, 2] and [s["step"] for s in result["skipped"]] == [4]
 
-    summary = train.run(cfg, run_dir, progress=False)
+    summary = loop.run(cfg, run_dir, progress=False)
     assert summary["state"] == "done"
     status = rundir.read_status(run_dir)
     assert status["state"] == "done" and status["resumed_from"] == 2
@@ -156,11 +156,11 @@ def test_no_restorable_checkpoint_fails_clearly_and_is_recorded(tiny_pair, tmp_p
     cfg.method = "on_policy_gkd"
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="stopped after step 1"):
-        train.run(cfg, run_dir, step_hook=_stop_after_step(1), progress=False)
+        loop.run(cfg, run_dir, step_hook=_stop_after_step(1), progress=False)
     _corrupt(run_dir / "checkpoints" / "2")
     with pytest.raises(rundir.CheckpointError, match=r"no checkpoint in .*checkpoints can be "
                        r"restored: step 2: .*Delete"):
-        train.run(cfg, run_dir, progress=False)
+        loop.run(cfg, run_dir, progress=False)
     status = rundir.read_status(run_dir)
     assert status["state"] == "failed" and "CheckpointError" in status["error"]
     assert "restore_latest" in status["traceback"]
@@ -220,7 +220,7 @@ def test_staleness_rules():
         assert rundir.owner_fields()["pid_start"] == me
 
 
-def test_heartbeat_renews_and_status_cli_reports_stale(tmp_path, capsys):
+def test_heartbeat_renews_and_status_cli_reports_stale(tmp_path):
     beat = rundir.Heartbeat(tmp_path / "live", interval=0.05)
     beat.start(final_step=0)
     first = rundir.read_status(tmp_path / "live")["heartbeat"]
@@ -232,8 +232,10 @@ def test_heartbeat_renews_and_status_cli_reports_stale(tmp_path, capsys):
     rundir.write_status(tmp_path / "dead", {"state": "running", "pid": _dead_pid(),
                                             "host": socket.gethostname(), "heartbeat": time.time(),
                                             "final_step": 3})
-    assert rundir.main(["status", str(tmp_path / "live"), str(tmp_path / "dead")]) == 0
-    out = capsys.readouterr().out.splitlines()
+    cli = subprocess.run([sys.executable, "-m", "cliffdistill.status", str(tmp_path / "live"),
+                          str(tmp_path / "dead")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    out = cli.stdout.splitlines()
     assert out[0].startswith("running") and out[1].startswith("stale     step=3")
     assert "is gone; re-run it to resume" in out[1]
     beat.finish(state="done")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliffdistill import losses
+from cliffdistill.engine import losses
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cliffdistill import memplan as planner
-from cliffdistill import sampling, scoring, update
-from cliffdistill import setup as setup_lib
-from cliffdistill import train
+from cliffdistill.run import memplan as planner
+from cliffdistill.engine import sampling, scoring, update
+from cliffdistill.run import assembly
+from cliffdistill.run import loop
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding, transformer
 from cliffdistill.models.config import ModelConfig
@@ -112,7 +112,7 @@ class Compiled:
                                                 transformer.param_shapes(student, dt)))
         rep = lambda t: jax.tree_util.tree_map(lambda _: sharding.replicated(self.mesh), t)
         self.lora = _abstract(lora, self.mesh, rep)
-        self.optimizer = update.make_optimizer(setup_lib.optim_config(cfg), 1)
+        self.optimizer = update.make_optimizer(assembly.optim_config(cfg), 1)
         self.opt = _abstract(jax.eval_shape(self.optimizer.init, self.lora.layers), self.mesh, rep)
 
     def _batch(self, shape, dtype):
@@ -153,11 +153,11 @@ class Compiled:
     def update(self) -> dict[str, int]:
         cfg = self.cfg
         spec = update.UpdateSpec(
-            student=self.s, teacher=self.t, scale=setup_lib.lora_scale(cfg), has_on=True,
+            student=self.s, teacher=self.t, scale=assembly.lora_scale(cfg), has_on=True,
             has_off=False, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
             shift_off=True, vocab_chunk=cfg.loss.vocab_chunk,
             remat=cfg.loss.remat, moe_impl=cfg.moe_impl,
-            optim=setup_lib.optim_config(cfg), num_steps=0)
+            optim=assembly.optim_config(cfg), num_steps=0)
         i32, f32, B, P, G = jnp.int32, jnp.float32, self.B, self.P, self.G
         batch = {"on": {"prompt": self._batch((B, P), i32), "prompt_mask": self._batch((B, P), bool),
                         "completion": self._batch((B, G), i32),
@@ -281,7 +281,7 @@ def _preset_config(tmp_path: Path, student: str, teacher: str, hbm_gib: float):
 def test_too_large_config_is_refused_before_loading_weights(tmp_path):
     cfg = _preset_config(tmp_path, "qwen3_4b", "qwen3_30b_a3b", 16)
     with pytest.raises(ValueError) as e:
-        setup_lib.validate_config(cfg)  # the checkpoint dirs hold only config.json: nothing loads
+        assembly.validate_config(cfg)  # the checkpoint dirs hold only config.json: nothing loads
     msg = str(e.value)
     assert "16.00 GiB" in msg and "shard the models" in msg, msg
     for row in ("student params", "teacher params", "rollout KV cache (student)", "update",
@@ -316,7 +316,7 @@ def test_fit_check_is_skipped_without_a_memory_size(tiny_pair):
     cfg.hbm_bytes_per_device = 1 * GiB
     p = planner.check_fits(cfg)
     assert p.fits and p.max_batch >= cfg.rollout.batch_size
-    setup_lib.validate_config(cfg)
+    assembly.validate_config(cfg)
 
 
 def test_context_setup_has_no_teacher_copy_and_a_longer_teacher_view(tmp_path):
@@ -357,7 +357,7 @@ def test_cost_accounting(tiny_pair, tmp_path):
     cfg.mesh.update(data=2)
     ends = []
     t0 = time.time()
-    train.run(cfg, tmp_path / "r", progress=False, step_hook=lambda step, m: ends.append(time.time()))
+    loop.run(cfg, tmp_path / "r", progress=False, step_hook=lambda step, m: ends.append(time.time()))
     t_return = time.time()
     records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     status = json.loads((tmp_path / "r" / "status.json").read_text())
@@ -377,8 +377,8 @@ def test_cost_accounting(tiny_pair, tmp_path):
         assert timed <= r["time/step"] + 1e-6
         assert timed >= 0.8 * r["time/step"] or r["time/step"] - timed < 0.05, r
     # no wall time between steps escapes time/step
-    loop = ends[-1] - (ends[0] - records[0]["time/step"])
-    assert sum(r["time/step"] for r in records) == pytest.approx(loop, rel=0.02, abs=0.05)
+    loop_seconds = ends[-1] - (ends[0] - records[0]["time/step"])
+    assert sum(r["time/step"] for r in records) == pytest.approx(loop_seconds, rel=0.02, abs=0.05)
     # wall = setup (+ step-0 eval) + the steps + closing; nothing is counted twice
     setup = ends[0] - records[0]["time/step"] - t0
     assert status["wall_seconds"] == pytest.approx(setup + loop, rel=0.02, abs=0.1)
@@ -400,13 +400,13 @@ def test_cost_adds_up_over_preemption_and_resume(tiny_pair, tmp_path):
         if step == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(train.Preempted):
-        train.run(cfg, tmp_path / "r", step_hook=preempt, progress=False)
+    with pytest.raises(loop.Preempted):
+        loop.run(cfg, tmp_path / "r", step_hook=preempt, progress=False)
     first = json.loads((tmp_path / "r" / "status.json").read_text())
     assert first["state"] == "preempted" and first["wall_seconds"] > 0
     assert first["cost"]["device_hours"] == pytest.approx(first["wall_seconds"] / 3600)
     t0 = time.time()
-    train.run(cfg, tmp_path / "r", progress=False)
+    loop.run(cfg, tmp_path / "r", progress=False)
     second = time.time() - t0
     final = json.loads((tmp_path / "r" / "status.json").read_text())
     assert final["state"] == "done"

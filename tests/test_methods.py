@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from cliffdistill import methods
-from cliffdistill.methods import StepPlan
+from cliffdistill.engine import methods
+from cliffdistill.engine.methods import StepPlan
 
 ON = StepPlan(on_weight=1.0, off_weight=0.0, seed_tokens=0, anchor_beta=0.0, replay=False)
 OFF = StepPlan(on_weight=0.0, off_weight=1.0, seed_tokens=0, anchor_beta=0.0, replay=False)

@@ -1,7 +1,7 @@
 """Multi-process training: 2 processes x 4 CPU devices == 1 process x 8 devices.
 
 Each worker (tests/mp_worker.py) joins a 2-process job (gloo collectives, loopback coordinator),
-trains the tiny pair with `train.run` on a data=2, fsdp=2, tensor=2 mesh over the 8 global
+trains the tiny pair with `loop.run` on a data=2, fsdp=2, tensor=2 mesh over the 8 global
 devices into one shared directory, restores the final checkpoint and gathers its LoRA params.
 The reference is the same run in the test process itself (one process, 8 fake devices). Every
 worker runs in its own process group under one deadline, so a stuck collective fails the test
@@ -23,8 +23,9 @@ import jax
 import numpy as np
 import pytest
 
-from cliffdistill import methods, rundir, train
-from cliffdistill import setup as setup_lib
+from cliffdistill.engine import methods
+from cliffdistill.run import loop, rundir
+from cliffdistill.run import assembly
 from tests.tiny import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,11 +125,11 @@ def test_two_processes_train_like_one(tiny_pair, tmp_path):
     ref_dir = tmp_path / "single" / "run"
     cfg = tiny_run_config(tiny_pair, METHOD, steps=STEPS)
     cfg.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in MESH.split(","))})
-    assert train.run(cfg, ref_dir, progress=False)["state"] == "done"
-    s = setup_lib.make_setup(cfg)
+    assert loop.run(cfg, ref_dir, progress=False)["state"] == "done"
+    s = assembly.make_setup(cfg)
     with rundir.Checkpoints(ref_dir) as ckpt:
         ref = ckpt.restore(ckpt.latest(),
-                           setup_lib.init_state(s, methods.num_steps(METHOD, cfg.schedule)))
+                           assembly.init_state(s, methods.num_steps(METHOD, cfg.schedule)))
     flat = jax.tree_util.tree_flatten_with_path(ref["lora"])[0]
     single = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
               for path, leaf in flat}
@@ -183,10 +184,10 @@ def test_checkpoint_restores_onto_another_device_layout(tiny_pair, tmp_path):
     different device layout than the one that saved (8 devices -> 1 device)."""
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=1)
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
-    train.run(cfg, tmp_path / "r", progress=False)
+    loop.run(cfg, tmp_path / "r", progress=False)
     cfg1 = tiny_run_config(tiny_pair, "on_policy_gkd", steps=1)
-    s = setup_lib.make_setup(cfg1)
+    s = assembly.make_setup(cfg1)
     with rundir.Checkpoints(tmp_path / "r") as ckpt:
         st = ckpt.restore(ckpt.latest(),
-                          setup_lib.init_state(s, methods.num_steps(cfg1.method, cfg1.schedule)))
+                          assembly.init_state(s, methods.num_steps(cfg1.method, cfg1.schedule)))
     assert int(st["step"]) == 1

@@ -412,7 +412,7 @@ def test_study_claims_verdicts_follow_the_documented_rules():
 
 
 def test_extension_methods_rank_after_the_study_and_stay_out_of_its_claims():
-    from cliffdistill import methods
+    from cliffdistill.engine import methods
     from cliffdistill import report as rep
     from cliffdistill.report.aggregate import method_rank
 

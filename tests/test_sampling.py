@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cliffdistill import models, sampling, scoring
+from cliffdistill import models
+from cliffdistill.engine import sampling, scoring
 from cliffdistill.models import sharding, transformer
 from tests.hf_models import FAMILIES, make_hf_model
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from cliffdistill import sweep
+from cliffdistill.run import config_io
+from cliffdistill.study import grid, runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def test_product_crossed_with_zip_in_order(base_path):
         product={"setup": ["size", "context"], "method": ["hybrid", "mixture"]},
         zip={"seed": [0, 1], "lr": [0.1, 0.2]},
     )
-    specs = sweep.expand(cfg)
+    specs = grid.expand(cfg)
     assert [s.name for s in specs] == [
         f"setup={st}.method={m}.seed={sd}.lr={lr}"
         for st in ("size", "context")
@@ -154,35 +155,35 @@ def test_product_crossed_with_zip_in_order(base_path):
         for sd, lr in ((0, 0.1), (1, 0.2))
     ]
     assert specs[0].overrides == {"setup": "size", "method": "hybrid", "seed": 0, "lr": 0.1}
-    assert sweep.expand(cfg) == specs  # deterministic
+    assert grid.expand(cfg) == specs  # deterministic
 
 
 def test_default_order_is_alphabetical_and_nested_fields_are_dotted(base_path):
     cfg = make_sweep(base_path, product={"seed": [0, 1], "ablation": {"no_shift": [False, True]}})
-    names = [s.name for s in sweep.expand(cfg)]
+    names = [s.name for s in grid.expand(cfg)]
     # `ablation.no_shift` < `seed`; False switches are left out of names, short keys are used.
     assert names == ["seed=0", "seed=1", "no_shift=True.seed=0", "no_shift=True.seed=1"]
-    run_cfg = sweep.build_run_config(sweep.load_config_file(str(base_path)), {}, sweep.expand(cfg)[3])
+    run_cfg = grid.build_run_config(config_io.load_config_file(str(base_path)), {}, grid.expand(cfg)[3])
     assert run_cfg.ablation.no_shift is True and run_cfg.seed == 1 and run_cfg.name == "no_shift=True.seed=1"
 
 
 def test_run_config_is_a_fresh_copy_with_overrides(base_path):
-    base = sweep.load_config_file(str(base_path))
+    base = config_io.load_config_file(str(base_path))
     cfg = make_sweep(base_path, base_overrides={"steps": 2, "model": {"path": "/m/x"}}, product={"seed": [3]})
-    [spec] = sweep.expand(cfg, base)
-    run = sweep.build_run_config(base, {"steps": 2, "model.path": "/m/x"}, spec)
+    [spec] = grid.expand(cfg, base)
+    run = grid.build_run_config(base, {"steps": 2, "model.path": "/m/x"}, spec)
     assert (run.steps, run.model.path, run.seed, run.name) == (2, "/m/x", 3, "seed=3")
     assert (base.steps, base.seed, base.name) == (4, 0, "")
-    assert sweep.load_config_file(f"{base_path}:context").setup == "context"  # path.py:arg
+    assert config_io.load_config_file(f"{base_path}:context").setup == "context"  # path.py:arg
 
 
 def test_names_are_filesystem_safe_unique_and_bounded(base_path):
     cfg = make_sweep(base_path, product={"model": {"path": ["/a b/c", "/a b/d"]}})
-    assert [s.name for s in sweep.expand(cfg)] == ["path=_a_b_c", "path=_a_b_d"]
+    assert [s.name for s in grid.expand(cfg)] == ["path=_a_b_c", "path=_a_b_d"]
     long = make_sweep(base_path, product={"model": {"path": ["x" * 300, "y" * 300]}})
-    names = [s.name for s in sweep.expand(long)]
+    names = [s.name for s in grid.expand(long)]
     assert all(len(n) <= 180 for n in names) and len(set(names)) == 2
-    assert sweep.expand(make_sweep(base_path))[0].name == "base"
+    assert grid.expand(make_sweep(base_path))[0].name == "base"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +203,7 @@ def test_names_are_filesystem_safe_unique_and_bounded(base_path):
 )
 def test_validation_errors_name_the_field(base_path, fields, message):
     with pytest.raises(ValueError, match=message):
-        sweep.expand(make_sweep(base_path, **fields))
+        grid.expand(make_sweep(base_path, **fields))
 
 
 def test_unknown_sweep_field_and_missing_base(base_path, tmp_path):
@@ -210,22 +211,22 @@ def test_unknown_sweep_field_and_missing_base(base_path, tmp_path):
     with cfg.unlocked():
         cfg.prodcut = {}
     with pytest.raises(ValueError, match="prodcut"):
-        sweep.expand(cfg)
+        grid.expand(cfg)
     with pytest.raises(FileNotFoundError, match="nothere.py"):
-        sweep.expand(make_sweep(tmp_path / "nothere.py"))
+        grid.expand(make_sweep(tmp_path / "nothere.py"))
 
 
 def test_shards_partition_runs():
     for total in (0, 1, 7, 12):
         for n in (1, 2, 3, 5):
-            parts = [sweep.shard_indices(total, (i, n)) for i in range(n)]
+            parts = [runner.shard_indices(total, (i, n)) for i in range(n)]
             flat = sorted(i for p in parts for i in p)
             assert flat == list(range(total))  # disjoint and covering
-    assert sweep.shard_indices(7, (1, 3)) == [1, 4]
-    assert sweep.parse_shard("2/4") == (2, 4)
+    assert runner.shard_indices(7, (1, 3)) == [1, 4]
+    assert runner.parse_shard("2/4") == (2, 4)
     for bad in ("4/4", "1", "a/b", "0/0"):
         with pytest.raises(ValueError):
-            sweep.parse_shard(bad)
+            runner.parse_shard(bad)
 
 
 # ----------------------------------------------------------------------------- running
@@ -252,7 +253,7 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
     base = root / "base_cfg.py"
     base.write_text(BASE_CONFIG)
     trainer = Trainer()
-    result = sweep.run_sweep(study_sweep(base), root / "sweep", trainer, fake_baselines, progress=False)
+    result = runner.run_sweep(study_sweep(base), root / "sweep", trainer, fake_baselines, progress=False)
     assert len(trainer.calls) == 6 and result.ran == trainer.calls and result.report_written
     return base, {name: (root / "sweep" / name).read_bytes() for name in OUTPUTS}
 
@@ -263,19 +264,19 @@ def test_interrupted_sweep_resumes_and_matches_uninterrupted(reference, tmp_path
     workdir = tmp_path / "sweep"
     first = Trainer(stop_at=4, interrupt=interrupt)
     with pytest.raises(interrupt):
-        sweep.run_sweep(study_sweep(base), workdir, first, fake_baselines, progress=False)
+        runner.run_sweep(study_sweep(base), workdir, first, fake_baselines, progress=False)
     assert len(first.calls) == 4
     assert not (workdir / "REPORT.md").exists()
 
     second = Trainer()
-    result = sweep.run_sweep(study_sweep(base), workdir, second, fake_baselines, progress=True)
+    result = runner.run_sweep(study_sweep(base), workdir, second, fake_baselines, progress=True)
     assert second.calls == first.calls[3:] + ["method=teacher_seeded.seed=0", "method=teacher_seeded.seed=1"]
     assert result.skipped == first.calls[:3] and result.baselines_ran == []
     for name in OUTPUTS:
         assert (workdir / name).read_bytes() == expected[name], name
 
     third = Trainer()  # idempotent: nothing left to do, same outputs
-    sweep.run_sweep(study_sweep(base), workdir, third, fake_baselines, progress=False)
+    runner.run_sweep(study_sweep(base), workdir, third, fake_baselines, progress=False)
     assert third.calls == []
     for name in OUTPUTS:
         assert (workdir / name).read_bytes() == expected[name], name
@@ -285,7 +286,7 @@ def test_crashing_run_is_recorded_and_retried_only_on_request(base_path, tmp_pat
     workdir = tmp_path / "sweep"
     bad = "method=hybrid.seed=1"
     trainer = Trainer(crash=[bad])
-    result = sweep.run_sweep(study_sweep(base_path), workdir, trainer, fake_baselines, progress=False)
+    result = runner.run_sweep(study_sweep(base_path), workdir, trainer, fake_baselines, progress=False)
     assert len(trainer.calls) == 6 and result.failed == [bad]
     status = json.loads((workdir / "runs" / bad / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == f"RuntimeError: boom in {bad}"
@@ -297,10 +298,10 @@ def test_crashing_run_is_recorded_and_retried_only_on_request(base_path, tmp_pat
     assert (hybrid["n_done"], hybrid["n_failed"]) == (1, 1)
 
     again = Trainer()
-    result = sweep.run_sweep(study_sweep(base_path), workdir, again, fake_baselines, progress=False)
+    result = runner.run_sweep(study_sweep(base_path), workdir, again, fake_baselines, progress=False)
     assert again.calls == [] and result.failed == [bad]
     retry = Trainer()
-    result = sweep.run_sweep(
+    result = runner.run_sweep(
         study_sweep(base_path), workdir, retry, fake_baselines, retry_failed=True, progress=False
     )
     assert retry.calls == [bad] and result.failed == []
@@ -310,7 +311,7 @@ def test_crashing_run_is_recorded_and_retried_only_on_request(base_path, tmp_pat
 def test_preempted_run_stops_the_sweep(base_path, tmp_path):
     """SIGTERM (the trainer raises Preempted after its checkpoint) ends the sweep: no later run
     starts on a machine that is being taken away; the same command resumes."""
-    from cliffdistill import rundir
+    from cliffdistill.run import rundir
 
     workdir = tmp_path / "sweep"
     calls = []
@@ -323,11 +324,11 @@ def test_preempted_run_stops_the_sweep(base_path, tmp_path):
         Trainer()(cfg, run_dir)
 
     with pytest.raises(rundir.Preempted):
-        sweep.run_sweep(study_sweep(base_path), workdir, preempted_second, fake_baselines,
+        runner.run_sweep(study_sweep(base_path), workdir, preempted_second, fake_baselines,
                         progress=False)
     assert len(calls) == 2
     again = Trainer()
-    sweep.run_sweep(study_sweep(base_path), workdir, again, fake_baselines, progress=False)
+    runner.run_sweep(study_sweep(base_path), workdir, again, fake_baselines, progress=False)
     assert calls[1] in again.calls and calls[0] not in again.calls
 
 
@@ -343,10 +344,10 @@ def pid_run(cfg: ml_collections.ConfigDict, run_dir: Path) -> None:
 
 def test_a_free_worker_starts_the_first_run_of_a_kind_nobody_runs():
     kinds = ["ctx", "ctx", "size", "ctx", "size"]
-    assert sweep.next_task([0, 1, 2, 3, 4], kinds, running=[]) == 0
-    assert sweep.next_task([1, 2, 3, 4], kinds, running=[0]) == 2  # a size run beside a ctx one
-    assert sweep.next_task([1, 3, 4], kinds, running=[2]) == 1
-    assert sweep.next_task([3], kinds, running=[1]) == 3  # only its own kind left
+    assert runner.next_task([0, 1, 2, 3, 4], kinds, running=[]) == 0
+    assert runner.next_task([1, 2, 3, 4], kinds, running=[0]) == 2  # a size run beside a ctx one
+    assert runner.next_task([1, 3, 4], kinds, running=[2]) == 1
+    assert runner.next_task([3], kinds, running=[1]) == 3  # only its own kind left
 
 
 def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference, tmp_path):
@@ -356,7 +357,7 @@ def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference
     base, expected = reference
     workdir = tmp_path / "sweep"
     cost = {"on_policy_gkd": 1.0, "hybrid": 2.0, "teacher_seeded": 3.0}
-    result = sweep.run_sweep(study_sweep(base), workdir, pid_run, fake_baselines, progress=False,
+    result = runner.run_sweep(study_sweep(base), workdir, pid_run, fake_baselines, progress=False,
                              workers=2, cost=lambda cfg: cost[cfg.method],
                              kind=lambda cfg: cfg.seed)
     pids = {int((workdir / "runs" / name / "pid").read_text()) for name in result.ran}
@@ -365,7 +366,7 @@ def test_workers_run_in_parallel_processes_with_the_sequential_outputs(reference
     status = json.loads((workdir / "runs" / "method=hybrid.seed=1" / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == "RuntimeError: boom in a worker"
 
-    retried = sweep.run_sweep(study_sweep(base), workdir, fake_run, fake_baselines,
+    retried = runner.run_sweep(study_sweep(base), workdir, fake_run, fake_baselines,
                               retry_failed=True, progress=False, workers=2)
     assert retried.ran == ["method=hybrid.seed=1"] and retried.failed == []
     for name in OUTPUTS:
@@ -378,10 +379,10 @@ def test_a_dead_worker_stops_the_sweep_and_its_run_is_redone(base_path, tmp_path
     victim = "method=hybrid.seed=0"
     monkeypatch.setenv("KILL_AT_RUN", victim)  # inherited by the spawned workers
     with pytest.raises(RuntimeError, match="worker process died"):
-        sweep.run_sweep(study_sweep(base_path), tmp_path / "sweep", killing_run, fake_baselines,
+        runner.run_sweep(study_sweep(base_path), tmp_path / "sweep", killing_run, fake_baselines,
                         progress=False, workers=2)
     monkeypatch.delenv("KILL_AT_RUN")
-    result = sweep.run_sweep(study_sweep(base_path), tmp_path / "sweep", fake_run, fake_baselines,
+    result = runner.run_sweep(study_sweep(base_path), tmp_path / "sweep", fake_run, fake_baselines,
                              progress=False, workers=2)
     assert victim in result.ran and not result.failed and result.report_written
 
@@ -396,8 +397,8 @@ def test_runner_writes_status_when_run_fn_does_not(base_path, tmp_path):
     def minimal(cfg, run_dir):  # a run_fn that leaves only metrics behind
         (run_dir / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
 
-    assert sweep.run_sweep(cfg, workdir, crash, progress=False).failed == ["seed=0"]
-    result = sweep.run_sweep(cfg, workdir, minimal, retry_failed=True, progress=False)
+    assert runner.run_sweep(cfg, workdir, crash, progress=False).failed == ["seed=0"]
+    result = runner.run_sweep(cfg, workdir, minimal, retry_failed=True, progress=False)
     assert result.ran == ["seed=0"] and result.failed == []
     status = json.loads((workdir / "runs" / "seed=0" / "status.json").read_text())
     assert (status["state"], status["error"], status["final_step"]) == ("done", None, 1)
@@ -413,11 +414,11 @@ def test_shards_run_each_run_once_and_last_shard_writes_report(base_path, tmp_pa
         baselines.append(setup_cfg.setup)
         fake_baselines(setup_cfg, out)
 
-    names = [s.name for s in sweep.expand(cfg)]
+    names = [s.name for s in grid.expand(cfg)]
     written = []
     for i in (0, 1, 2):
         trainer = Trainer()
-        result = sweep.run_sweep(cfg, workdir, trainer, count_baselines, shard=(i, 3), progress=False)
+        result = runner.run_sweep(cfg, workdir, trainer, count_baselines, shard=(i, 3), progress=False)
         calls.append(trainer.calls)
         written.append(result.report_written)
         assert result.selected == trainer.calls == names[i::3]
@@ -432,15 +433,15 @@ def test_shards_run_each_run_once_and_last_shard_writes_report(base_path, tmp_pa
 
 def test_resume_with_a_changed_run_config_is_refused(base_path, tmp_path):
     workdir = tmp_path / "sweep"
-    sweep.run_sweep(study_sweep(base_path), workdir, Trainer(), fake_baselines, progress=False)
+    runner.run_sweep(study_sweep(base_path), workdir, Trainer(), fake_baselines, progress=False)
     changed = study_sweep(base_path)
     changed.base_overrides = {"steps": 8}
     with pytest.raises(ValueError, match="different resolved config"):
-        sweep.run_sweep(changed, workdir, Trainer(), fake_baselines, progress=False)
+        runner.run_sweep(changed, workdir, Trainer(), fake_baselines, progress=False)
     more_seeds = study_sweep(base_path)
     more_seeds.product.seed = [0, 1, 2]  # growing a sweep is fine: only the new runs execute
     trainer = Trainer()
-    sweep.run_sweep(more_seeds, workdir, trainer, fake_baselines, progress=False)
+    runner.run_sweep(more_seeds, workdir, trainer, fake_baselines, progress=False)
     assert trainer.calls == [f"method={m}.seed=2" for m in ("on_policy_gkd", "hybrid", "teacher_seeded")]
 
 
@@ -509,17 +510,17 @@ def _dead_pid() -> int:
 def test_rerun_takes_failed_and_stale_runs_only_and_skips_live_ones(base_path, tmp_path):
     workdir = tmp_path / "sweep"
     bad, dead, live = "method=hybrid.seed=1", "method=on_policy_gkd.seed=1", "method=teacher_seeded.seed=0"
-    result = sweep.run_sweep(study_sweep(base_path), workdir, Trainer(crash=[bad]), fake_baselines,
+    result = runner.run_sweep(study_sweep(base_path), workdir, Trainer(crash=[bad]), fake_baselines,
                              progress=False)
     assert result.failed == [bad] and len(result.ran) == 6  # the others finished
     owner = {"state": "running", "host": socket.gethostname(), "heartbeat": time.time()}
     (workdir / "runs" / dead / "status.json").write_text(json.dumps({**owner, "pid": _dead_pid()}))
     (workdir / "runs" / live / "status.json").write_text(json.dumps({**owner, "pid": os.getpid()}))
-    lines = sweep.dry_run_lines(study_sweep(base_path), workdir, (0, 1))
+    lines = runner.dry_run_lines(study_sweep(base_path), workdir, (0, 1))
     assert any(line.endswith(f"stale    {dead}") for line in lines)
     assert any(line.endswith(f"running  {live}") for line in lines)
     retry = Trainer()
-    result = sweep.run_sweep(study_sweep(base_path), workdir, retry, fake_baselines,
+    result = runner.run_sweep(study_sweep(base_path), workdir, retry, fake_baselines,
                              retry_failed=True, progress=False)
     assert retry.calls == [dead, bad]  # sweep order; done and live runs untouched
     assert live in result.skipped and result.failed == []
@@ -559,7 +560,7 @@ def test_sweep_workdir_that_is_a_file_is_one_sentence(base_path, tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a directory"):
-        sweep.run_sweep(study_sweep(base_path), f, Trainer(), fake_baselines, progress=False)
+        runner.run_sweep(study_sweep(base_path), f, Trainer(), fake_baselines, progress=False)
 
 
 def test_compiled_programs_are_dropped_between_runs_near_the_memory_map_limit(
@@ -569,16 +570,16 @@ def test_compiled_programs_are_dropped_between_runs_near_the_memory_map_limit(
     runner drops jax's caches after the run, whatever the run's outcome."""
     import jax
 
-    from cliffdistill import workers
+    from cliffdistill.study import pool
 
     cleared = []
     monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
-    monkeypatch.setattr(workers, "map_counts", lambda: (400, 1000))
-    assert not workers.free_compiled_programs() and not cleared
-    monkeypatch.setattr(workers, "map_counts", lambda: None)  # no /proc: nothing to decide on
-    assert not workers.free_compiled_programs() and not cleared
+    monkeypatch.setattr(pool, "map_counts", lambda: (400, 1000))
+    assert not pool.free_compiled_programs() and not cleared
+    monkeypatch.setattr(pool, "map_counts", lambda: None)  # no /proc: nothing to decide on
+    assert not pool.free_compiled_programs() and not cleared
 
-    monkeypatch.setattr(workers, "map_counts", lambda: (600, 1000))
+    monkeypatch.setattr(pool, "map_counts", lambda: (600, 1000))
     cfg = make_sweep(base_path, product={"seed": (0, 1)})
 
     def crash_on_seed_1(cfg, run_dir):
@@ -586,6 +587,6 @@ def test_compiled_programs_are_dropped_between_runs_near_the_memory_map_limit(
             raise ValueError("bad run")
         fake_run(cfg, run_dir)
 
-    result = sweep.run_sweep(cfg, tmp_path / "sweep", crash_on_seed_1, progress=False)
+    result = runner.run_sweep(cfg, tmp_path / "sweep", crash_on_seed_1, progress=False)
     assert result.ran == ["seed=0", "seed=1"] and result.failed == ["seed=1"]
     assert cleared == [1, 1]  # after the run that finished and after the one that failed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cliffdistill import testbed, toy
+from cliffdistill.study import testbed, toy
 from cliffdistill.data import synthetic
 
 

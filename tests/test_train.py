@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliffdistill import losses, methods, rundir, sampling, scoring, train, update
-from cliffdistill import setup as setup_lib
+from cliffdistill.engine import losses, methods, sampling, scoring, update
+from cliffdistill.run import loop, rundir
+from cliffdistill.run import assembly
 from cliffdistill.models import transformer
 from cliffdistill.models import lora as lora_lib
 from tests.tiny import tiny_run_config
@@ -26,7 +27,7 @@ def _metrics(run_dir):
 def _final_state(s, run_dir, num_steps):
     """The run's latest checkpoint restored onto its step-0 state tree."""
     with rundir.Checkpoints(run_dir) as ckpt:
-        return ckpt.restore(ckpt.latest(), setup_lib.init_state(s, num_steps))
+        return ckpt.restore(ckpt.latest(), assembly.init_state(s, num_steps))
 
 
 def _no_time(records):
@@ -40,7 +41,7 @@ def test_every_method_runs_end_to_end(tiny_pair, tmp_path, setup):
     for method in ALL:
         cfg = tiny_run_config(tiny_pair, method, setup, steps=4)
         run_dir = tmp_path / setup / method
-        summary = train.run(cfg, run_dir, progress=False)
+        summary = loop.run(cfg, run_dir, progress=False)
         assert summary["state"] == "done", method
         records = _metrics(run_dir)
         assert [r["step"] for r in records] == list(range(methods.num_steps(method, cfg.schedule)))
@@ -62,7 +63,7 @@ def test_every_method_runs_end_to_end(tiny_pair, tmp_path, setup):
 
 def test_mixture_is_one_update_on_the_weighted_sum(tiny_pair, tmp_path):
     cfg = tiny_run_config(tiny_pair, "mixture", steps=2)
-    train.run(cfg, tmp_path / "m", progress=False)
+    loop.run(cfg, tmp_path / "m", progress=False)
     for r in _metrics(tmp_path / "m"):
         assert r["loss/total"] == pytest.approx(0.7 * r["loss/on"] + 0.3 * r["loss/off"], rel=1e-5)
 
@@ -71,7 +72,7 @@ def test_teacher_samples_are_cached_and_shared(tiny_pair, tmp_path):
     for method, seed in (("hybrid", 0), ("mixture", 1)):
         cfg = tiny_run_config(tiny_pair, method, steps=1)
         cfg.seed = seed
-        train.run(cfg, tmp_path / "runs" / f"{method}{seed}", progress=False)
+        loop.run(cfg, tmp_path / "runs" / f"{method}{seed}", progress=False)
     cached = list((tmp_path / "runs" / "offpolicy_cache").glob("teacher_samples_*.npz"))
     assert len(cached) == 1  # one teacher-sample set for both methods and seeds
 
@@ -83,7 +84,7 @@ def test_step0_eval_is_computed_once_and_shared(tiny_pair, tmp_path):
     def step0(method, seed, parent, cache_dir=""):
         cfg = tiny_run_config(tiny_pair, method, steps=1)
         cfg.seed, cfg.eval.step0_cache_dir = seed, cache_dir
-        train.run(cfg, parent / f"{method}{seed}", progress=False)
+        loop.run(cfg, parent / f"{method}{seed}", progress=False)
         return _no_time([json.loads((parent / f"{method}{seed}" / "eval.jsonl").read_text()
                                     .splitlines()[0])])[0]
 
@@ -96,17 +97,17 @@ def test_step0_eval_is_computed_once_and_shared(tiny_pair, tmp_path):
     assert step0("on_policy_gkd", 1, tmp_path / "b", cache_dir="none") == first
     assert not (tmp_path / "b" / "eval_cache").exists()
 
-    s = setup_lib.make_setup(tiny_run_config(tiny_pair, "hybrid", steps=1))
-    lora = setup_lib.init_state(s, 1)["lora"]
-    assert train.step0_cache_file(s, tmp_path / "c" / "run", lora) is not None
+    s = assembly.make_setup(tiny_run_config(tiny_pair, "hybrid", steps=1))
+    lora = assembly.init_state(s, 1)["lora"]
+    assert loop.step0_cache_file(s, tmp_path / "c" / "run", lora) is not None
     moved = jax.tree_util.tree_map(lambda x: x + 1e-3, lora)
-    assert train.step0_cache_file(s, tmp_path / "c" / "run", moved) is None
+    assert loop.step0_cache_file(s, tmp_path / "c" / "run", moved) is None
 
 
 def _train_loss_pieces(tiny_pair, shift):
     """The trainer's off-policy loss term vs the dense reference `losses.off_policy_nll`."""
     cfg = tiny_run_config(tiny_pair, "hybrid", steps=1)
-    s = setup_lib.make_setup(cfg)
+    s = assembly.make_setup(cfg)
     prompt, pmask = s.train.student[:3], s.train.student_mask[:3]
     rng = np.random.default_rng(0)
     comp = rng.integers(5, s.student_cfg.vocab_size, (3, 6)).astype(np.int32)
@@ -143,7 +144,7 @@ def test_cutting_padding_columns_changes_only_rounding(tiny_pair):
     gradients of a batch equal, to float rounding, those of the same batch with extra all-padding
     columns -- prompt padding on the left, completion padding on the right."""
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context", steps=1)
-    s = setup_lib.make_setup(cfg)
+    s = assembly.make_setup(cfg)
     rng = np.random.default_rng(0)
     B, G, extra = 4, 6, 5
     comp = rng.integers(5, s.student_cfg.vocab_size, (B, G)).astype(np.int32)
@@ -208,20 +209,20 @@ def test_trim_completions_cuts_the_columns_every_row_pads():
                                   logprobs=jnp.asarray(np.where(mask, -0.5, 0.0), jnp.float32),
                                   lengths=jnp.asarray(mask.sum(1), jnp.int32),
                                   finished=jnp.ones((B,), bool), truncated=jnp.zeros((B,), bool))
-    cut = train.trim_completions(out, 4)  # longest row 9 -> 12 columns
+    cut = loop.trim_completions(out, 4)  # longest row 9 -> 12 columns
     assert cut.tokens.shape == cut.mask.shape == cut.student_mask.shape == cut.logprobs.shape == (B, 12)
     np.testing.assert_array_equal(cut.tokens, toks[:, :12])
     np.testing.assert_array_equal(cut.mask, mask[:, :12])
     assert cut.lengths is out.lengths and cut.finished is out.finished
-    assert train.trim_completions(out, 0) is out  # 0: the static bucket is kept
-    assert train.trim_completions(out, 32).tokens.shape == (B, G)  # never past the bucket
+    assert loop.trim_completions(out, 0) is out  # 0: the static bucket is kept
+    assert loop.trim_completions(out, 32).tokens.shape == (B, G)  # never past the bucket
 
 
 def test_trim_multiple_pads_prompt_views_to_a_multiple(tiny_pair):
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", setup="context", steps=1)
-    wide = setup_lib.make_setup(cfg).train
+    wide = assembly.make_setup(cfg).train
     cfg.rollout.trim_multiple = 8
-    narrow = setup_lib.make_setup(cfg).train
+    narrow = assembly.make_setup(cfg).train
     for view in ("student", "teacher"):
         w, n = getattr(wide, view), getattr(narrow, view)
         longest = int(getattr(narrow, f"{view}_mask").sum(1).max())
@@ -235,11 +236,11 @@ def test_trim_multiple_pads_prompt_views_to_a_multiple(tiny_pair):
 @pytest.fixture(scope="module")
 def tiny_setup(tiny_pair):
     """One setup (mesh, views, models) for runs that differ only in method or loss options."""
-    return setup_lib.make_setup(tiny_run_config(tiny_pair))
+    return assembly.make_setup(tiny_run_config(tiny_pair))
 
 
 def _run(tiny_setup, cfg, run_dir):
-    return train.run(cfg, run_dir, setup_obj=dataclasses.replace(tiny_setup, cfg=cfg),
+    return loop.run(cfg, run_dir, setup_obj=dataclasses.replace(tiny_setup, cfg=cfg),
                      progress=False)
 
 
@@ -263,7 +264,7 @@ def test_extension_method_trains_its_adapters(tiny_pair, tiny_setup, tmp_path, m
         if plan.dpo_weight > 0:  # K=2 samples of batch_size/2 prompts: 2 pairs, all trained on
             assert 0.0 <= r["dpo/tie_rate"] <= 1.0
             assert r["tokens/trained"] == r["tokens/sampled"] or r["dpo/tie_rate"] > 0
-    before = setup_lib.init_state(s, 2)["lora"]
+    before = assembly.init_state(s, 2)["lora"]
     after = _final_state(s, tmp_path / method, 2)["lora"]
     changed = [not np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after))]
@@ -327,7 +328,7 @@ def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
     cfg.lora.rank, cfg.lora.alpha = 8, 16.0
     cfg.rollout.batch_size = 8
     cfg.eval.every = 1000
-    s = setup_lib.make_setup(cfg)
+    s = assembly.make_setup(cfg)
 
     def held_out_kl(lora):
         """Sampled KL(student || teacher) on held-out (eval) prompts, fixed key."""
@@ -341,29 +342,29 @@ def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
         return float(((np.asarray(out.logprobs) - np.asarray(lp_t)) * m).sum() / m.sum())
 
     before = held_out_kl(None)
-    train.run(cfg, tmp_path / "r", setup_obj=s, progress=False)
+    loop.run(cfg, tmp_path / "r", setup_obj=s, progress=False)
     restored = _final_state(s, tmp_path / "r", 30)
-    after = held_out_kl(lora_lib.LoraParams(restored["lora"], setup_lib.lora_scale(cfg)))
+    after = held_out_kl(lora_lib.LoraParams(restored["lora"], assembly.lora_scale(cfg)))
     assert after < 0.7 * before, (before, after)
 
 
 def test_resume_after_sigterm_is_exact(tiny_pair, tmp_path):
     cfg = tiny_run_config(tiny_pair, "mixture", steps=6)
     cfg.checkpoint.every, cfg.eval.every = 100, 2
-    train.run(cfg, tmp_path / "straight", progress=False)
+    loop.run(cfg, tmp_path / "straight", progress=False)
 
     def preempt(step, _):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(train.Preempted, match="step 3"):
-        train.run(cfg, tmp_path / "resumed", step_hook=preempt, progress=False)
+    with pytest.raises(loop.Preempted, match="step 3"):
+        loop.run(cfg, tmp_path / "resumed", step_hook=preempt, progress=False)
     status = json.loads((tmp_path / "resumed" / "status.json").read_text())
     assert status["state"] == "preempted" and status["final_step"] == 3
-    train.run(cfg, tmp_path / "resumed", progress=False)
+    loop.run(cfg, tmp_path / "resumed", progress=False)
 
     def final_state(d):
-        return _final_state(setup_lib.make_setup(cfg), d, 6)
+        return _final_state(assembly.make_setup(cfg), d, 6)
 
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -380,8 +381,8 @@ def test_sharded_update_equals_single_device(tiny_pair, tmp_path):
                        ("sharded", dict(data=2, fsdp=2, tensor=2))):
         cfg = tiny_run_config(tiny_pair, "mixture", steps=2)
         cfg.mesh.update(mesh)
-        train.run(cfg, tmp_path / name, progress=False)
-        s = setup_lib.make_setup(cfg)
+        loop.run(cfg, tmp_path / name, progress=False)
+        s = assembly.make_setup(cfg)
         st = _final_state(s, tmp_path / name, 2)
         finals[name] = st
         if name == "sharded":
@@ -400,8 +401,8 @@ def test_sharded_update_equals_single_device(tiny_pair, tmp_path):
 
 def _expect(cfg, match):
     with pytest.raises(ValueError, match=match):
-        setup_lib.validate_config(cfg)
-        setup_lib.make_setup(cfg)
+        assembly.validate_config(cfg)
+        assembly.make_setup(cfg)
 
 
 def test_error_unknown_method(tiny_pair):
@@ -428,7 +429,7 @@ def test_error_dpo_samples_must_divide_the_batch(tiny_pair):
     cfg.schedule.dpo_samples = 3
     _expect(cfg, r"`schedule.dpo_samples`=3 does not divide `rollout.batch_size`=4")
     cfg.method = "on_policy_gkd"  # a method that never samples K per prompt does not care
-    setup_lib.validate_config(cfg)
+    assembly.validate_config(cfg)
     cfg.method, cfg.schedule.dpo_samples = "dpo_teacher", 1
     _expect(cfg, r"`dpo_samples`=1 is invalid: must be >= 2")
 
@@ -438,7 +439,7 @@ def test_error_passage_context_needs_its_text(tiny_pair):
     cfg.data.context = "passage"
     _expect(cfg, r"data.context='passage' needs the retrieved text in `data.passage`")
     cfg.data.passage = "1 zorp = 5."
-    setup_lib.validate_config(cfg)
+    assembly.validate_config(cfg)
 
 
 def test_error_mesh_bigger_than_devices(tiny_pair):
@@ -463,7 +464,7 @@ def test_nan_loss_halts_with_step_and_diagnostics(tiny_pair, tmp_path):
     cfg = tiny_run_config(tiny_pair, "hybrid", steps=4)
     cfg.optim.lr = 1e30  # valid (lr > 0, finite), but the first update blows the adapters up
     with pytest.raises(FloatingPointError, match=r"non-finite values at step 1 .*loss/total"):
-        train.run(cfg, tmp_path / "nan", progress=False)
+        loop.run(cfg, tmp_path / "nan", progress=False)
     status = json.loads((tmp_path / "nan" / "status.json").read_text())
     assert status["state"] == "failed" and "step 1" in status["error"]
 
@@ -471,7 +472,7 @@ def test_nan_loss_halts_with_step_and_diagnostics(tiny_pair, tmp_path):
 def test_relative_workdir(tiny_pair, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_run_config(tiny_pair, "on_policy_gkd", steps=2)
-    assert train.run(cfg, "relative/run", progress=False)["state"] == "done"
+    assert loop.run(cfg, "relative/run", progress=False)["state"] == "done"
     assert (tmp_path / "relative" / "run" / "checkpoints").is_dir()
 
 
@@ -479,7 +480,7 @@ def test_match_widths_pads_the_narrower_batch_and_a_mixed_update_compiles_once_p
     """`rollout.match_update_widths`: the step's on- and off-policy batches are padded on the right
     to the wider one's width (padding: pad id, mask False, 0), so width pairs (6, 4), (4, 6), (6, 6)
     share one compiled update where unmatched each pair needs its own."""
-    s = setup_lib.make_setup(tiny_run_config(tiny_pair, "mixture", steps=1))
+    s = assembly.make_setup(tiny_run_config(tiny_pair, "mixture", steps=1))
     rng = np.random.default_rng(0)
     B = 2
     prompt, pmask = s.train.student[:B], s.train.student_mask[:B]
@@ -494,14 +495,14 @@ def test_match_widths_pads_the_narrower_batch_and_a_mixed_update_compiles_once_p
         return {k: jnp.asarray(v) for k, v in b.items()}
 
     on, off = part(6, True), part(4, False)
-    got = train.match_widths({"on": on, "off": off}, s.pad_id)
+    got = loop.match_widths({"on": on, "off": off}, s.pad_id)
     assert got["on"] is on  # the wider batch is untouched
     np.testing.assert_array_equal(got["off"]["completion"][:, :4], off["completion"])
     assert (np.asarray(got["off"]["completion"][:, 4:]) == s.pad_id).all()
     assert got["off"]["loss_mask"].shape == (B, 6) and not np.asarray(got["off"]["loss_mask"][:, 4:]).any()
     assert got["off"]["prompt"] is off["prompt"]  # prompts keep their own width
     alone = {"off": off}
-    assert train.match_widths(alone, s.pad_id)["off"] is off  # one batch: nothing to match
+    assert loop.match_widths(alone, s.pad_id)["off"] is off  # one batch: nothing to match
 
     spec = update.UpdateSpec(student=s.student_cfg, teacher=s.teacher_cfg, scale=2.0, has_on=True,
                              has_off=True, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
@@ -519,7 +520,7 @@ def test_match_widths_pads_the_narrower_batch_and_a_mixed_update_compiles_once_p
         layers, opt, before = state["lora"], state["opt_state"], None
         for g_on, g_off in ((6, 6), (6, 4), (4, 6)):
             batch = {"on": part(g_on, True), "off": part(g_off, False)}
-            batch = train.match_widths(batch, s.pad_id) if match else batch
+            batch = loop.match_widths(batch, s.pad_id) if match else batch
             layers, opt, _ = fn(layers, opt, s.student_params, None, batch, plan)
             before = fn._cache_size() if before is None else before
         return fn._cache_size() - before

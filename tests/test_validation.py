@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cliffdistill import methods, train, validation
+from cliffdistill.engine import methods
+from cliffdistill.run import loop, validation
 from cliffdistill.models import hf_io, sharding
 from configs import base, toy
 from tests.tiny import tiny_run_config
@@ -146,7 +147,7 @@ def test_train_run_fails_before_loading_models_naming_the_field(tiny_pair, tmp_p
     cfg = tiny_run_config(tiny_pair)
     _set(cfg, path, value)
     with pytest.raises(ValueError, match=f"`{path}`"):
-        train.run(cfg, tmp_path / "run", progress=False)
+        loop.run(cfg, tmp_path / "run", progress=False)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and f"`{path}`" in status["error"]
 
@@ -155,7 +156,7 @@ def test_train_run_workdir_that_is_a_file(tiny_pair, tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a directory"):
-        train.run(tiny_run_config(tiny_pair), f, progress=False)
+        loop.run(tiny_run_config(tiny_pair), f, progress=False)
     assert f.read_text() == "x"
 
 

@@ -38,7 +38,7 @@ from cliffdistill.report.aggregate import (CORRECT, PLOTS_DIR, REPORT_MD, RESULT
 from cliffdistill.report.claims import VERDICTS, render_claims, study_claims
 from cliffdistill.report.markdown import render_csv, render_markdown
 from cliffdistill.report.plots import plot_accuracy, write_plots
-from cliffdistill.rundir import read_jsonl, write_text
+from cliffdistill.run.rundir import read_jsonl, write_text
 
 __all__ = ["CORRECT", "PLOTS_DIR", "REPORT_MD", "RESULTS_CSV", "RESULTS_JSON", "VERDICTS",
            "aggregate", "by_step", "plot_accuracy", "read_jsonl", "render_claims", "render_csv",

@@ -14,9 +14,11 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
-from cliffdistill import methods, rundir, stats
-from cliffdistill.rundir import BASELINE_TITLES, read_json, read_jsonl
-from cliffdistill.setup import EVAL_ONLY_SWITCHES
+from cliffdistill import stats
+from cliffdistill.engine import methods
+from cliffdistill.run import rundir
+from cliffdistill.run.rundir import BASELINE_TITLES, read_json, read_jsonl
+from cliffdistill.run.assembly import EVAL_ONLY_SWITCHES
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"

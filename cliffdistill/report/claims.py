@@ -8,8 +8,10 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from cliffdistill import methods, stats, testbed
-from cliffdistill import setup as setup_lib
+from cliffdistill import stats
+from cliffdistill.engine import methods
+from cliffdistill.study import testbed
+from cliffdistill.run import assembly
 from cliffdistill.report.aggregate import CORRECT, question_matrix
 from cliffdistill.report.markdown import finite, pct, pp, table
 
@@ -26,7 +28,7 @@ def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tup
 OFF_POLICY_METHODS = _methods_where(lambda p: p.off_weight > 0, every=False)
 ON_POLICY_METHODS = _methods_where(  # pure on-policy: no off-policy part, no teacher seeding
     lambda p: p.on_weight > 0 and p.off_weight == 0 and p.seed_tokens == 0, every=True)
-# "not testable": the setup fails the testbed's headroom checks (cliffdistill.testbed.gate_claims)
+# "not testable": the setup fails the testbed's headroom checks (cliffdistill.study.testbed.gate_claims)
 VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_TESTABLE)
 # Outcomes of the cliff-pattern rule (`cliff_pattern`), one per (setup, implementation variant).
 REPRODUCES, DESTROYS, NO_CLIFF = "reproduces the study's cliff", "destroys every method", "no cliff"
@@ -52,11 +54,11 @@ def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
     if variant == CORRECT:
         return groups
     defects = variant.split("+")
-    if not set(defects) <= set(setup_lib.TRAINING_DEFECTS):
+    if not set(defects) <= set(assembly.TRAINING_DEFECTS):
         return groups
     for m, g in finished(CORRECT).items():
         if m not in groups and m in methods.STUDY_METHODS and not any(
-                setup_lib.defect_applies(d, m, setup) for d in defects):
+                assembly.defect_applies(d, m, setup) for d in defects):
             groups[m] = {**g, "variant": variant, "reused_from": CORRECT}
     return groups
 

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from cliffdistill import methods, stats
-from cliffdistill import setup as setup_lib
+from cliffdistill import stats
+from cliffdistill.engine import methods
+from cliffdistill.run import assembly
 from cliffdistill.report.aggregate import (BASELINE_TITLES, CORRECT, COST_FIELDS, DIAG_FIELDS,
                                            mean_of, method_rank)
 
@@ -213,9 +214,9 @@ def _untouched(method: str, variant: str, groups: Sequence[Mapping]) -> bool:
     """No defect of `variant` changes any step of `method` (its run would equal the correct one)."""
     defects = variant.split("+")
     setup = groups[0]["setup"] if groups else ""
-    return (variant != CORRECT and set(defects) <= set(setup_lib.TRAINING_DEFECTS)
+    return (variant != CORRECT and set(defects) <= set(assembly.TRAINING_DEFECTS)
             and method in methods.METHODS
-            and not any(setup_lib.defect_applies(d, method, setup) for d in defects))
+            and not any(assembly.defect_applies(d, method, setup) for d in defects))
 
 
 def _diagnostics_section(groups: Sequence[Mapping]) -> list[str]:

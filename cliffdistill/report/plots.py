@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cliffdistill import rundir
+from cliffdistill.run import rundir
 from cliffdistill.report.aggregate import BASELINE_TITLES, CORRECT, PLOTS_DIR, method_rank
 from cliffdistill.report.markdown import (finite, label, main_groups, pct, setup_groups,
                                           student_step0)

@@ -9,7 +9,7 @@ Runs go setup-major so that runs with equal shapes follow each other and share j
 
 import ml_collections
 
-from cliffdistill import methods
+from cliffdistill.engine import methods
 
 METHODS = methods.STUDY_METHODS  # the study's table order (no extension methods)
 

@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import jax
 import numpy as np
 
+from cliffdistill.run import distributed
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -462,7 +464,7 @@ class Checkpoints:
     def _quarantine(self, steps: list[int]) -> None:
         """Moves unrestorable checkpoints to DIR/checkpoints.bad/<step>.<time> (kept for a
         post-mortem, out of the manager's sight) on process 0, and re-reads the step list."""
-        if steps and jax.process_index() == 0:
+        if steps and distributed.is_main():
             bad = self.workdir / (CHECKPOINT_DIR + ".bad")
             bad.mkdir(parents=True, exist_ok=True)
             for step in steps:
@@ -502,21 +504,3 @@ def status_lines(paths: Iterable[str | os.PathLike],
         dirs = sorted(d for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else [path]
         lines += [status_line(d, stale_after) for d in dirs]
     return lines
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m cliffdistill.rundir")
-    sub = parser.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("status", help="state of run (or sweep) directories; stale = died running")
-    st.add_argument("dirs", nargs="+")
-    st.add_argument("--stale_after_s", type=float, default=STALE_AFTER_SECONDS,
-                    help="a running run with no heartbeat for this long is stale")
-    args = parser.parse_args(argv)
-    print("\n".join(status_lines(args.dirs, args.stale_after_s)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -27,11 +27,15 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cliffdistill import rundir, stats, sweep
-from cliffdistill import methods as methods_lib
+from cliffdistill import stats
+from cliffdistill.run import rundir
+from cliffdistill.run import config_io
+from cliffdistill.study import runner
+from cliffdistill.engine import methods
 from cliffdistill.report.aggregate import question_matrix, summarize_run
 from cliffdistill.report.markdown import pct, pp, table
 from cliffdistill.report.plots import pyplot
+from cliffdistill.study import toy_config
 
 SEEDS = 3
 #: Setup of the objective and sensitivity parts: the size setup (the study's capability-gap
@@ -62,7 +66,7 @@ def arms(steps: int, max_new_tokens: int, lr: float, rank: int) -> list[Arm]:
         out.append(Arm("objectives", f"JSD beta={beta:g} (on_policy_gkd)", SETUP,
                        ref + (("loss.on_policy", "jsd"), ("loss.jsd_beta", beta))))
     out += [Arm("objectives", m, SETUP, (("method", m),))
-            for m in methods_lib.EXTENSION_METHODS]
+            for m in methods.EXTENSION_METHODS]
 
     def knob_arms(method: str, knob: str, field: str, values: Sequence[Any],
                   default: Any) -> list[Arm]:
@@ -71,7 +75,7 @@ def arms(steps: int, max_new_tokens: int, lr: float, rank: int) -> list[Arm]:
                                            if v != default else ())),
                     reference=v == default, knob=knob, value=float(v)) for v in values]
 
-    seed_max = methods_lib.seed_tokens(methods_lib.STUDY_SEED_FRACTION, max_new_tokens)
+    seed_max = methods.seed_tokens(methods.STUDY_SEED_FRACTION, max_new_tokens)
     for method in ("teacher_seeded", "on_policy_gkd"):
         if method == "teacher_seeded":
             out += knob_arms(method, "seed prefix tokens", "schedule.seed_max_tokens",
@@ -104,17 +108,16 @@ def normal_form(setup: str, values: Mapping[str, Any], base: ml_collections.Conf
     """(setup label, the fields that differ from `base`, plus the method): arms with equal normal
     forms share their runs, and a finished run is matched to its arms by it."""
     return (setup, tuple(sorted((f, v) for f, v in values.items()
-                                if f == "method" or v != sweep.get_field(base, f))))
+                                if f == "method" or v != config_io.get_field(base, f))))
 
 
 def arm_base(base_overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """The toy run config with the sweep-wide overrides: what an arm varies from (the varied
     fields -- method, losses, schedule, LoRA, optimizer -- are the same in every toy setup)."""
-    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     base = toy_config.get_config(SETUP)
     for field, value in base_overrides.items():
-        sweep.set_field(base, field, value)
+        config_io.set_field(base, field, value)
     return base
 
 
@@ -122,7 +125,6 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
                  base_overrides: Mapping[str, Any], seeds: int = SEEDS) -> ml_collections.ConfigDict:
     """One zip row per (distinct arm configuration, seed); every row sets every varied field
     (fields an arm leaves alone take the toy config's value)."""
-    from configs import toy as toy_config  # repo-root package: main() puts it on sys.path
 
     base = arm_base(base_overrides)
     distinct = list(dict.fromkeys(normal_form(a.setup, dict(a.overrides), base) for a in all_arms))
@@ -131,7 +133,7 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     for setup, overrides in distinct:
         values = dict(overrides)
         for seed in range(seeds):
-            row = {f: values.get(f, sweep.get_field(base, f)) for f in fields}
+            row = {f: values.get(f, config_io.get_field(base, f)) for f in fields}
             v = int(context_values[seed % len(context_values)])
             # every row sets the fields only some setups change (zip rows are uniform)
             row.update({"seed": seed, "setup": "size" if setup == "size" else "context",
@@ -142,12 +144,12 @@ def sweep_config(root: Path, all_arms: Sequence[Arm], context_values: Sequence[i
     c = ml_collections.ConfigDict()
     c.name = "toy study: the study's next steps"
     c.base_config = "configs/toy.py"
-    c.base_overrides = sweep.nest(dict(base_overrides))
+    c.base_overrides = config_io.nest(dict(base_overrides))
     c.order = ("setup", "setup_label", "method", "seed")
     c.name_fields = tuple(f for f in zipped if f not in (
         "student.path", "teacher.path", "data.path", "data.passage", "data.context",
         "schedule.hybrid_switch_step", "schedule.reverse_switch_step"))  # follow num_steps
-    c.zip = sweep.nest({k: tuple(v) for k, v in zipped.items()})
+    c.zip = config_io.nest({k: tuple(v) for k, v in zipped.items()})
     c.baselines = True
     return c
 
@@ -173,7 +175,7 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
             workdir / rundir.RUNS_SUBDIR / entry["name"] / rundir.CONFIG_FILE) or {})
         if "method" not in cfg:
             continue  # never started
-        key = normal_form(cfg.get("setup_label") or cfg.setup, {f: sweep.get_field(cfg, f) for f in VARIED},
+        key = normal_form(cfg.get("setup_label") or cfg.setup, {f: config_io.get_field(cfg, f) for f in VARIED},
                           base)
         runs.append((key, summarize_run(workdir, {"name": entry["name"]}, {})))
     rows = []

@@ -18,7 +18,7 @@
   pretrained here on plain problems and zero-shot unit problems whose value is never
   `size_value`: it has the format and (weaker) arithmetic, not the teacher's fact. Headroom comes
   from the fact (transferable in a few steps), the gap that stays from capacity;
-* the method-neutral **headroom checks** (`cliffdistill.testbed`): teacher - student gap, a
+* the method-neutral **headroom checks** (`cliffdistill.study.testbed`): teacher - student gap, a
   ground-truth oracle's gain under the runs' LoRA rank and step budget, the eval's CI width and
   its verbatim overlap with pretraining. `testbed.json` records them; a setup that fails is
   printed loudly and marked not testable.
@@ -44,8 +44,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from cliffdistill import evaluate, methods, testbed, train
-from cliffdistill import workers as workers_lib
+from cliffdistill.engine import methods
+from cliffdistill.run import evaluation, loop
+from cliffdistill.study import testbed
+from cliffdistill.study import pool
 from cliffdistill.data import gsm8k, prompts, synthetic, toy_corpus, toy_tokenizer
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, lora as lora_lib, transformer
@@ -333,7 +335,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
     plain_dev = distinct(c.n_dev, c.seed + 505, {p.question for p in plain_eval}, **held)
     plain_train = distinct(n_train, c.seed + 303, {p.question for p in plain_eval + plain_dev},
                            **held)
-    synthetic.write_jsonl(plain_train, root / "plain" / "train.jsonl")
+    synthetic.write_jsonl(plain_train, root / "plain" / "loop.jsonl")
     synthetic.write_jsonl(plain_eval, root / "plain" / "test.jsonl")
     synthetic.write_jsonl(plain_dev, root / "plain" / "dev.jsonl")
     solutions = [p.solution for p in plain_eval]
@@ -343,7 +345,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
         ctx_eval = distinct(c.n_eval, c.seed + 202, set(), **kw)
         ctx_train = distinct(n_train, c.seed + 404, {p.question for p in ctx_eval}, **kw)
         out = size_dir(root) if v == c.size_value else context_dir(root, v)
-        synthetic.write_jsonl(ctx_train, out / "train.jsonl")
+        synthetic.write_jsonl(ctx_train, out / "loop.jsonl")
         synthetic.write_jsonl(ctx_eval, out / "test.jsonl")
         if v == c.size_value:
             dev = distinct(c.n_dev, c.seed + 606, {p.question for p in ctx_eval + ctx_train}, **kw)
@@ -356,7 +358,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
 
 def run_splits(data_dir: Path, c: ml_collections.ConfigDict) -> gsm8k.Splits:
     """The splits a distillation run makes of `data_dir` (same sizes and seed as configs/toy.py)."""
-    return gsm8k.make_splits(gsm8k.load_jsonl(data_dir / "train.jsonl"),
+    return gsm8k.make_splits(gsm8k.load_jsonl(data_dir / "loop.jsonl"),
                              gsm8k.load_jsonl(data_dir / "test.jsonl"), c.n_train_prompts,
                              c.run.n_fewshot, c.n_eval, c.run.split_seed)
 
@@ -415,10 +417,10 @@ def accuracies(model: Model, sets: dict[str, Sequence[gsm8k.Example]], c: ml_col
     width = prompts.prompt_width(max(map(len, ids)), c.run.trim_multiple)  # as the runs pad
     toks, mask = prompts.pad_left(ids, tok.pad_token_id, width)
     eos = (tok.eos_token_id,)
-    out = evaluate.generate_greedy(model.cfg, model.params, lora, toks, mask,
+    out = evaluation.generate_greedy(model.cfg, model.params, lora, toks, mask,
                                    max_new_tokens=c.run.max_new_tokens,
                                    batch_size=c.eval_batch_size, eos_ids=eos, pad_id=tok.pad_token_id)
-    return {key: evaluate.summarize(evaluate.grade(tok, *out, questions, [e.answer for e in exs],
+    return {key: evaluation.summarize(evaluation.grade(tok, *out, questions, [e.answer for e in exs],
                                                    eos))["accuracy"]
             for key, exs in sets.items()}
 
@@ -455,7 +457,7 @@ def oracle(model: Model, data_dir: Path, c: ml_collections.ConfigDict) -> float:
     layers, opt_state = lora0.layers, opt.init(lora0.layers)
     n = tokens.shape[0]
     for step in range(b.steps):
-        idx = train.batch_indices(step, b.batch_size, n, c.seed)  # as the runs
+        idx = loop.batch_indices(step, b.batch_size, n, c.seed)  # as the runs
         layers, opt_state, _ = step_fn(layers, opt_state, tokens[idx], mask[idx])
     return accuracy(model, list(splits.eval), c, lora=lora_lib.LoraParams(layers, lcfg.scale))
 
@@ -532,7 +534,7 @@ def _pretrain_saved_tokenizer(root: Path, name: str, m: ml_collections.ConfigDic
 def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
             say: Callable[[str], None] = print, workers: int = 1) -> Prepared:
     """Builds (or reuses) the toy testbed under cache_dir/<config hash>/ and its testbed.json;
-    `workers` > 1 pretrains the teacher and the student at once (`cliffdistill.workers`)."""
+    `workers` > 1 pretrains the teacher and the student at once (`cliffdistill.study.pool`)."""
     c = c or default_prepare_config()
     root = Path(cache_dir) / f"toy-{_key(c)}"
     done = root / "prepared.json"
@@ -561,7 +563,7 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     # process while the student trains here (the same programs, so the same weights), and the
     # checks that need only the student and the data run here while the teacher still trains.
     teacher_args = (root, "teacher", c.teacher, c, paths["tokenizer"], c.seed + 1)
-    ex = workers_lib.executor(1) if workers > 1 else None
+    ex = pool.executor(1) if workers > 1 else None
     try:
         teacher = ex.submit(_pretrain_saved_tokenizer, *teacher_args) if ex is not None else None
         if teacher is None:
@@ -588,7 +590,7 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
         timings["measure"] += time.time() - t1
     finally:
         if ex is not None:
-            workers_lib.stop(ex)
+            pool.stop(ex)
     tb["eval_pretrain_overlap"] = overlap
     testbed.judge(tb, c.checks)
     timings["total"] = time.time() - t0

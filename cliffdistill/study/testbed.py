@@ -7,7 +7,7 @@ oracle -- the student with the runs' LoRA rank and step budget, trained by super
 is precise enough to see the difference.  These checks never look at a distillation method's
 result: the testbed is calibrated by them alone, never by which method wins.
 
-`testbed.json` (written by `cliffdistill.toy.prepare`, copied next to the results) records the
+`testbed.json` (written by `cliffdistill.study.toy.prepare`, copied next to the results) records the
 measurements and, per setup, ``testable`` with the failed checks; :func:`gate_claims` turns every
 verdict on a setup that is not testable into ``not testable``.
 """

@@ -4,7 +4,7 @@
 mesh, the memory plan) so a bad config fails in seconds with the field named. `make_setup` then
 builds the mesh, tokenizer, prompt views (student / teacher, left-padded to power-of-two buckets)
 and loads the models. The config → plain-value helpers (`lora_config`, `optim_config`,
-`lora_scale`) are here so the update step (`cliffdistill.update`) never sees ml_collections.
+`lora_scale`) are here so the update step (`cliffdistill.engine.update`) never sees ml_collections.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cliffdistill import memplan, methods, update, validation
+from cliffdistill.engine import methods, update
+from cliffdistill.run import memplan, validation
 from cliffdistill.data import gsm8k, prompts
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding

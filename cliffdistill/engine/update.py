@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cliffdistill import losses, scoring
+from cliffdistill.engine import losses, scoring
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models import sharding, transformer
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
 
 if TYPE_CHECKING:  # a StepPlan is plain numbers; importing methods would pull in ml_collections
-    from cliffdistill.methods import StepPlan
+    from cliffdistill.engine.methods import StepPlan
 
 SCHEDULES = ("constant", "cosine", "linear")
 

@@ -21,9 +21,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from cliffdistill import rundir, sampling
+from cliffdistill.engine import sampling
+from cliffdistill.run import distributed, rundir
 from cliffdistill.data import prompts
-from cliffdistill.setup import Setup
+from cliffdistill.run.assembly import Setup
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         batch_size=c.gen_batch_size, gen_len=shape[1],
         eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=s.cfg.moe_impl)
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
-    if jax.process_index() == 0:
+    if distributed.is_main():
         save_samples(file, tokens, mask)
     return tokens, mask
 

@@ -1,0 +1,90 @@
+"""The toy's run config: toy Qwen3 teacher/student on the synthetic task, CPU-sized
+(`configs/toy.py` is this config as a file for `--config`).
+
+    python -m cliffdistill.train --config configs/toy.py:size --workdir /tmp/toy_size
+    python -m cliffdistill.train --config configs/toy.py:context --workdir /tmp/toy_ctx
+
+The argument picks the setup; model and data paths point into the toy testbed that
+`python -m cliffdistill.main` (or `cliffdistill.study.toy.prepare`) builds in `TOY_CACHE`. The study's
+100-step schedule is scaled to 40 steps with every phase boundary at the same fraction
+(switch at 50%, seeding decays over the first 50%, reverse curriculum switches at 70%), and its
+teacher-seeded prefix to the same fraction (20/256) of the completion budget. The run budget
+(LoRA rank, lr, steps, batch, completion budget) is `cliffdistill.study.toy.run_budget()`: the
+testbed's oracle check is measured with exactly it.
+"""
+
+import os
+
+import ml_collections
+
+from cliffdistill.engine import methods
+from cliffdistill.study import toy
+from cliffdistill.data import synthetic
+from cliffdistill.run import defaults
+
+TOY_CACHE = os.environ.get("CLIFFDISTILL_CACHE", os.path.expanduser("~/.cache/cliffdistill"))
+BUDGET = toy.run_budget()
+STEPS = BUDGET.steps
+#: The context setup's hidden unit value when none is chosen (a sweep picks one per seed).
+DEFAULT_CONTEXT_VALUE = toy.default_prepare_config().context_values[0]
+
+
+def toy_paths(root: str, setup: str, context_value: int = DEFAULT_CONTEXT_VALUE) -> dict:
+    """Overrides that point a run at a prepared toy testbed (see cliffdistill.study.toy.prepare).
+    "retrieval" is the context setup whose teacher reads a passage stating the unit value
+    instead of solved examples (the study's RAG -> no-RAG next step)."""
+    if setup == "retrieval":
+        return {**toy_paths(root, "context", context_value), "data.context": "passage",
+                "data.passage": synthetic.passage_text(context_value), "setup": "context",
+                "setup_label": "retrieval"}
+    if setup == "size":
+        return {"student.path": f"{root}/student", "teacher.path": f"{root}/teacher",
+                "data.path": str(toy.size_dir(root)), "data.context": "none"}
+    if setup == "context":  # teacher = the toy teacher's base weights WITH k solved examples
+        return {"student.path": f"{root}/teacher", "teacher.path": "",
+                "data.path": str(toy.context_dir(root, context_value)), "data.context": "fewshot"}
+    raise ValueError(f"configs/toy.py:<setup> needs 'size', 'context' or 'retrieval', got {setup!r}")
+
+
+def get_config(arg: str = "size") -> ml_collections.ConfigDict:
+    c = defaults.get_config()
+    c.setup = arg
+    root = ""
+    if os.path.isdir(TOY_CACHE):  # the newest prepared testbed, if any
+        roots = sorted((e for e in os.scandir(TOY_CACHE) if e.name.startswith("toy-")),
+                       key=lambda e: e.stat().st_mtime)
+        root = roots[-1].path if roots else ""
+    for field, value in toy_paths(root or f"{TOY_CACHE}/<run cliffdistill.main first>", arg).items():
+        if "." in field:
+            section, key = field.split(".")
+            c[section][key] = value
+        else:
+            c[field] = value
+    b, prep = BUDGET, toy.default_prepare_config()
+    c.student.dtype = c.teacher.dtype = "float32"
+    c.lora.update(rank=b.lora_rank, alpha=b.lora_alpha)
+    c.data.update(n_train=prep.n_train_prompts, n_fewshot=b.n_fewshot, n_eval=prep.n_eval,
+                  split_seed=b.split_seed, instruction="", context_k=prep.context_k)
+    # match_update_widths: every new pair of (on, off) widths would compile a mixed update
+    # again, ~4-10 s on 2 CPU cores against ~0.3-1 s per toy step (docs/PERFORMANCE.md).
+    # trim_multiple: answers average ~44 of the 128-token budget and the context teacher's view
+    # ~183 real tokens, so scoring and updates skip most padding (docs/PERFORMANCE.md)
+    c.rollout.update(batch_size=b.batch_size, max_new_tokens=b.max_new_tokens, max_prompt_len=128,
+                     max_teacher_prompt_len=512, trim_multiple=b.trim_multiple,
+                     match_update_widths=True)
+    c.off_policy.update(max_new_tokens=b.max_new_tokens, gen_batch_size=64)
+    c.replay.capacity = 128
+    c.loss.update(vocab_chunk=4096, remat="none")
+    c.optim.update(lr=b.lr)
+    # study_eval: the study's 256-token budget is the toy's whole completion budget
+    c.eval.update(every=10, max_new_tokens=b.max_new_tokens, batch_size=prep.eval_batch_size,
+                  study_max_new_tokens=b.max_new_tokens)
+    c.checkpoint.update(every=20, keep=2, async_save=False)
+    s = c.schedule
+    s.num_steps, s.extended_num_steps = STEPS, 2 * STEPS
+    s.hybrid_switch_step = STEPS // 2
+    s.seed_max_tokens = methods.seed_tokens(b.seed_fraction, b.max_new_tokens)
+    s.seed_decay_steps = STEPS // 2
+    s.replay_period = 5
+    s.reverse_switch_step = int(0.7 * STEPS)
+    return c
