@@ -30,6 +30,8 @@ __all__ = [
     "paired_bootstrap",
     "holm",
     "STATUSES",
+    "finite",
+    "pct",
 ]
 
 STATUSES = ("stable", "partial", "collapsed", "transient_collapse")
@@ -38,6 +40,20 @@ STATUSES = ("stable", "partial", "collapsed", "transient_collapse")
 # threshold (accuracies are ratios of small integers, e.g. 27/100 vs 0.9 * 30/100) lands on the
 # documented side of it instead of on whichever side float rounding picks.
 _EDGE_EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def finite(x: Any) -> bool:
+    """A real number that is not NaN/inf (None, bools and strings are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def pct(x: Any, digits: int = 1, *, missing: str = "n/a", unit: str = "") -> str:
+    """A fraction as a percentage, ``0.586 -> "58.6"`` (+ `unit`); `missing` where it is not a
+    finite number. The one percent formatter of the tables, logs and reports."""
+    return f"{100.0 * x:.{digits}f}{unit}" if finite(x) else missing
 
 
 # ----------------------------------------------------------------------------- binomial

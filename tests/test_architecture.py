@@ -137,4 +137,4 @@ def test_no_private_names_across_modules(folder):
 def test_private_use_detector_sees_attribute_access(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("from cliffdistill import train\ntrain._helper()\n")
-    assert _private_uses(f) == ["cliffdistill.run.loop._helper"]
+    assert _private_uses(f) == ["cliffdistill.train._helper"]

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from cliffdistill.engine import methods, update
+from cliffdistill.engine import defects, methods, update
 from cliffdistill.run import loop
 from cliffdistill.run import assembly
 from cliffdistill.models import lora as lora_lib
@@ -111,18 +111,18 @@ UNTOUCHED = [("unshifted_off_policy", "size", "on_policy_gkd"),
 
 
 def test_defect_applicability_table():
-    touched = {d: [m for m in methods.STUDY_METHODS if assembly.defect_applies(d, m, "context")]
-               for d in assembly.TRAINING_DEFECTS}
+    touched = {d: [m for m in methods.STUDY_METHODS if defects.defect_applies(d, m, "context")]
+               for d in defects.TRAINING_DEFECTS}
     assert touched["unshifted_off_policy"] == ["hybrid", "mixture", "replay_buffer", "kl_anchored",
                                                "reverse_curriculum", "off_policy"]
     assert touched["zero_kl_anchor"] == ["kl_anchored"]
     assert touched["two_step_mixture"] == ["mixture", "replay_buffer"]
     assert "off_policy" not in touched["on_policy_no_prompt"]
     assert touched["teacher_no_context"] == touched["on_policy_no_prompt"]
-    assert not any(assembly.defect_applies("teacher_no_context", m, "size")
+    assert not any(defects.defect_applies("teacher_no_context", m, "size")
                    for m in methods.STUDY_METHODS)
     for defect, setup, method in UNTOUCHED:
-        assert not assembly.defect_applies(defect, method, setup)
+        assert not defects.defect_applies(defect, method, setup)
 
 
 def _metrics(cfg, workdir):

@@ -70,7 +70,7 @@ def run(tiny_pair, tmp_path_factory):
     for seed in range(100):
         layers = _lora_with_b(state["lora"], seed)
         _, records = evaluation.evaluate_arrays(
-            s, s.student_cfg, s.student_params, models.LoraParams(layers, assembly.lora_scale(cfg)),
+            s, s.student_cfg, s.student_params, models.LoraParams(layers, models.LoraConfig.from_section(cfg.lora).scale),
             s.eval.student, s.eval.student_mask, max_new_tokens=BUDGET)
         if sum(r.extracted is not None for r in records) >= 3:
             break

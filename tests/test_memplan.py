@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from cliffdistill import models
 from cliffdistill.run import memplan as planner
 from cliffdistill.engine import sampling, scoring, update
 from cliffdistill.run import assembly
@@ -153,7 +154,7 @@ class Compiled:
     def update(self) -> dict[str, int]:
         cfg = self.cfg
         spec = update.UpdateSpec(
-            student=self.s, teacher=self.t, scale=assembly.lora_scale(cfg), has_on=True,
+            student=self.s, teacher=self.t, scale=models.LoraConfig.from_section(cfg.lora).scale, has_on=True,
             has_off=False, has_anchor=False, on_loss="sampled_rkl", off_loss="nll",
             shift_off=True, vocab_chunk=cfg.loss.vocab_chunk,
             remat=cfg.loss.remat, moe_impl=cfg.moe_impl,

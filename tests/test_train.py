@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cliffdistill import models
 from cliffdistill.engine import losses, methods, sampling, scoring, update
 from cliffdistill.run import loop, rundir
 from cliffdistill.run import assembly
@@ -344,7 +345,7 @@ def test_on_policy_learning_lowers_reverse_kl(tiny_pair, tmp_path):
     before = held_out_kl(None)
     loop.run(cfg, tmp_path / "r", setup_obj=s, progress=False)
     restored = _final_state(s, tmp_path / "r", 30)
-    after = held_out_kl(lora_lib.LoraParams(restored["lora"], assembly.lora_scale(cfg)))
+    after = held_out_kl(lora_lib.LoraParams(restored["lora"], models.LoraConfig.from_section(cfg.lora).scale))
     assert after < 0.7 * before, (before, after)
 
 

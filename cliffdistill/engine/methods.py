@@ -363,3 +363,39 @@ def get(name: str, c: Optional[ml_collections.ConfigDict] = None) -> Callable[[i
     plan.__name__ = f"{name}_plan"
     plan.__doc__ = schedule.__doc__
     return plan
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSummary:
+    """What the steps of one run's schedule use, worked out once per run from its plans.
+
+    `on`: some step has an on-policy term (on_weight > 0); `rollout`: some step samples from the
+    student (an on-policy or a DPO term: `StepPlan.rollout`), so the two differ only for DPO.
+    `passes`: the most forward passes one update keeps for the backward (the rollout batch and
+    the off-policy batch), at least 1. `prompt_samples`: every K a step draws per prompt."""
+
+    num_steps: int
+    on: bool
+    rollout: bool
+    off: bool
+    seed: bool
+    replay: bool
+    anchor: bool
+    passes: int
+    prompt_samples: tuple[int, ...]
+
+
+def plan_summary(name: str, c: Optional[ml_collections.ConfigDict] = None) -> PlanSummary:
+    """The PlanSummary of method `name` under schedule config `c` (unknown name -> ValueError)."""
+    schedule, n = get(name, c), num_steps(name, c)
+    plans = [schedule(i) for i in range(n)]
+    return PlanSummary(
+        num_steps=n,
+        on=any(p.on_weight > 0 for p in plans),
+        rollout=any(p.rollout for p in plans),
+        off=any(p.off_weight > 0 for p in plans),
+        seed=any(p.seed_tokens > 0 for p in plans),
+        replay=any(p.replay for p in plans),
+        anchor=any(p.anchor_beta > 0 for p in plans),
+        passes=max([1, *(int(p.rollout) + int(p.off_weight > 0) for p in plans)]),
+        prompt_samples=tuple(sorted({p.prompt_samples for p in plans})))

@@ -9,6 +9,7 @@ therefore serve as the student, the context-distillation teacher and the KL anch
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
@@ -43,6 +44,14 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> LoraConfig:
+        """The `lora` section of a run config (ConfigDict or dict): the one place a run's
+        adapter configuration is built from its config."""
+        return cls(rank=int(section["rank"]), alpha=float(section["alpha"]),
+                   targets=tuple(section["targets"]),
+                   include_experts=bool(section["include_experts"]))
 
     def target_names(self, cfg: ModelConfig) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(_SHORT.get(t, t) for t in self.targets))

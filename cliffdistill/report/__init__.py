@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Optional
 
 from cliffdistill.report.aggregate import (CORRECT, PLOTS_DIR, REPORT_MD, RESULTS_CSV,
-                                           RESULTS_JSON, aggregate, by_step, jsonable,
+                                           RESULTS_JSON, aggregate, by_step,
                                            run_entries, variant_name)
 from cliffdistill.report.claims import VERDICTS, render_claims, study_claims
 from cliffdistill.report.markdown import render_csv, render_markdown
 from cliffdistill.report.plots import plot_accuracy, write_plots
-from cliffdistill.run.rundir import read_jsonl, write_text
+from cliffdistill.run.rundir import plain, read_jsonl, write_text
 
 __all__ = ["CORRECT", "PLOTS_DIR", "REPORT_MD", "RESULTS_CSV", "RESULTS_JSON", "VERDICTS",
            "aggregate", "by_step", "plot_accuracy", "read_jsonl", "render_claims", "render_csv",
@@ -54,7 +54,7 @@ def write_report(
     agg = aggregate(sweep_dir)
     plot_paths = write_plots(agg, sweep_dir) if plots else {}
     paths = {"json": sweep_dir / RESULTS_JSON, "csv": sweep_dir / RESULTS_CSV, "md": sweep_dir / REPORT_MD}
-    write_text(paths["json"], json.dumps(jsonable(agg), sort_keys=True, indent=1, allow_nan=False) + "\n")
+    write_text(paths["json"], json.dumps(plain(agg, strict=True), sort_keys=True, indent=1, allow_nan=False) + "\n")
     write_text(paths["csv"], render_csv(agg))
     write_text(paths["md"], render_markdown(agg, plot_paths, generated_at))
     for rels in plot_paths.values():

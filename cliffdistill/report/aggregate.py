@@ -18,7 +18,7 @@ from cliffdistill import stats
 from cliffdistill.engine import methods
 from cliffdistill.run import rundir
 from cliffdistill.run.rundir import BASELINE_TITLES, read_json, read_jsonl
-from cliffdistill.run.assembly import EVAL_ONLY_SWITCHES
+from cliffdistill.engine.defects import EVAL_ONLY_SWITCHES
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -412,14 +412,3 @@ def aggregate(sweep_dir: str | Path) -> dict:
         "runs": runs,
         "cost": {"by_setup": cost_by_setup, "by_setup_method": cost_by_method, "total": _sum_costs(runs)},
     }
-
-
-def jsonable(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj

@@ -8,26 +8,21 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from cliffdistill.engine.defects import TRAINING_DEFECTS, defect_applies
 from cliffdistill import stats
 from cliffdistill.engine import methods
 from cliffdistill.study import testbed
-from cliffdistill.run import assembly
 from cliffdistill.report.aggregate import CORRECT, question_matrix
-from cliffdistill.report.markdown import finite, pct, pp, table
-
-
-def _methods_where(pred: Callable[[methods.StepPlan], bool], every: bool) -> tuple[str, ...]:
-    """The study's methods (its order) whose default schedule satisfies `pred` at any (every)
-    step. Extension methods are left out: the claims are about the study's rows."""
-    test = all if every else any
-    return tuple(m for m in methods.STUDY_METHODS
-                 if test(pred(methods.get(m)(s)) for s in range(methods.num_steps(m))))
+from cliffdistill.report.markdown import pp, table
+from cliffdistill.stats import finite, pct
 
 
 # Derived from the schedules, so a new or changed method lands in the right claim by itself.
-OFF_POLICY_METHODS = _methods_where(lambda p: p.off_weight > 0, every=False)
-ON_POLICY_METHODS = _methods_where(  # pure on-policy: no off-policy part, no teacher seeding
-    lambda p: p.on_weight > 0 and p.off_weight == 0 and p.seed_tokens == 0, every=True)
+# Extension methods are left out: the claims are about the study's rows.
+_SUMMARIES = {m: methods.plan_summary(m) for m in methods.STUDY_METHODS}
+OFF_POLICY_METHODS = tuple(m for m, u in _SUMMARIES.items() if u.off)
+ON_POLICY_METHODS = tuple(  # pure on-policy: no off-policy part, no teacher seeding
+    m for m, u in _SUMMARIES.items() if u.on and not u.off and not u.seed)
 # "not testable": the setup fails the testbed's headroom checks (cliffdistill.study.testbed.gate_claims)
 VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_TESTABLE)
 # Outcomes of the cliff-pattern rule (`cliff_pattern`), one per (setup, implementation variant).
@@ -54,11 +49,11 @@ def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
     if variant == CORRECT:
         return groups
     defects = variant.split("+")
-    if not set(defects) <= set(assembly.TRAINING_DEFECTS):
+    if not set(defects) <= set(TRAINING_DEFECTS):
         return groups
     for m, g in finished(CORRECT).items():
         if m not in groups and m in methods.STUDY_METHODS and not any(
-                assembly.defect_applies(d, m, setup) for d in defects):
+                defect_applies(d, m, setup) for d in defects):
             groups[m] = {**g, "variant": variant, "reused_from": CORRECT}
     return groups
 

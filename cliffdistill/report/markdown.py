@@ -9,21 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from cliffdistill.engine.defects import TRAINING_DEFECTS, defect_applies
 from cliffdistill import stats
 from cliffdistill.engine import methods
-from cliffdistill.run import assembly
 from cliffdistill.report.aggregate import (BASELINE_TITLES, CORRECT, COST_FIELDS, DIAG_FIELDS,
                                            mean_of, method_rank)
+from cliffdistill.stats import finite, pct
 
 STATUS_HEADER = " / ".join(stats.STATUSES)  # the order of a status-count cell
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    return f"{100.0 * x:.{digits}f}" if finite(x) else "n/a"
 
 
 def _acc_ci(mean: Any, low: Any, high: Any, n: int) -> str:
@@ -214,9 +207,9 @@ def _untouched(method: str, variant: str, groups: Sequence[Mapping]) -> bool:
     """No defect of `variant` changes any step of `method` (its run would equal the correct one)."""
     defects = variant.split("+")
     setup = groups[0]["setup"] if groups else ""
-    return (variant != CORRECT and set(defects) <= set(assembly.TRAINING_DEFECTS)
+    return (variant != CORRECT and set(defects) <= set(TRAINING_DEFECTS)
             and method in methods.METHODS
-            and not any(assembly.defect_applies(d, method, setup) for d in defects))
+            and not any(defect_applies(d, method, setup) for d in defects))
 
 
 def _diagnostics_section(groups: Sequence[Mapping]) -> list[str]:

@@ -6,12 +6,12 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from cliffdistill.run import rundir
 from cliffdistill.report.aggregate import BASELINE_TITLES, CORRECT, PLOTS_DIR, method_rank
-from cliffdistill.report.markdown import (finite, label, main_groups, pct, setup_groups,
-                                          student_step0)
+from cliffdistill.report.markdown import label, main_groups, setup_groups, student_step0
+from cliffdistill.stats import finite, pct
 
 
 def pyplot() -> Any:

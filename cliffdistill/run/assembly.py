@@ -3,15 +3,16 @@
 `validate_config` runs every check that needs no weights (field values, vocab agreement, the
 mesh, the memory plan) so a bad config fails in seconds with the field named. `make_setup` then
 builds the mesh, tokenizer, prompt views (student / teacher, left-padded to power-of-two buckets)
-and loads the models. The config → plain-value helpers (`lora_config`, `optim_config`,
-`lora_scale`) are here so the update step (`cliffdistill.engine.update`) never sees ml_collections.
+and loads the models. `optim_config` turns the config into the update step's plain values, so the update
+(`cliffdistill.engine.update`) never sees ml_collections; the adapters' is
+`models.lora.LoraConfig.from_section`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +22,17 @@ import ml_collections
 import numpy as np
 
 from cliffdistill.engine import methods, update
+from cliffdistill.engine.defects import ABLATIONS
 from cliffdistill.run import memplan, validation
 from cliffdistill.data import gsm8k, prompts
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding
-from cliffdistill.models import lora as lora_lib
+from cliffdistill.models.lora import LoraConfig
 from cliffdistill.models.config import ModelConfig
 
 SETUPS = ("size", "context")
 ON_POLICY_LOSSES = ("sampled_rkl", "jsd")
 OFF_POLICY_LOSSES = ("nll", "forward_kl")
-# The study's defects (DESIGN.md §1), each an off-by-default `config.ablation.<name>` switch:
-# five change training, `study_eval` only adds an evaluation under the study's protocol.
-TRAINING_DEFECTS = ("unshifted_off_policy", "on_policy_no_prompt", "teacher_no_context",
-                    "two_step_mixture", "zero_kl_anchor")
-EVAL_ONLY_SWITCHES = ("study_eval",)
-ABLATIONS = (*TRAINING_DEFECTS, *EVAL_ONLY_SWITCHES)
-# Which steps a training defect changes (by the step's plan and the setup): a defect that changes
-# no step of a method leaves its run identical to the correct one (tests/test_defects.py), so a
-# factorial need not run it.
-_DEFECT_TOUCHES: dict[str, Any] = {
-    "unshifted_off_policy": lambda setup, p: p.off_weight > 0,
-    "on_policy_no_prompt": lambda setup, p: p.on_weight > 0,
-    "teacher_no_context": lambda setup, p: setup == "context" and p.rollout,  # scoring/ranking
-    "two_step_mixture": lambda setup, p: p.on_weight > 0 and p.off_weight > 0,
-    "zero_kl_anchor": lambda setup, p: p.anchor_beta > 0,
-}
-
-
-def defect_applies(defect: str, method: str, setup: str,
-                   schedule_cfg: ml_collections.ConfigDict | None = None) -> bool:
-    """Whether training `defect` changes any step of `method` on `setup`."""
-    if defect not in _DEFECT_TOUCHES:
-        raise ValueError(f"unknown training defect {defect!r}; known: {TRAINING_DEFECTS}")
-    schedule = methods.get(method, schedule_cfg)
-    return any(_DEFECT_TOUCHES[defect](setup, schedule(i))
-               for i in range(methods.num_steps(method, schedule_cfg)))
-
 # ============================================================================ config checks
 
 
@@ -68,12 +43,11 @@ def _dtype(name: str, field: str) -> Any:
         raise ValueError(f"config field `{field}`={name!r} is not a dtype (use bfloat16 or float32)")
 
 
-def _check_prompt_samples(cfg: ml_collections.ConfigDict,
-                          schedule: Callable[[int], methods.StepPlan]) -> None:
+def _check_prompt_samples(cfg: ml_collections.ConfigDict, plan: methods.PlanSummary) -> None:
     """A schedule that draws K completions per prompt (StepPlan.prompt_samples, from
     `schedule.dpo_samples`) fills the rollout batch with batch_size / K distinct prompts."""
     batch = cfg.rollout.batch_size
-    ks = {schedule(i).prompt_samples for i in range(methods.num_steps(cfg.method, cfg.schedule))}
+    ks = plan.prompt_samples
     for k in sorted(ks):
         if batch % k:
             raise ValueError(
@@ -92,8 +66,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
     validation.check_config(cfg)
     if cfg.setup not in SETUPS:
         raise ValueError(f"config field `setup`={cfg.setup!r}; choose one of {SETUPS}")
-    schedule = methods.get(cfg.method, cfg.schedule)  # unknown method -> lists the known ones
-    _check_prompt_samples(cfg, schedule)
+    plan = methods.plan_summary(cfg.method, cfg.schedule)  # unknown method -> lists the known ones
+    _check_prompt_samples(cfg, plan)
     if cfg.loss.on_policy not in ON_POLICY_LOSSES:
         raise ValueError(f"config field `loss.on_policy`={cfg.loss.on_policy!r}; choose one of "
                          f"{ON_POLICY_LOSSES}")
@@ -222,6 +196,11 @@ class Setup:
     eos_ids: tuple[int, ...]
     pad_id: int
 
+    @functools.cached_property
+    def plan(self) -> methods.PlanSummary:
+        """What the run's schedule uses (on/off-policy, seeding, replay, ...), once per run."""
+        return methods.plan_summary(self.cfg.method, self.cfg.schedule)
+
 
 _MODEL_CACHE: dict[tuple, tuple[ModelConfig, Any]] = {}
 
@@ -271,16 +250,6 @@ def make_setup(cfg: ml_collections.ConfigDict) -> Setup:
 # ============================================================================ config -> plain values
 
 
-def lora_scale(cfg: ml_collections.ConfigDict) -> float:
-    return float(cfg.lora.alpha) / float(cfg.lora.rank)
-
-
-def lora_config(cfg: ml_collections.ConfigDict) -> lora_lib.LoraConfig:
-    return lora_lib.LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha,
-                               targets=tuple(cfg.lora.targets),
-                               include_experts=cfg.lora.include_experts)
-
-
 def optim_config(cfg: ml_collections.ConfigDict) -> update.OptimConfig:
     """`cfg.optim` as the update step's plain, hashable hyper-parameters."""
     return update.OptimConfig(**cfg.optim.to_dict())
@@ -290,6 +259,6 @@ def init_state(s: Setup, num_steps: int) -> dict[str, Any]:
     """The run's step-0 train state (what a checkpoint holds), from its config."""
     cfg = s.cfg
     return update.init_state(
-        s.student_cfg, s.student_params, lora_config(cfg), s.mesh,
+        s.student_cfg, s.student_params, LoraConfig.from_section(cfg.lora), s.mesh,
         update.make_optimizer(optim_config(cfg), num_steps), seed=cfg.seed,
         lora_dtype=cfg.lora.dtype, replay_capacity=cfg.replay.capacity)

@@ -35,8 +35,9 @@ from cliffdistill.run import distributed, rundir, validation
 from cliffdistill.data import gsm8k
 from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig
-from cliffdistill.models.lora import LoraParams
-from cliffdistill.run.assembly import Setup, init_state, lora_scale, make_setup
+from cliffdistill.models.lora import LoraConfig, LoraParams
+from cliffdistill.run.assembly import Setup, init_state, make_setup
+from cliffdistill.stats import pct
 
 # A completion is "repetitive" when some REPEAT_NGRAM-token n-gram occurs REPEAT_COUNT or more
 # times: the signature of a degenerate loop, rare in a correct worked solution.
@@ -187,7 +188,7 @@ def _initial_state(setup: Setup, cfg: ml_collections.ConfigDict) -> dict[str, An
 def initial_lora(setup: Setup, cfg: ml_collections.ConfigDict) -> LoraParams:
     """The run's step-0 adapters (`b` = 0): exactly the base model, as the trainer's step-0 eval
     sees it, and with the same pytree as a restored checkpoint (one compiled sampler for all)."""
-    return LoraParams(_initial_state(setup, cfg)["lora"], lora_scale(cfg))
+    return LoraParams(_initial_state(setup, cfg)["lora"], LoraConfig.from_section(cfg.lora).scale)
 
 
 def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Path,
@@ -211,7 +212,7 @@ def restore_lora(setup: Setup, cfg: ml_collections.ConfigDict, workdir: str | Pa
                              f"steps: {steps} (checkpoint.keep={cfg.checkpoint.keep} keeps only "
                              "the most recent ones)")
         state = ckpt.restore(step, _initial_state(setup, cfg))
-    return LoraParams(state["lora"], lora_scale(cfg))
+    return LoraParams(state["lora"], LoraConfig.from_section(cfg.lora).scale)
 
 
 def evaluate_arrays(setup: Setup, model_cfg: ModelConfig, params: Any, lora: LoraParams | None,
@@ -346,10 +347,6 @@ def resolve_steps(workdir: str | Path, cfg: ml_collections.ConfigDict,
     return [step]
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def format_table(rows: Sequence[tuple[str, dict[str, Any] | None]]) -> str:
     """A plain-text table of (label, EVAL) rows."""
     head = ("model", "acc %", "95% CI", "n", "trunc %", "empty %", "rep %", "mean len")
@@ -358,9 +355,9 @@ def format_table(rows: Sequence[tuple[str, dict[str, Any] | None]]) -> str:
         if e is None:
             body.append((label, "n/a", "", "", "", "", "", ""))
             continue
-        body.append((label, _pct(e["accuracy"]), f"[{_pct(e['ci_low'])}, {_pct(e['ci_high'])}]",
-                     str(e["n"]), _pct(e["truncation_rate"]), _pct(e["empty_rate"]),
-                     _pct(e["repetition_rate"]), f"{e['mean_length']:.1f}"))
+        body.append((label, pct(e["accuracy"], missing='-'), f"[{pct(e['ci_low'], missing='-')}, {pct(e['ci_high'], missing='-')}]",
+                     str(e["n"]), pct(e["truncation_rate"], missing='-'), pct(e["empty_rate"], missing='-'),
+                     pct(e["repetition_rate"], missing='-'), f"{e['mean_length']:.1f}"))
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                for i, (c, w) in enumerate(zip(r, widths)))

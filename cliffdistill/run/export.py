@@ -89,10 +89,10 @@ def peft_state_dict(student_cfg: ModelConfig, lora: LoraParams) -> dict[str, np.
 
 def adapter_config(cfg: Any, student_cfg: ModelConfig, lora: LoraParams) -> dict[str, Any]:
     """adapter_config.json for a PEFT LoRA adapter equal to ours."""
-    rank = int(cfg.lora.rank)
-    alpha = float(cfg.lora.alpha)
-    if abs(alpha / rank - lora.scale) > 1e-12:
-        raise ValueError(f"adapter scale {lora.scale} != lora.alpha / lora.rank = {alpha / rank}")
+    conf = lora_lib.LoraConfig.from_section(cfg.lora)
+    rank, alpha = conf.rank, conf.alpha
+    if abs(conf.scale - lora.scale) > 1e-12:
+        raise ValueError(f"adapter scale {lora.scale} != lora.alpha / lora.rank = {conf.scale}")
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

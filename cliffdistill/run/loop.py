@@ -14,7 +14,6 @@ replay buffer `cliffdistill.run.offpolicy`, the run directory's files and checkp
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import signal
@@ -36,9 +35,9 @@ from cliffdistill.engine import update
 from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
 from cliffdistill.models import sharding, transformer
-from cliffdistill.models.lora import LoraParams
+from cliffdistill.models.lora import LoraConfig, LoraParams
 from cliffdistill.run.rundir import Preempted  # noqa: F401  (raised here; part of train's API)
-from cliffdistill.run.assembly import Setup, init_state, lora_scale, make_setup, optim_config
+from cliffdistill.run.assembly import Setup, init_state, make_setup, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +53,6 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     return np.asarray(out, np.int64)
 
 
-def schedule_uses(schedule: Callable[[int], methods.StepPlan], num_steps: int) -> dict[str, bool]:
-    """Which parts any step of the schedule has: on/off-policy, teacher seeding, replay."""
-    plans = [schedule(i) for i in range(num_steps)]
-    return {"on": any(p.on_weight > 0 for p in plans), "off": any(p.off_weight > 0 for p in plans),
-            "seed": any(p.seed_tokens > 0 for p in plans), "replay": any(p.replay for p in plans)}
-
-
 def _masked_mean(x: np.ndarray, m: np.ndarray) -> float:
     return float((x * m).sum() / max(m.sum(), 1))
 
@@ -70,7 +62,7 @@ class Context:
     """What every step of one run shares: setup, schedule facts, off-policy data, cost model."""
 
     s: Setup
-    uses: dict[str, bool]
+    uses: methods.PlanSummary
     gen_len: int  # G: static generation bucket
     seed_len: int  # static teacher-seed bucket (0 when the schedule never seeds)
     off_tokens: np.ndarray | None  # [N, G_off] cached teacher samples
@@ -114,10 +106,10 @@ class StepLog:
         return m
 
 
-def make_context(s: Setup, uses: dict[str, bool], workdir: epath.Path) -> Context:
-    cfg = s.cfg
+def make_context(s: Setup, workdir: epath.Path) -> Context:
+    cfg, uses = s.cfg, s.plan
     off_tokens = off_mask = None
-    if uses["off"]:
+    if uses.off:
         cache_dir = epath.Path(cfg.off_policy.cache_dir or (workdir.parent / "offpolicy_cache"))
         t0 = time.time()
         off_tokens, off_mask = offpolicy.teacher_samples(s, cache_dir)
@@ -125,7 +117,7 @@ def make_context(s: Setup, uses: dict[str, bool], workdir: epath.Path) -> Contex
     full_vocab = cfg.loss.on_policy == "jsd" or cfg.loss.off_policy == "forward_kl"
     return Context(
         s=s, uses=uses, gen_len=prompts.bucket_length(cfg.rollout.max_new_tokens, 1),
-        seed_len=prompts.bucket_length(cfg.schedule.seed_max_tokens, 1) if uses["seed"] else 0,
+        seed_len=prompts.bucket_length(cfg.schedule.seed_max_tokens, 1) if uses.seed else 0,
         off_tokens=off_tokens, off_mask=off_mask,
         teacher_unembed=(transformer.unembed_matrix(s.teacher_cfg, s.teacher_params)
                          if full_vocab else None),
@@ -144,7 +136,7 @@ def rollout(c: Context, lora: LoraParams, plan: methods.StepPlan, prompt_idx: np
     sp = sampling.SamplingParams.of(r.max_new_tokens, r.temperature, r.top_k, r.top_p)
     static = dict(gen_len=c.gen_len, eos_ids=s.eos_ids, pad_id=s.pad_id, moe_impl=c.cfg.moe_impl)
     student = (c.put(s.train.student[prompt_idx]), c.put(s.train.student_mask[prompt_idx]))
-    if c.uses["seed"]:
+    if c.uses.seed:
         teacher = (c.put(s.train.teacher[prompt_idx]), c.put(s.train.teacher_mask[prompt_idx]))
         out = sampling.teacher_seeded_arrays(
             s.student_cfg, s.student_params, lora, s.teacher_cfg, s.teacher_params, None,
@@ -241,7 +233,7 @@ def _rollout_metrics(c: Context, out: sampling.GenerateOutput, lp_t: jax.Array,
         log_.tokens["trained"] += int(smask.sum())
     flops_s, flops_t = c.flops_per_token
     log_.flops += flops_s * n_tok + flops_t * log_.tokens["scored"]
-    if c.uses["seed"] and plan.seed_tokens > 0:
+    if c.uses.seed and plan.seed_tokens > 0:
         log_.flops += flops_t * plan.seed_tokens * len(toks)
 
 
@@ -294,7 +286,7 @@ def update_spec(c: Context, batch: dict[str, Any], plan: methods.StepPlan,
                 num_steps: int) -> update.UpdateSpec:
     cfg = c.cfg
     return update.UpdateSpec(
-        student=c.s.student_cfg, teacher=c.s.teacher_cfg, scale=lora_scale(cfg),
+        student=c.s.student_cfg, teacher=c.s.teacher_cfg, scale=LoraConfig.from_section(cfg.lora).scale,
         has_on="on" in batch, has_off="off" in batch, has_dpo="dpo" in batch,
         has_anchor=plan.anchor_beta > 0 and ("on" in batch or "off" in batch),
         confidence_weighted=plan.confidence_weighted and "on" in batch,
@@ -377,7 +369,7 @@ class Evaluator:
         data_par = cfg.mesh.data * cfg.mesh.fsdp
         batch = min(cfg.eval.batch_size, -(-n // data_par) * data_par)
         summary, _ = evaluation.evaluate_prompts(
-            s.student_cfg, s.student_params, LoraParams(lora_layers, lora_scale(cfg)),
+            s.student_cfg, s.student_params, LoraParams(lora_layers, LoraConfig.from_section(cfg.lora).scale),
             s.tokenizer, views.student[:n], views.student_mask[:n], views.questions[:n],
             views.golds[:n], max_new_tokens=max_new_tokens, batch_size=batch,
             eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=cfg.moe_impl)
@@ -500,12 +492,12 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
     """`run`'s body: setup, resume, the step loop; returns the `done` summary."""
     main_proc = distributed.is_main()
     schedule = methods.get(cfg.method, cfg.schedule)
-    num_steps = methods.num_steps(cfg.method, cfg.schedule)
     s = setup_obj or make_setup(cfg)
+    num_steps = s.plan.num_steps
     n_devices = s.mesh.devices.size
     if main_proc:
         rundir.write_json(workdir / rundir.CONFIG_FILE, cfg.to_dict())
-    c = make_context(s, schedule_uses(schedule, num_steps), workdir)
+    c = make_context(s, workdir)
     B, n_samp, n_train = cfg.rollout.batch_size, cfg.rollout.n_samples, s.train.student.shape[0]
     ckpt = rundir.Checkpoints(workdir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     writer = None
@@ -539,7 +531,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 prompt_idx = np.repeat(idx, group)
                 batch: dict[str, Any] = {}
                 if plan.rollout:
-                    lora = LoraParams(state["lora"], lora_scale(cfg))
+                    lora = LoraParams(state["lora"], LoraConfig.from_section(cfg.lora).scale)
                     out = rollout(c, lora, plan, prompt_idx, rows,                        # rollout
                                   jax.random.fold_in(run_key, step), log_)
                     scored = score(c, out, plan, prompt_idx, log_)                       # score
@@ -549,7 +541,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                         batch["dpo"] = preference_batch(c, scored, prompt_idx, group, log_)
                 if plan.off_weight > 0:
                     batch["off"] = off_policy_batch(c, state, plan, step, prompt_idx, log_)
-                if c.uses["replay"]:  # the buffer collects every step's prompts (FIFO, bounded)
+                if c.uses.replay:  # the buffer collects every step's prompts (FIFO, bounded)
                     offpolicy.replay_push(state["replay"], idx)
                 rundir.fault_point("step", step)  # test hook: a crash mid-step
                 if batch:

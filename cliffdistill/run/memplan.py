@@ -43,6 +43,7 @@ from cliffdistill.engine import methods
 from cliffdistill.data.prompts import bucket_length
 from cliffdistill.models import config as model_config
 from cliffdistill.models import lora as lora_lib
+from cliffdistill.models.lora import LoraConfig
 from cliffdistill.models import sharding, transformer
 from cliffdistill.models.config import ModelConfig
 
@@ -135,14 +136,11 @@ def param_bytes_per_device(mcfg: ModelConfig, mesh: MeshShape, dtype: str) -> in
 
 def lora_bytes(mcfg: ModelConfig, lcfg: Any, dtype: str) -> int:
     """LoRA adapter bytes (replicated on every device)."""
-    return _lora_bytes(mcfg, int(lcfg.rank), tuple(lcfg.targets), bool(lcfg.include_experts),
-                       str(dtype))
+    return _lora_bytes(mcfg, LoraConfig.from_section(lcfg), str(dtype))
 
 
 @functools.lru_cache(maxsize=64)
-def _lora_bytes(mcfg: ModelConfig, rank: int, targets: tuple, include_experts: bool,
-                dtype: str) -> int:
-    conf = lora_lib.LoraConfig(rank=rank, targets=targets, include_experts=include_experts)
+def _lora_bytes(mcfg: ModelConfig, conf: LoraConfig, dtype: str) -> int:
     shapes = transformer.param_shapes(mcfg, dtype)
     tree = jax.eval_shape(lambda: lora_lib.init_lora(mcfg, conf, jax.random.key(0), shapes,
                                                      dtype=dtype))
@@ -151,9 +149,7 @@ def _lora_bytes(mcfg: ModelConfig, rank: int, targets: tuple, include_experts: b
 
 def lora_on_mlp(mcfg: ModelConfig, lcfg: Any) -> bool:
     """Whether the adapters touch the (dense or expert) MLP: their deltas add [b, T, F] blocks."""
-    conf = lora_lib.LoraConfig(rank=int(lcfg.rank), alpha=float(lcfg.alpha),
-                               targets=tuple(lcfg.targets),
-                               include_experts=bool(lcfg.include_experts))
+    conf = LoraConfig.from_section(lcfg)
     return bool(set(conf.target_names(mcfg)) & {"gate_proj", "up_proj", "down_proj"})
 
 
@@ -405,19 +401,6 @@ class MemoryPlan:
         return "\n".join(rows)
 
 
-def _uses(cfg: Any) -> dict[str, Any]:
-    schedule = methods.get(cfg.method, cfg.schedule)
-    plans = [schedule(i) for i in range(methods.num_steps(cfg.method, cfg.schedule))]
-    passes = 0
-    for p in plans:  # forward passes that keep residuals for the backward, per update
-        passes = max(passes, int(p.rollout) + int(p.off_weight > 0))
-    # "on": the step samples from the student (on-policy or DPO); a DPO pair batch (2 of every
-    # K >= 2 rollout rows) is no larger than the rollout batch.
-    return {"on": any(p.rollout for p in plans), "off": any(p.off_weight > 0 for p in plans),
-            "seed": any(p.seed_tokens > 0 for p in plans),
-            "anchor": any(p.anchor_beta > 0 for p in plans), "passes": max(passes, 1)}
-
-
 def model_configs(cfg: Any, student: ModelConfig | str | None = None,
                   teacher: ModelConfig | str | None = None) -> tuple[ModelConfig, ModelConfig]:
     """(student, teacher) from presets/ModelConfigs when given, else the config.json of the paths."""
@@ -445,21 +428,21 @@ def buckets(cfg: Any, prompt_len: int | None = None, teacher_prompt_len: int | N
     P = bucket_length(prompt_len or r.max_prompt_len)
     teacher_view_differs = cfg.setup == "context" or cfg.data.context != "none"
     Pt = bucket_length(teacher_prompt_len or r.max_teacher_prompt_len) if teacher_view_differs else P
-    uses = _uses(cfg)
+    uses = methods.plan_summary(cfg.method, cfg.schedule)
     bs = int(batch_size if batch_size is not None else r.batch_size)
     return Buckets(
         rows=bs * int(r.n_samples), prompt=P, teacher_prompt=Pt,
         gen=bucket_length(r.max_new_tokens, 1),
-        seed=bucket_length(cfg.schedule.seed_max_tokens, 1) if uses["seed"] else 0,
+        seed=bucket_length(cfg.schedule.seed_max_tokens, 1) if uses.seed else 0,
         eval_rows=int(cfg.eval.batch_size), eval_gen=bucket_length(cfg.eval.max_new_tokens, 1),
-        off_rows=int(cfg.off_policy.gen_batch_size) if uses["off"] else 0,
+        off_rows=int(cfg.off_policy.gen_batch_size) if uses.off else 0,
         off_gen=bucket_length(cfg.off_policy.max_new_tokens, 1))
 
 
 def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Buckets, platform: str
            ) -> tuple[dict[str, int], dict[str, int], int]:
     a_s, a_t = _itemsize(cfg.student.dtype), _itemsize(cfg.teacher.dtype)
-    uses = _uses(cfg)
+    uses = methods.plan_summary(cfg.method, cfg.schedule)
     full_vocab = cfg.loss.on_policy == "jsd" or cfg.loss.off_policy == "forward_kl"
     chunk = int(cfg.loss.vocab_chunk)
     lmlp = lora_on_mlp(s, cfg.lora)
@@ -479,7 +462,7 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
 
     phases: dict[str, int] = {}
     # ---- rollout (+ teacher seeding) and teacher scoring
-    if uses["on"]:
+    if uses.rollout:
         ro = rollout_bytes(s, b, bk.prompt, bk.gen, mesh, a_s, lora_mlp=lmlp, platform=platform)
         items["rollout KV cache (student)"] = ro["cache"]
         items["rollout prefill/decode activations"] = ro["working"]
@@ -495,13 +478,13 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
         items["teacher scoring activations"] = sc
         phases["teacher scoring"] = persistent + sc
     # ---- update (one optimizer step over the weighted sum of the step's loss terms)
-    up = update_bytes(s, b, bk.prompt, bk.gen, mesh, a_s, chunk, passes=uses["passes"],
+    up = update_bytes(s, b, bk.prompt, bk.gen, mesh, a_s, chunk, passes=uses.passes,
                       remat=cfg.loss.remat, lora_mlp=lmlp, platform=platform)
     extra = 0
     if full_vocab:  # the teacher's hidden states [b, G, Dt] and its logit chunks next to ours
         extra += b * bk.gen * t.hidden_size * a_t + LOGIT_BLOCK_COPIES * b * bk.gen * min(
             chunk, t.vocab_size) * 4
-    if uses["anchor"]:  # pi_0's hidden states [b, G, D] (no grad) and its logit chunks
+    if uses.anchor:  # pi_0's hidden states [b, G, D] (no grad) and its logit chunks
         extra += b * bk.gen * s.hidden_size * a_s + LOGIT_BLOCK_COPIES * b * bk.gen * min(
             chunk, s.vocab_size) * 4
 
@@ -516,7 +499,7 @@ def _items(cfg: Any, s: ModelConfig, t: ModelConfig, mesh: MeshShape, bk: Bucket
     items["eval prefill/decode activations"] = ev["working"]
     phases["eval"] = persistent + ev["cache"] + ev["working"]
     # ---- off-policy teacher samples (generated once, at setup)
-    if uses["off"] and bk.off_rows:
+    if uses.off and bk.off_rows:
         ob = _per_device(bk.off_rows, mesh)
         off = rollout_bytes(t, ob, bk.teacher_prompt, bk.off_gen, mesh, a_t, platform=platform)
         items["off-policy sampling KV cache (setup)"] = off["cache"]

@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -72,16 +71,29 @@ def safe_name(text: str) -> str:
 # ============================================================================ writers
 
 
-def _json_default(value: Any) -> Any:
-    """JSON for what `json` does not know: mappings (ConfigDict), numpy scalars, paths."""
-    if isinstance(value, Mapping) or hasattr(value, "items"):
-        return dict(value.items())
+def plain(value: Any, *, strict: bool = False) -> Any:
+    """A JSON-able copy of `value`: the one converter behind every JSON file the project writes.
+
+    Mappings (ConfigDict too) -> dicts with str keys, tuples/lists -> lists, paths -> str, numpy
+    scalars and 0-d arrays -> Python scalars; `strict`: NaN/inf -> None (strict JSON, for
+    results files). Anything else becomes `<TypeName>`, never its repr (which may hold a memory
+    address, and so would change a config's hash from one process to the next)."""
+    if isinstance(value, float):
+        return None if strict and not math.isfinite(value) else value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Mapping) or (hasattr(value, "items") and callable(value.items)):
+        return {str(k): plain(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, strict=strict) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if hasattr(value, "item") and callable(value.item):  # numpy scalars / 0-d arrays
         try:
-            return value.item()
+            return plain(value.item(), strict=strict)
         except (TypeError, ValueError):
             pass
-    return str(value)
+    return f"<{type(value).__name__}>"
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -95,19 +107,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, sort_keys=True, indent=1, default=_json_default) + "\n")
+    write_text(path, json.dumps(plain(obj), sort_keys=True, indent=1) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     """Replaces a JSONL file atomically with `records` (one sorted-key object per line)."""
-    write_text(path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+    write_text(path, "".join(json.dumps(plain(r), sort_keys=True) + "\n"
                              for r in records))
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
     """Appends one record (a line is written whole, so a crash loses at most that line)."""
     with Path(path).open("a") as f:
-        f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        f.write(json.dumps(plain(record), sort_keys=True) + "\n")
 
 
 # ============================================================================ readers

@@ -30,10 +30,10 @@ import numpy as np
 from cliffdistill import stats
 from cliffdistill.run import rundir
 from cliffdistill.run import config_io
-from cliffdistill.study import runner
 from cliffdistill.engine import methods
 from cliffdistill.report.aggregate import question_matrix, summarize_run
-from cliffdistill.report.markdown import pct, pp, table
+from cliffdistill.report.markdown import pp, table
+from cliffdistill.stats import pct
 from cliffdistill.report.plots import pyplot
 from cliffdistill.study import toy_config
 
@@ -170,7 +170,7 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
     t = thresholds or stats.default_claim_thresholds()
     base = arm_base(base_overrides)
     runs = []
-    for entry in json.loads((workdir / "sweep.json").read_text())["runs"]:
+    for entry in json.loads((workdir / rundir.SWEEP_FILE).read_text())["runs"]:
         cfg = ml_collections.ConfigDict(rundir.read_json(
             workdir / rundir.RUNS_SUBDIR / entry["name"] / rundir.CONFIG_FILE) or {})
         if "method" not in cfg:

@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from cliffdistill.engine.defects import TRAINING_DEFECTS, defect_applies
 from cliffdistill import report
 from cliffdistill.run import evaluation, loop, rundir
 from cliffdistill.run import config_io
@@ -43,8 +44,8 @@ from cliffdistill.study import extensions, grid, runner, toy
 from cliffdistill.engine.methods import STUDY_METHODS, num_steps, seed_tokens
 from cliffdistill.study import testbed
 from cliffdistill.run import assembly
-from cliffdistill.run.assembly import TRAINING_DEFECTS
 from cliffdistill.study import toy_config
+from cliffdistill.stats import pct
 
 METHODS = STUDY_METHODS  # the study's table order (+ off_policy); no extensions
 SETUPS = ("size", "context")
@@ -96,8 +97,8 @@ def defect_combinations(setup: str, methods: Sequence[str], each: bool = True,
     """The factorial's defect combinations on `setup`: each training defect alone (those that
     touch one of `methods` there), every pair (`pairs`) and all of them together; `each=False`:
     the bundle only."""
-    applicable = tuple(d for d in assembly.TRAINING_DEFECTS
-                       if any(assembly.defect_applies(d, m, setup) for m in methods))
+    applicable = tuple(d for d in TRAINING_DEFECTS
+                       if any(defect_applies(d, m, setup) for m in methods))
     singles = [(d,) for d in applicable] if each else []
     doubles = list(itertools.combinations(applicable, 2)) if pairs and len(applicable) > 2 else []
     return singles + doubles + ([applicable] if len(applicable) > 1 or not each else [])
@@ -114,7 +115,7 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
     for setup in SETUPS:
         for combo in defect_combinations(setup, factorial_methods, mode.each_defect, mode.pairs):
             rows += [(setup, m, seed, combo) for m in factorial_methods
-                     if any(assembly.defect_applies(d, m, setup) for d in combo)
+                     if any(defect_applies(d, m, setup) for d in combo)
                      for seed in range(mode.defect_seeds)]
     return rows
 
@@ -227,10 +228,6 @@ def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def testbed_lines(tb: dict[str, Any]) -> list[str]:
     """The testbed section of RESULTS.md: what prepare measured, and whether each setup can
     answer the study's question (method-neutral checks only)."""
@@ -242,34 +239,34 @@ def testbed_lines(tb: dict[str, Any]) -> list[str]:
     lines = [
         "| setup | teacher | student | teacher - student | oracle (gain) | params teacher / student "
         "| testable |", "|---|---|---|---|---|---|---|",
-        f"| size (unit value {s.get('value', '?')}) | {_pct(s['teacher']['accuracy'])} | "
-        f"{_pct(s['student']['accuracy'])} (step {s['student']['snapshot_step']}; plain task "
-        f"{_pct(s['student'].get('plain_accuracy'))}) | "
+        f"| size (unit value {s.get('value', '?')}) | {pct(s['teacher']['accuracy'], missing='-', unit='%')} | "
+        f"{pct(s['student']['accuracy'], missing='-', unit='%')} (step {s['student']['snapshot_step']}; plain task "
+        f"{pct(s['student'].get('plain_accuracy'), missing='-', unit='%')}) | "
         f"{100 * (s['teacher']['accuracy'] - s['student']['accuracy']):+.1f} pp | "
-        f"{_pct(s['oracle']['accuracy'])} ({100 * s['oracle_gain']:+.1f} pp) | "
+        f"{pct(s['oracle']['accuracy'], missing='-', unit='%')} ({100 * s['oracle_gain']:+.1f} pp) | "
         f"{s['teacher']['params']:,} / {s['student']['params']:,} ({s['param_ratio']:.1f}x) | "
         f"{verdict(s)} |",
-        f"| context (values {', '.join(map(str, x['values']))}) | {_pct(x['teacher']['accuracy'])} "
-        f"(with context) | {_pct(x['student']['accuracy'])} (without) | "
+        f"| context (values {', '.join(map(str, x['values']))}) | {pct(x['teacher']['accuracy'], missing='-', unit='%')} "
+        f"(with context) | {pct(x['student']['accuracy'], missing='-', unit='%')} (without) | "
         f"{100 * (x['teacher']['accuracy'] - x['student']['accuracy']):+.1f} pp | "
-        f"{_pct(x['oracle']['accuracy'])} ({100 * x['oracle_gain']:+.1f} pp) | "
+        f"{pct(x['oracle']['accuracy'], missing='-', unit='%')} ({100 * x['oracle_gain']:+.1f} pp) | "
         f"{x['teacher']['params']:,} (one model) | {verdict(x)} |",
         *([f"| retrieval (the context setup, teacher reads a passage) | "
-           f"{_pct(tb['retrieval']['teacher']['accuracy'])} (with passage) | "
-           f"{_pct(tb['retrieval']['student']['accuracy'])} (without) | "
+           f"{pct(tb['retrieval']['teacher']['accuracy'], missing='-', unit='%')} (with passage) | "
+           f"{pct(tb['retrieval']['student']['accuracy'], missing='-', unit='%')} (without) | "
            f"{100 * (tb['retrieval']['teacher']['accuracy'] - tb['retrieval']['student']['accuracy']):+.1f} pp | "
-           f"{_pct(tb['retrieval']['oracle']['accuracy'])} ({100 * tb['retrieval']['oracle_gain']:+.1f} pp) | "
+           f"{pct(tb['retrieval']['oracle']['accuracy'], missing='-', unit='%')} ({100 * tb['retrieval']['oracle_gain']:+.1f} pp) | "
            f"(one model) | {verdict(tb['retrieval'])} |"] if "retrieval" in tb else []),
         "",
         "| context value | teacher (with context) | teacher (with passage) | format-only context "
         "| student (no context) | oracle |", "|---|---|---|---|---|---|",
-        *(f"| {v} | {_pct(r['teacher'])} | {_pct(r.get('teacher_passage'))} | "
-          f"{_pct(r['format_only'])} | {_pct(r['student'])} | {_pct(r['oracle'])} |"
+        *(f"| {v} | {pct(r['teacher'], missing='-', unit='%')} | {pct(r.get('teacher_passage'), missing='-', unit='%')} | "
+          f"{pct(r['format_only'], missing='-', unit='%')} | {pct(r['student'], missing='-', unit='%')} | {pct(r['oracle'], missing='-', unit='%')} |"
           for v, r in x["per_value"].items()),
         "",
         f"- eval: {tb['n_eval']} held-out problems per setup and value (95% half-width of one "
         f"evaluation at 50%: {100 * tb['eval_ci_halfwidth']:.1f} pp); eval solutions found "
-        f"verbatim in the pretraining stream: {_pct(tb['eval_pretrain_overlap'])}; mean answer "
+        f"verbatim in the pretraining stream: {pct(tb['eval_pretrain_overlap'], missing='-', unit='%')}; mean answer "
         f"length {tb['mean_answer_tokens']:.1f} tokens.",
         f"- teacher seeding: {tb['seed_tokens']} tokens = {tb['seed_fraction']:.4f} of the "
         f"{tb['completion_budget']}-token completion budget (the study: 20 of 256).",
@@ -283,10 +280,10 @@ def testbed_lines(tb: dict[str, Any]) -> list[str]:
 
 def retention_rows(workdir: Path) -> list[dict[str, Any]]:
     """Every context run's retention record with its method and variant (from sweep.json)."""
-    manifest = json.loads((workdir / "sweep.json").read_text())
+    manifest = json.loads((workdir / rundir.SWEEP_FILE).read_text())
     rows = []
     for run in manifest["runs"]:
-        path = workdir / "runs" / run["name"] / RETENTION_JSON
+        path = workdir / rundir.RUNS_SUBDIR / run["name"] / RETENTION_JSON
         if run["setup"] == "context" and path.exists():
             rows.append({"method": run["method"], "variant": report.variant_name(run["ablation"]),
                          **json.loads(path.read_text())})
@@ -307,7 +304,7 @@ def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                                                                          if kv[0][1] in METHODS else 99)):
         before = statistics.mean(r["before"] for r in rs)
         after = statistics.mean(r["after"] for r in rs)
-        out.append(f"| {variant} | {method} | {_pct(before)} | {_pct(after)} | "
+        out.append(f"| {variant} | {method} | {pct(before, missing='-', unit='%')} | {pct(after, missing='-', unit='%')} | "
                    f"{100 * (after - before):+.1f} pp | {len(rs)} |")
     return out
 
@@ -477,14 +474,14 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
         f"{len(result.ran) + len(result.skipped)} runs ({seeds} seeds per arm, {steps}-step "
         f"runs unless an arm varies it, {len(result.failed)} failed)",
         f"- setups (testbed.json): objectives and sensitivity on the size setup (teacher "
-        f"{_pct(tb['size']['teacher']['accuracy'])}, student "
-        f"{_pct(tb['size']['student']['accuracy'])}, ground-truth oracle "
-        f"{_pct(tb['size']['oracle']['accuracy'])}; testable: {tb['size']['testable']}); "
+        f"{pct(tb['size']['teacher']['accuracy'], missing='-', unit='%')}, student "
+        f"{pct(tb['size']['student']['accuracy'], missing='-', unit='%')}, ground-truth oracle "
+        f"{pct(tb['size']['oracle']['accuracy'], missing='-', unit='%')}; testable: {tb['size']['testable']}); "
         f"retrieval vs few-shot on the context setup (values "
         f"{', '.join(map(str, tb['context']['values']))}, one per seed; teacher with solved "
-        f"examples {_pct(tb['context']['teacher']['accuracy'])}, with the passage "
-        f"{_pct(tb.get('retrieval', {}).get('teacher', {}).get('accuracy'))}, student "
-        f"{_pct(tb['context']['student']['accuracy'])}; testable: "
+        f"examples {pct(tb['context']['teacher']['accuracy'], missing='-', unit='%')}, with the passage "
+        f"{pct(tb.get('retrieval', {}).get('teacher', {}).get('accuracy'), missing='-', unit='%')}, student "
+        f"{pct(tb['context']['student']['accuracy'], missing='-', unit='%')}; testable: "
         f"{tb.get('retrieval', tb['context'])['testable']})",
         "- statistics: each arm's final accuracy with the two-way bootstrap over seeds x "
         "held-out questions; each arm against its part's reference (sensitivity: the default "

@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,7 +57,7 @@ import ml_collections
 from cliffdistill import report
 from cliffdistill.run import validation
 from cliffdistill.run.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
-                                 SWEEP_FILE, Preempted, last_metric_step, owner_fields, read_json, run_state,
+                                 SWEEP_FILE, Preempted, last_metric_step, owner_fields, plain, read_json, run_state,
                                  safe_name, write_json)
 from cliffdistill.run.config_io import flatten, get_field, load_config_file, resolve_config_path
 from cliffdistill.study import pool
@@ -83,26 +83,6 @@ class SweepResult:
     report_written: bool
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDicts / tuples -> JSON-able plain values (dicts, lists, scalars)."""
-    if isinstance(value, ml_collections.ConfigDict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            pass
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return f"<{type(value).__name__}>"  # never repr(): it may hold a memory address
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -112,14 +92,14 @@ def run_dir(workdir: Path, name: str) -> Path:
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:
     """Stable hash of a resolved run config (detects a resumed sweep that would change a run)."""
-    text = json.dumps(_plain(cfg.to_dict()), sort_keys=True, default=_plain)
+    text = json.dumps(plain(cfg.to_dict()), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _key_fields(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     def get(field: str, default: Any) -> Any:
         try:
-            return _plain(get_field(cfg, field))
+            return plain(get_field(cfg, field))
         except KeyError:
             return default
 
@@ -143,14 +123,14 @@ def sweep_manifest(
         runs.append(
             {
                 "name": spec.name,
-                "overrides": _plain(spec.overrides),
+                "overrides": plain(spec.overrides),
                 "config_hash": config_hash(cfg),
                 **_key_fields(cfg),
             }
         )
     return {
         "name": str(sweep_cfg.get("name") or base_path.stem),
-        "sweep_config": _plain(sweep_cfg.to_dict()),
+        "sweep_config": plain(sweep_cfg.to_dict()),
         "runs": runs,
     }
 

@@ -18,7 +18,7 @@ Size: 8 methods x 10 seeds x (1 + number of ablations) variants; trim with e.g.
 import ml_collections
 
 from cliffdistill.engine import methods
-from cliffdistill.run.assembly import ABLATIONS  # the study's defects, `config.ablation.<name>` switches
+from cliffdistill.engine.defects import ABLATIONS  # the study's defects, `config.ablation.<name>` switches
 
 METHODS = methods.STUDY_METHODS  # the study's table order (no extension methods)
 
