@@ -6,13 +6,14 @@ import pytest
 
 from cliffdistill.study import testbed, toy
 from cliffdistill.data import synthetic
+from cliffdistill.study import toy_config, toy_data
 
 
 # ----------------------------------------------------------------------------- held-out eval
 
 
 def small_config():
-    c = toy.default_prepare_config()
+    c = toy_config.default_prepare_config()
     c.n_eval, c.n_dev, c.n_train_prompts, c.run.n_fewshot = 64, 16, 32, 8
     c.teacher.update(steps=40, batch=32, episode_every=4)
     return c
@@ -23,15 +24,15 @@ def test_no_eval_solution_occurs_in_pretraining(tmp_path):
     of the teacher's stream (plain steps and context episodes, format-only ones included) --
     as a whole solution and as a line-aligned tail of a longer one."""
     c = small_config()
-    data = toy.write_data(tmp_path, c)
+    data = toy_data.write_data(tmp_path, c)
     assert len(data.eval_solutions) == c.n_eval * (2 + len(c.context_values))  # plain, size, contexts
     seen = set()
     for step in range(c.teacher.steps):
-        for item in toy.stream_items(c, c.teacher, seed=1, step=step):
+        for item in toy_data.stream_items(c, c.teacher, seed=1, step=step):
             seen.update(item.shown)
     assert len(seen) > 1000
     assert not any(s in text for s in data.eval_solutions[:64] for text in seen)  # raw substring
-    assert toy.pretrain_overlap(data.eval_solutions, [(c.teacher, 1)], c) == 0.0
+    assert toy_data.pretrain_overlap(data.eval_solutions, [(c.teacher, 1)], c) == 0.0
 
 
 def test_overlap_measure_detects_verbatim_tails():
@@ -40,28 +41,28 @@ def test_overlap_measure_detects_verbatim_tails():
     c = small_config()
     m = c.teacher.copy_and_resolve_references()
     m.steps = 3
-    shown = [t for step in range(3) for it in toy.stream_items(c, m, 1, step) for t in it.shown]
-    tails = [list(toy.line_suffixes(s))[1] for s in shown if s.count("\n") >= 2]
-    assert toy.pretrain_overlap(shown[:20] + tails[:20], [(m, 1)], c) == 1.0
+    shown = [t for step in range(3) for it in toy_data.stream_items(c, m, 1, step) for t in it.shown]
+    tails = [list(toy_data.line_suffixes(s))[1] for s in shown if s.count("\n") >= 2]
+    assert toy_data.pretrain_overlap(shown[:20] + tails[:20], [(m, 1)], c) == 1.0
     unseen = synthetic.generate(20, seed=99, difficulty=4, style="worked", split="held_out")
-    assert toy.pretrain_overlap([p.solution for p in unseen], [(m, 1)], c) == 0.0
+    assert toy_data.pretrain_overlap([p.solution for p in unseen], [(m, 1)], c) == 0.0
 
 
 def test_eval_and_train_prompts_are_held_out_and_distinct(tmp_path):
     c = small_config()
-    toy.write_data(tmp_path, c)
+    toy_data.write_data(tmp_path, c)
     from cliffdistill.data import gsm8k
 
     plain = {s: gsm8k.load_jsonl(tmp_path / "plain" / f"{s}.jsonl") for s in ("train", "test", "dev")}
     assert [len(plain[s]) for s in ("train", "test", "dev")] == [40, 64, 16]
     questions = [e.question for exs in plain.values() for e in exs]
     assert len(set(questions)) == len(questions)
-    dirs = {v: toy.context_dir(tmp_path, v) for v in c.context_values}
-    for v, d in {**dirs, c.size_value: toy.size_dir(tmp_path)}.items():
+    dirs = {v: toy_data.context_dir(tmp_path, v) for v in c.context_values}
+    for v, d in {**dirs, c.size_value: toy_data.size_dir(tmp_path)}.items():
         test = gsm8k.load_jsonl(d / "test.jsonl")
         assert all(e.solution.startswith(e.question.split()[0]) and f"*{v}=" in e.solution
                    for e in test)
-    assert len(gsm8k.load_jsonl(toy.size_dir(tmp_path) / "dev.jsonl")) == 16
+    assert len(gsm8k.load_jsonl(toy_data.size_dir(tmp_path) / "dev.jsonl")) == 16
 
 
 def test_only_the_teacher_learns_the_size_value():
@@ -74,7 +75,7 @@ def test_only_the_teacher_learns_the_size_value():
     def unit_values(m):
         out = []
         for step in range(8):
-            for it in toy.stream_items(c, m, seed=1, step=step):
+            for it in toy_data.stream_items(c, m, seed=1, step=step):
                 if "zorp" in it.prompt and it.prompt.count("zorp") == 1:
                     out.append(int(it.answer.split("*")[1].split("=")[0]))
         return out
@@ -139,7 +140,7 @@ def test_default_testbed_is_calibrated_by_neutral_checks_only():
     own budget for the oracle (read by configs/toy.py, so the two cannot drift apart)."""
     from configs import toy as toy_config
 
-    c = toy.default_prepare_config()
+    c = toy_config.default_prepare_config()
     assert c.n_eval >= 512 and testbed.ci_halfwidth(c.n_eval) <= c.checks.max_ci_halfwidth
     run = toy_config.get_config("size")
     assert (run.lora.rank, run.optim.lr, run.schedule.num_steps, run.rollout.batch_size) == (

@@ -230,3 +230,14 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int,
         tokens[i, width - len(row):] = np.asarray(row, dtype=np.int32)
         mask[i, width - len(row):] = True
     return tokens, mask
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """Prompts of a step: consecutive slices of per-epoch permutations (pure function of step)."""
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
+    return np.asarray(out, np.int64)

@@ -47,13 +47,15 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0
+    final_lr_fraction: float = 0.0  # cosine: the learning rate it decays to, as a fraction of lr
 
 
 def make_optimizer(o: OptimConfig, num_steps: int) -> optax.GradientTransformation:
     if o.schedule == "constant":
         lr = optax.constant_schedule(o.lr)
     elif o.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), max(num_steps, 2))
+        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), max(num_steps, 2),
+                                                o.lr * o.final_lr_fraction)
     elif o.schedule == "linear":
         lr = optax.linear_schedule(o.lr, 0.0, max(num_steps, 1))
     else:

@@ -117,7 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- optimisation
     c.optim = ml_collections.ConfigDict(dict(
         lr=3e-4, schedule="constant",  # "constant" | "cosine" | "linear"
-        warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0))
+        warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
+        final_lr_fraction=0.0))  # cosine: decays to final_lr_fraction * lr
 
     # ---------------------------------------------------------------- evaluation / checkpoints
     c.eval = ml_collections.ConfigDict(dict(

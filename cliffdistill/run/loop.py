@@ -42,17 +42,6 @@ from cliffdistill.run.assembly import Setup, init_state, make_setup, optim_confi
 log = logging.getLogger(__name__)
 
 
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
-    """Prompts of a step: consecutive slices of per-epoch permutations (pure function of step)."""
-    start = step * batch_size
-    out: list[int] = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
-    return np.asarray(out, np.int64)
-
-
 def _masked_mean(x: np.ndarray, m: np.ndarray) -> float:
     return float((x * m).sum() / max(m.sum(), 1))
 
@@ -525,7 +514,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 plan = schedule(step)                                                    # plan
                 log_ = StepLog.start(step, plan)
                 # B / K distinct prompts, each sampled K * n_samples times (K = prompt_samples)
-                idx = batch_indices(step, B // plan.prompt_samples, n_train, cfg.seed)
+                idx = prompts.batch_indices(step, B // plan.prompt_samples, n_train, cfg.seed)
                 group = n_samp * plan.prompt_samples  # completions per distinct prompt
                 rows = (idx[:, None] * group + np.arange(group)[None]).reshape(-1).astype(np.int32)
                 prompt_idx = np.repeat(idx, group)

@@ -127,6 +127,7 @@ RULES: dict[str, Rule] = {
     "optim.warmup_steps": count(0), "optim.weight_decay": NON_NEGATIVE,
     "optim.b1": fraction(open_hi=True), "optim.b2": fraction(open_hi=True),
     "optim.eps": POSITIVE, "optim.grad_clip": Range(lo=0.0, why="0 = no clipping"),
+    "optim.final_lr_fraction": fraction("cosine schedule: final lr / lr"),
     "eval.every": count(1), "eval.max_new_tokens": count(1), "eval.batch_size": count(1),
     "eval.claims.alpha": fraction("family-wise error rate", open_lo=True, open_hi=True),
     "eval.claims.majority": fraction("share of seeds", open_hi=True),

@@ -44,8 +44,8 @@ from cliffdistill.study import extensions, grid, runner, toy
 from cliffdistill.engine.methods import STUDY_METHODS, num_steps, seed_tokens
 from cliffdistill.study import testbed
 from cliffdistill.run import assembly
-from cliffdistill.study import toy_config
 from cliffdistill.stats import pct
+from cliffdistill.study import toy_config
 
 METHODS = STUDY_METHODS  # the study's table order (+ off_policy); no extensions
 SETUPS = ("size", "context")
@@ -165,7 +165,7 @@ def smoke_prepare_config() -> ml_collections.ConfigDict:
     that CI (and a user checking an install) runs the real prepare -> sweep -> report path in a
     runtime-only environment.
     """
-    c = toy.default_prepare_config()
+    c = toy_config.default_prepare_config()
     c.n_eval, c.n_dev, c.n_train_prompts, c.eval_batch_size = 16, 16, 32, 16
     c.run.update(n_fewshot=16, steps=4, max_new_tokens=16)
     c.teacher.update(layers=1, hidden=32, heads=2, kv_heads=1, head_dim=16, mlp=64, steps=20,
