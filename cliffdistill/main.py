@@ -20,6 +20,7 @@ from absl import app, flags
 
 from cliffdistill.run.config_io import REPO_ROOT
 from cliffdistill.study import modes, toy_config
+from cliffdistill.study import design, results
 
 _QUICK = flags.DEFINE_bool("quick", False, "1 seed, 20-step runs evaluated at step 0 and the end, "
                            "the all-defects bundle only")
@@ -73,9 +74,9 @@ def main(argv: list[str]) -> int:
     elif name == "extensions":
         _, result = modes.run_extensions(workdir, cache_dir, workers=workers)
     else:
-        _, result = modes.run_main(workdir, cache_dir, modes.MODES[name], workers=workers)
+        _, result = modes.run_main(workdir, cache_dir, design.MODES[name], workers=workers)
     if _PUBLISH.value:
-        publish = modes.publish_extensions if name == "extensions" else modes.publish
+        publish = results.publish_extensions if name == "extensions" else results.publish
         print("published:", ", ".join(str(p) for p in publish(workdir, REPO_ROOT / "docs")))
     return 1 if result.failed else 0
 

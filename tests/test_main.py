@@ -5,10 +5,12 @@ import json
 import ml_collections
 import pytest
 
+from cliffdistill.engine.defects import TRAINING_DEFECTS
 from cliffdistill import report
 from cliffdistill.run import loop
 from cliffdistill.study import modes, testbed, toy
 from cliffdistill.data import toy_tokenizer
+from cliffdistill.study import design, results
 
 # testbed.json keys the issue (#14) requires; dotted paths into the nested JSON
 TESTBED_KEYS = (
@@ -25,7 +27,7 @@ def _get(tree, dotted):
 
 
 def test_sweep_config_cycles_context_values_and_scales_the_seed_prefix(tmp_path):
-    cfg = modes.sweep_config(tmp_path, modes.MODES["default"], context_values=(3, 5, 8))
+    cfg = design.sweep_config(tmp_path, design.MODES["default"], context_values=(3, 5, 8))
     rows = list(zip(cfg.zip.setup, cfg.zip.method, cfg.zip.seed, cfg.zip.data.path))
     context = [(seed, path) for setup, method, seed, path in rows
                if setup == "context" and method == "hybrid"]
@@ -33,18 +35,18 @@ def test_sweep_config_cycles_context_values_and_scales_the_seed_prefix(tmp_path)
     assert [p.rsplit("_v", 1)[1] for _, p in context][:3] == ["3", "5", "8"]
     assert cfg.base_overrides.schedule.seed_max_tokens == 10  # 20/256 of the 128-token budget
     assert cfg.base_overrides.ablation.study_eval is True
-    assert set(cfg.zip.method) == set(modes.METHODS) and "off_policy" in cfg.zip.method
+    assert set(cfg.zip.method) == set(design.METHODS) and "off_policy" in cfg.zip.method
     # correct runs evaluate every 10 of 40 steps; defect variants at half-time and the end
-    defect = [any(cfg.zip.ablation[d][i] for d in modes.TRAINING_DEFECTS) for i in range(len(rows))]
+    defect = [any(cfg.zip.ablation[d][i] for d in TRAINING_DEFECTS) for i in range(len(rows))]
     assert {(d, e) for d, e in zip(defect, cfg.zip.eval.every)} == {(False, 10), (True, 20)}
-    small = modes.sweep_config(tmp_path, modes.MODES["quick"], overrides={"rollout.max_new_tokens": 64})
+    small = design.sweep_config(tmp_path, design.MODES["quick"], overrides={"rollout.max_new_tokens": 64})
     assert small.base_overrides.schedule.seed_max_tokens == 5
 
 
 def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_touches():
-    rows = modes.sweep_rows(modes.MODES["full"], modes.METHODS, modes.FACTORIAL_METHODS)
+    rows = design.sweep_rows(design.MODES["full"], design.METHODS, design.FACTORIAL_METHODS)
     correct = [r for r in rows if not r[3]]
-    assert len(correct) == 2 * len(modes.METHODS) * 5
+    assert len(correct) == 2 * len(design.METHODS) * 5
     combos = {(setup, defects) for setup, _, _, defects in rows if defects}
     for setup in ("size", "context"):
         singles = {d for s, c in combos if s == setup and len(c) == 1 for d in c}
@@ -67,10 +69,10 @@ def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_t
 def test_main_pipeline_micro(tmp_path):
     run = tmp_path / "run"
     # two workers: the teacher pretrains in a worker process, the runs train in two (checked below)
-    results, sweep_result = modes.run_smoke(run, tmp_path / "cache", workers=2)
+    results_md, sweep_result = modes.run_smoke(run, tmp_path / "cache", workers=2)
     assert not sweep_result.failed
     assert len(sweep_result.ran) == 2 * 4  # 2 methods x (2 setups x {correct, defects})
-    text = results.read_text()
+    text = results_md.read_text()
     for needle in ("## Testbed", "NOT TESTABLE", "The study's claims on this testbed", "Retention",
                    "Setup `size`", "Setup `context`", "on_policy_gkd", "off_policy",
                    "format-only"):
@@ -99,7 +101,7 @@ def test_main_pipeline_micro(tmp_path):
         assert json.loads((run / "baselines" / f"{setup}.json").read_text())["student"]
     prepared = json.loads(next((tmp_path / "cache").glob("toy-*/prepared.json")).read_text())
     assert prepared["student"]["snapshot_step"] in (10, 20)
-    published = modes.publish(run, tmp_path / "docs")
+    published = results.publish(run, tmp_path / "docs")
     assert (tmp_path / "docs" / "results" / testbed.TESTBED_JSON).exists()
     assert "](results/" in (tmp_path / "docs" / "RESULTS.md").read_text() and len(published) > 3
     # a second call reuses the testbed and skips every finished run
@@ -111,7 +113,7 @@ def test_main_pipeline_micro(tmp_path):
 def _worker_processes_compute_what_one_process_computes(tmp_path, cache, run):
     """`workers=2` changes where the work runs, not its numbers: the teacher pretrained in a
     worker process and a run trained in one equal, bit for bit, the same work done here."""
-    c = modes.smoke_prepare_config()
+    c = design.smoke_prepare_config()
     root = next(cache.glob("toy-*"))
     tok = toy_tokenizer.load_tokenizer(root / "tokenizer")
     toy.pretrain_model(tmp_path / "here", "teacher", c.teacher, c, tok, c.seed + 1, say=print)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cliffdistill.study import testbed, toy
+from cliffdistill.study import testbed
 from cliffdistill.data import synthetic
 from cliffdistill.study import toy_config, toy_data
 
@@ -137,9 +137,7 @@ def test_gate_claims_gives_a_not_testable_setup_no_verdicts(tmp_path):
 
 def test_default_testbed_is_calibrated_by_neutral_checks_only():
     """The prepare config's knobs that decide headroom: an eval of >= 512 problems and the runs'
-    own budget for the oracle (read by configs/toy.py, so the two cannot drift apart)."""
-    from configs import toy as toy_config
-
+    own budget for the oracle (read by the toy's run config, so the two cannot drift apart)."""
     c = toy_config.default_prepare_config()
     assert c.n_eval >= 512 and testbed.ci_halfwidth(c.n_eval) <= c.checks.max_ci_halfwidth
     run = toy_config.get_config("size")

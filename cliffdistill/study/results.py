@@ -1,0 +1,214 @@
+"""RESULTS.md of the main job: when, where and how it ran, the testbed's checks, the verdicts,
+retention, the configuration and the full report; `publish` copies it into docs/."""
+
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from cliffdistill.engine.defects import TRAINING_DEFECTS
+from cliffdistill import report
+from cliffdistill.run import rundir
+from cliffdistill.study import testbed
+from cliffdistill.stats import pct
+from cliffdistill.study import toy_config
+from cliffdistill.study import design
+
+
+CLAIMS_FILE = "claims.json"
+RETENTION_JSON = "retention.json"
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [d.device_kind for d in jax.devices()][:1]}
+
+
+def _config_summary(sweep_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The sweep's knobs without machine-specific paths, plus the toy run config's key values."""
+
+    base = toy_config.get_config("size")
+    z = sweep_cfg.zip
+    runs: dict[str, int] = {}  # "setup / variant" -> number of runs (sweep.json lists each one)
+    for i, setup in enumerate(z.setup):
+        variant = "+".join(d for d in TRAINING_DEFECTS if z.ablation[d][i]) or "correct"
+        runs[f"{setup} / {variant}"] = runs.get(f"{setup} / {variant}", 0) + 1
+    return {
+        "base_overrides": sweep_cfg.base_overrides.to_dict(), "runs": runs,
+        "toy_run_config": {"lora": base.lora.to_dict(), "optim": base.optim.to_dict(),
+                           "rollout": base.rollout.to_dict(), "loss": base.loss.to_dict(),
+                           "data": {k: base.data[k] for k in ("n_train", "n_eval", "context_k")},
+                           "eval": {k: base.eval[k] for k in ("max_new_tokens", "batch_size")}},
+    }
+
+
+def testbed_lines(tb: dict[str, Any]) -> list[str]:
+    """The testbed section of RESULTS.md: what prepare measured, and whether each setup can
+    answer the study's question (method-neutral checks only)."""
+    s, x = tb["size"], tb["context"]
+
+    def verdict(setup: dict[str, Any]) -> str:
+        return "yes" if setup["testable"] else "**NOT TESTABLE**: " + "; ".join(setup["failed_checks"])
+
+    lines = [
+        "| setup | teacher | student | teacher - student | oracle (gain) | params teacher / student "
+        "| testable |", "|---|---|---|---|---|---|---|",
+        f"| size (unit value {s.get('value', '?')}) | {pct(s['teacher']['accuracy'], missing='-', unit='%')} | "
+        f"{pct(s['student']['accuracy'], missing='-', unit='%')} (step {s['student']['snapshot_step']}; plain task "
+        f"{pct(s['student'].get('plain_accuracy'), missing='-', unit='%')}) | "
+        f"{100 * (s['teacher']['accuracy'] - s['student']['accuracy']):+.1f} pp | "
+        f"{pct(s['oracle']['accuracy'], missing='-', unit='%')} ({100 * s['oracle_gain']:+.1f} pp) | "
+        f"{s['teacher']['params']:,} / {s['student']['params']:,} ({s['param_ratio']:.1f}x) | "
+        f"{verdict(s)} |",
+        f"| context (values {', '.join(map(str, x['values']))}) | {pct(x['teacher']['accuracy'], missing='-', unit='%')} "
+        f"(with context) | {pct(x['student']['accuracy'], missing='-', unit='%')} (without) | "
+        f"{100 * (x['teacher']['accuracy'] - x['student']['accuracy']):+.1f} pp | "
+        f"{pct(x['oracle']['accuracy'], missing='-', unit='%')} ({100 * x['oracle_gain']:+.1f} pp) | "
+        f"{x['teacher']['params']:,} (one model) | {verdict(x)} |",
+        *([f"| retrieval (the context setup, teacher reads a passage) | "
+           f"{pct(tb['retrieval']['teacher']['accuracy'], missing='-', unit='%')} (with passage) | "
+           f"{pct(tb['retrieval']['student']['accuracy'], missing='-', unit='%')} (without) | "
+           f"{100 * (tb['retrieval']['teacher']['accuracy'] - tb['retrieval']['student']['accuracy']):+.1f} pp | "
+           f"{pct(tb['retrieval']['oracle']['accuracy'], missing='-', unit='%')} ({100 * tb['retrieval']['oracle_gain']:+.1f} pp) | "
+           f"(one model) | {verdict(tb['retrieval'])} |"] if "retrieval" in tb else []),
+        "",
+        "| context value | teacher (with context) | teacher (with passage) | format-only context "
+        "| student (no context) | oracle |", "|---|---|---|---|---|---|",
+        *(f"| {v} | {pct(r['teacher'], missing='-', unit='%')} | {pct(r.get('teacher_passage'), missing='-', unit='%')} | "
+          f"{pct(r['format_only'], missing='-', unit='%')} | {pct(r['student'], missing='-', unit='%')} | {pct(r['oracle'], missing='-', unit='%')} |"
+          for v, r in x["per_value"].items()),
+        "",
+        f"- eval: {tb['n_eval']} held-out problems per setup and value (95% half-width of one "
+        f"evaluation at 50%: {100 * tb['eval_ci_halfwidth']:.1f} pp); eval solutions found "
+        f"verbatim in the pretraining stream: {pct(tb['eval_pretrain_overlap'], missing='-', unit='%')}; mean answer "
+        f"length {tb['mean_answer_tokens']:.1f} tokens.",
+        f"- teacher seeding: {tb['seed_tokens']} tokens = {tb['seed_fraction']:.4f} of the "
+        f"{tb['completion_budget']}-token completion budget (the study: 20 of 256).",
+        "- oracle: the student with the runs' LoRA rank and step budget, trained by supervised "
+        "NLL on the ground-truth solutions of the training prompts (method-neutral headroom).",
+        "- format-only context: solved *plain* problems (the answer format, no unit value); a "
+        "distilled context student above it learned more than the format.",
+    ]
+    return lines
+
+
+def retention_rows(workdir: Path) -> list[dict[str, Any]]:
+    """Every context run's retention record with its method and variant (from sweep.json)."""
+    manifest = json.loads((workdir / rundir.SWEEP_FILE).read_text())
+    rows = []
+    for run in manifest["runs"]:
+        path = workdir / rundir.RUNS_SUBDIR / run["name"] / RETENTION_JSON
+        if run["setup"] == "context" and path.exists():
+            rows.append({"method": run["method"], "variant": report.variant_name(run["ablation"]),
+                         **json.loads(path.read_text())})
+    return rows
+
+
+def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Plain-task accuracy of the context student before and after distillation, per method."""
+    if not rows:
+        return ["(no context run has a retention record)"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["method"]), []).append(r)
+    out = ["| variant | method | plain accuracy before | after (mean over seeds) | change | n |",
+           "|---|---|---|---|---|---|"]
+    for (variant, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "correct",
+                                                                         design.METHODS.index(kv[0][1])
+                                                                         if kv[0][1] in design.METHODS else 99)):
+        before = statistics.mean(r["before"] for r in rs)
+        after = statistics.mean(r["after"] for r in rs)
+        out.append(f"| {variant} | {method} | {pct(before, missing='-', unit='%')} | {pct(after, missing='-', unit='%')} | "
+                   f"{100 * (after - before):+.1f} pp | {len(rs)} |")
+    return out
+
+
+def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode: design.Mode,
+                  sweep_cfg: ml_collections.ConfigDict, workers: int = 1) -> Path:
+    """RESULTS.md: when/where/how it ran, the testbed's checks, the verdicts, the report."""
+    agg = report.aggregate(workdir)
+    tb = prepared.testbed
+    verdicts = testbed.gate_claims(report.study_claims(agg), tb)
+    m = machine()
+    lines = [
+        "# Results of `python -m cliffdistill.main" + design.FLAGS[mode.name] + "`", "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {m['platform']}, {m['cpus']} CPUs, backend {m['backend']}, "
+        f"python {m['python']}, jax {m['jax']}",
+        f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build), "
+        f"runs {run_seconds(workdir):.0f} s (the sum of every run's wall time, over resumes, "
+        f"{workers} at a time); this invocation {invocation_seconds:.0f} s",
+        f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
+        f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
+        f"{', '.join(design.FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
+        "touch reuses its correct run; `--full`: 5 and 3 seeds and every pair of defects)",
+        "", "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
+        *testbed_lines(tb), "",
+        "## The study's claims on this testbed", "",
+        *report.render_claims(verdicts), "",
+        f"The testbed is a miniature: toy models, a synthetic task and "
+        f"{sweep_cfg.base_overrides.schedule.num_steps}-step runs. A verdict "
+        "here says whether the *mechanism* reproduces, not what happens at 4B-70B scale.", "",
+        "## Retention (context setup): the plain task before and after distillation", "",
+        *retention_lines(retention_rows(workdir)), "",
+        "## Configuration", "",
+        "Toy testbed (`cliffdistill.study.toy.default_prepare_config`):", "",
+        "```json", json.dumps(prepared.report["config"], indent=1, sort_keys=True), "```", "",
+        "Run config: `configs/toy.py` with these sweep settings (model paths point into the "
+        "testbed):", "",
+        "```json", json.dumps(_config_summary(sweep_cfg), indent=1, sort_keys=True), "```", "",
+        "## Full report", "",
+    ]
+    body = (workdir / report.REPORT_MD).read_text()
+    path = workdir / "RESULTS.md"
+    rundir.write_text(path, "\n".join(lines) + "\n" + body)
+    rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
+    return path
+
+
+def run_seconds(workdir: Path) -> float:
+    """Sum of the runs' wall time (status.json `wall_seconds`, which spans resumes)."""
+    return sum(float((rundir.read_json(d / rundir.STATUS_FILE) or {}).get("wall_seconds") or 0.0)
+               for d in (workdir / rundir.RUNS_SUBDIR).glob("*") if d.is_dir())
+
+
+def toy_claims_summary(workdir: Path) -> list[str]:
+    claims = json.loads((workdir / CLAIMS_FILE).read_text())
+    return [f"  {c['verdict']:>13}: {c['claim']}" for c in claims]
+
+
+def publish(workdir: Path, docs: Path) -> list[Path]:
+    """Copies a main run's RESULTS.md to docs/RESULTS.md and its plots, testbed.json and
+    claims.json to docs/results/ (plot links rewritten): what the repository shows as results."""
+    out = docs / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for png in sorted((workdir / "plots").glob("*.png")):
+        written.append(Path(shutil.copy2(png, out / png.name)))
+    for name in (testbed.TESTBED_JSON, CLAIMS_FILE):
+        written.append(Path(shutil.copy2(workdir / name, out / name)))
+    text = (workdir / "RESULTS.md").read_text().replace("](plots/", "](results/")
+    rundir.write_text(docs / "RESULTS.md", text)
+    return written + [docs / "RESULTS.md"]
+
+
+def publish_extensions(workdir: Path, docs: Path) -> list[Path]:
+    """Copies EXTENSIONS.md to docs/ and its plot to docs/results/ (plot link rewritten)."""
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    png = Path(shutil.copy2(workdir / "plots" / "extensions.png",
+                            docs / "results" / "extensions.png"))
+    text = (workdir / "EXTENSIONS.md").read_text().replace("](plots/", "](results/")
+    rundir.write_text(docs / "EXTENSIONS.md", text)
+    return [png, docs / "EXTENSIONS.md"]
