@@ -1,4 +1,5 @@
-"""The package's import structure: no cycles, no hidden project imports, no private reach-ins.
+"""The package's import structure: three jobs stacked one way, no cycles, no hidden project
+imports, no private reach-ins, and the library never imports the repo-root `configs/`.
 
 Parses the source (nothing is imported), so a cycle is caught even where Python would tolerate
 it at run time thanks to a function-level import.
@@ -23,6 +24,23 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted((ROOT / PACKAGE).rglob("*.py"))}
+CONFIG_FILES = sorted((ROOT / "configs").rglob("*.py"))
+
+#: The jobs, lowest first (docs/ARCHITECTURE.md): a module may import its own job and those
+#: below it, never one above. The leaves (models, data, stats) are the model core and its inputs;
+#: the engine is one step's pure pieces; the run is everything one run needs from a config; the
+#: study (with report/) is built on runs; the command lines (`cliffdistill/<command>.py`) on top.
+JOBS = (("cliffdistill.models", 0), ("cliffdistill.data", 0), ("cliffdistill.stats", 0),
+        ("cliffdistill.engine", 1), ("cliffdistill.run", 2), ("cliffdistill.report", 3),
+        ("cliffdistill.study", 3))
+
+
+def job(module: str) -> int:
+    """The job level of a package module; top-level command-line modules are above every job."""
+    for prefix, level in JOBS:
+        if module == prefix or module.startswith(prefix + "."):
+            return level
+    return len(JOBS)
 
 
 def _is_function_level(tree: ast.Module) -> set[int]:
@@ -89,6 +107,47 @@ def test_cycle_finder_finds_a_cycle():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_jobs_import_only_downwards():
+    """engine never imports run/study/report, run never imports study/report, the leaves nothing."""
+    up = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                if b != PACKAGE and job(b) > job(a))
+    assert not up, f"imports from a lower job into a higher one: {up}"
+
+
+def test_every_module_belongs_to_a_job_or_is_a_command():
+    """A top-level module is a command line (`python -m cliffdistill.<name>`, absl `app.run`)."""
+    stray = [name for name, path in MODULES.items()
+             if job(name) == len(JOBS) and name != PACKAGE and "app.run(main)" not in path.read_text()]
+    assert not stray, f"modules outside models/data/engine/run/study/report that are no command: {stray}"
+
+
+def _imports_configs(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any((isinstance(n, ast.Import) and any(a.name.split(".")[0] == "configs" for a in n.names))
+               or (isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+                   and n.module.split(".")[0] == "configs") for n in ast.walk(tree))
+
+
+def test_library_never_imports_repo_root_configs():
+    """What the library and the configs share lives in the package (`run.defaults`,
+    `study.toy_config`); a user who installs the package has no `configs/`."""
+    bad = [name for name, path in MODULES.items() if _imports_configs(path)]
+    assert not bad, f"library modules importing the repo-root configs/: {bad}"
+
+
+def test_configs_import_only_the_package():
+    """A config file builds on `cliffdistill` (never on another config file), so the two form one
+    one-way stack: configs/ -> cliffdistill."""
+    bad = [str(p.relative_to(ROOT)) for p in CONFIG_FILES if _imports_configs(p)]
+    assert not bad, f"config files importing configs/: {bad}"
+
+
+def test_configs_detector_sees_function_level_imports(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def f():\n    from configs import toy\n")
+    assert _imports_configs(f)
 
 
 def test_no_function_level_project_imports():

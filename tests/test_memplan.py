@@ -382,7 +382,7 @@ def test_cost_accounting(tiny_pair, tmp_path):
     assert sum(r["time/step"] for r in records) == pytest.approx(loop_seconds, rel=0.02, abs=0.05)
     # wall = setup (+ step-0 eval) + the steps + closing; nothing is counted twice
     setup = ends[0] - records[0]["time/step"] - t0
-    assert status["wall_seconds"] == pytest.approx(setup + loop, rel=0.02, abs=0.1)
+    assert status["wall_seconds"] == pytest.approx(setup + loop_seconds, rel=0.02, abs=0.1)
     assert status["wall_seconds"] <= t_return - t0
     hours = status["wall_seconds"] * 2 / 3600  # 2 devices in the mesh
     assert status["cost"]["device_hours"] == pytest.approx(hours)
