@@ -197,7 +197,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
     plain_dev = distinct(c.n_dev, c.seed + 505, {p.question for p in plain_eval}, **held)
     plain_train = distinct(n_train, c.seed + 303, {p.question for p in plain_eval + plain_dev},
                            **held)
-    synthetic.write_jsonl(plain_train, root / "plain" / "loop.jsonl")
+    synthetic.write_jsonl(plain_train, root / "plain" / "train.jsonl")
     synthetic.write_jsonl(plain_eval, root / "plain" / "test.jsonl")
     synthetic.write_jsonl(plain_dev, root / "plain" / "dev.jsonl")
     solutions = [p.solution for p in plain_eval]
@@ -207,7 +207,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
         ctx_eval = distinct(c.n_eval, c.seed + 202, set(), **kw)
         ctx_train = distinct(n_train, c.seed + 404, {p.question for p in ctx_eval}, **kw)
         out = size_dir(root) if v == c.size_value else context_dir(root, v)
-        synthetic.write_jsonl(ctx_train, out / "loop.jsonl")
+        synthetic.write_jsonl(ctx_train, out / "train.jsonl")
         synthetic.write_jsonl(ctx_eval, out / "test.jsonl")
         if v == c.size_value:
             dev = distinct(c.n_dev, c.seed + 606, {p.question for p in ctx_eval + ctx_train}, **kw)
@@ -220,7 +220,7 @@ def write_data(root: Path, c: ml_collections.ConfigDict) -> Data:
 
 def run_splits(data_dir: Path, c: ml_collections.ConfigDict) -> gsm8k.Splits:
     """The splits a distillation run makes of `data_dir` (same sizes and seed as configs/toy.py)."""
-    return gsm8k.make_splits(gsm8k.load_jsonl(data_dir / "loop.jsonl"),
+    return gsm8k.make_splits(gsm8k.load_jsonl(data_dir / "train.jsonl"),
                              gsm8k.load_jsonl(data_dir / "test.jsonl"), c.n_train_prompts,
                              c.run.n_fewshot, c.n_eval, c.run.split_seed)
 
