@@ -233,7 +233,7 @@ CHILD = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from cliffdistill import distributed as dist
+    from cliffdistill.run import distributed as dist
 
     info = dist.initialize()
     assert dist.initialize() is info, "initialize() must be idempotent"
