@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
+from cliffdistill.run import lock
 from cliffdistill.run.config_io import REPO_ROOT
 from cliffdistill.study import modes, toy_config
 from cliffdistill.study import design, results
@@ -36,6 +37,8 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "toy testbed cache (default 
                                  "or ~/.cache/cliffdistill)")
 _WORKERS = flags.DEFINE_integer("workers", None, "runs at once, each in a worker process (default: "
                                 "one per CPU core, at most 4, on CPU; 1 on an accelerator)")
+_REBUILD = flags.DEFINE_bool("rebuild_testbed", False, "rebuild a cached toy testbed that was "
+                             "built by another version of the testbed code (else refused)")
 _PUBLISH = flags.DEFINE_bool("publish", False, "copy RESULTS.md, plots, testbed.json and "
                              "claims.json into docs/")
 
@@ -69,12 +72,15 @@ def main(argv: list[str]) -> int:
     workers = _WORKERS.value or modes.default_workers()
     if workers < 1:
         raise app.UsageError(f"--workers must be >= 1, got {workers}")
-    if name == "smoke":
-        _, result = modes.run_smoke(workdir, cache_dir, workers)
-    elif name == "extensions":
-        _, result = modes.run_extensions(workdir, cache_dir, workers=workers)
-    else:
-        _, result = modes.run_main(workdir, cache_dir, design.MODES[name], workers=workers)
+    with lock.hold(workdir, "main"):  # one main job per workdir; its sweep re-enters the lock
+        if name == "smoke":
+            _, result = modes.run_smoke(workdir, cache_dir, workers, _REBUILD.value)
+        elif name == "extensions":
+            _, result = modes.run_extensions(workdir, cache_dir, workers=workers,
+                                             rebuild=_REBUILD.value)
+        else:
+            _, result = modes.run_main(workdir, cache_dir, design.MODES[name], workers=workers,
+                                       rebuild=_REBUILD.value)
     if _PUBLISH.value:
         publish = results.publish_extensions if name == "extensions" else results.publish
         print("published:", ", ".join(str(p) for p in publish(workdir, REPO_ROOT / "docs")))

@@ -20,6 +20,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (runs/, baselin
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs at once, each in a worker process (CPU hosts).")
 _RETRY = flags.DEFINE_bool("retry_failed", False, "Re-run runs whose status.json says failed.")
+_RERUN = flags.DEFINE_bool("rerun_changed", False, "Move aside and re-run runs whose saved config "
+                           "differs from what the sweep now asks (else the sweep is refused).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs and their state; run nothing.")
 _STALE = flags.DEFINE_float("stale_after_s", STALE_AFTER_SECONDS, "A `running` run whose heartbeat "
                             "is older than this (seconds) is stale (its process died) and is re-run.")
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> None:
     baseline_fn = runner.resolve_callable(_BASELINE_FN.value) if cfg.get("baselines", False) else None
     result = runner.run_sweep(cfg, workdir, run_fn, baseline_fn, shard=shard,
                               retry_failed=_RETRY.value, stale_after=_STALE.value,
-                              workers=_WORKERS.value)
+                              workers=_WORKERS.value, rerun_changed=_RERUN.value)
     runner.log(f"shard {shard[0]}/{shard[1]}: ran {len(result.ran)}, skipped {len(result.skipped)}, "
                f"failed {len(result.failed)} of {len(result.selected)} (sweep total {result.total})")
     if shard[0] == 0 and not result.report_written:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def main() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
     from cliffdistill.engine import methods
-    from cliffdistill.run import loop, rundir
+    from cliffdistill.run import lock, loop, rundir
     from cliffdistill.run import assembly
     from cliffdistill.models import sharding
     from tests.tiny import tiny_run_config
@@ -78,6 +79,7 @@ def main() -> None:
         "state": summary["state"], "final_step": summary["final_step"],
         "restored_step": int(restored["step"]), "seconds": seconds,
         "lora_sum": float(sum(np.abs(a).sum() for a in arrays.values())),
+        "pid": os.getpid(), "lock_owner_pid": (lock.read_owner(args.workdir) or {}).get("pid"),
     }), flush=True)
 
 

@@ -84,7 +84,8 @@ def _run_child_until_killed(tiny_pair, run_dir, cache_dir, fault, compile_cache)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["step:3", "checkpoint_write:4"])
+@pytest.mark.parametrize("fault", ["step:3", "checkpoint_write:4", "atomic_write:config.json",
+                                   "atomic_write:eval.jsonl"])
 def test_kill_9_then_resume_equals_uninterrupted(tiny_pair, tmp_path, straight, compile_cache,
                                                  fault):
     cfg, cache, reference = straight
@@ -105,6 +106,23 @@ def test_kill_9_while_building_teacher_cache(tiny_pair, tmp_path, straight, comp
     cfg = fault_config(tiny_pair, cache)
     assert loop.run(cfg, tmp_path / "run", progress=False)["state"] == "done"
     _assert_same(_outcome(cfg, tmp_path / "run"), reference)
+
+
+@pytest.mark.slow
+def test_full_disk_while_checkpointing_fails_plainly_and_resumes(tmp_path, straight, monkeypatch):
+    cfg, _, reference = straight
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv(rundir.FAULT_ENV, "checkpoint_enospc:4")
+    with pytest.raises(rundir.CheckpointError, match="no space left on device"):
+        loop.run(cfg, run_dir, progress=False)
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed"
+    assert "no space left on device while saving checkpoint step 4" in status["error"]
+    assert "complete checkpoints ([2]) are intact" in status["error"]
+    assert rundir.saved_steps(run_dir) == [2]
+    monkeypatch.delenv(rundir.FAULT_ENV)
+    assert loop.run(cfg, run_dir, progress=False)["state"] == "done"
+    _assert_same(_outcome(cfg, run_dir), reference)
 
 
 def _stop_after_step(n):

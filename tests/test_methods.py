@@ -212,7 +212,9 @@ def test_validate_names_the_field(field, value):
     c[field] = value
     with pytest.raises(ValueError, match=f"`{field}`"):
         methods.validate_schedule_config(c)
-    with pytest.raises(ValueError, match=f"`{field}`"):
+    with pytest.raises(ValueError, match=f"`{field}`"):  # the method that reads the field
+        methods.get(methods.METHOD_FIELDS.get(field, "on_policy_gkd"), c)
+    if field in methods.METHOD_FIELDS:  # ... and no other method is refused for it
         methods.get("on_policy_gkd", c)
 
 

@@ -150,6 +150,8 @@ def test_two_processes_train_like_one(tiny_pair, tmp_path):
     for i, r in enumerate(results):
         assert (r["process_id"], r["num_processes"], r["local_devices"], r["global_devices"]) == (i, 2, 4, 8)
         assert r["state"] == "done" and r["final_step"] == STEPS and r["restored_step"] == STEPS
+    # one writer: process 0 held the workdir's lock; process 1 took none (and was not refused)
+    assert all(r["lock_owner_pid"] == results[0]["pid"] for r in results)
 
     # same LoRA params as one process
     multi = np.load(npz)

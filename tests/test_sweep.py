@@ -436,13 +436,23 @@ def test_resume_with_a_changed_run_config_is_refused(base_path, tmp_path):
     runner.run_sweep(study_sweep(base_path), workdir, Trainer(), fake_baselines, progress=False)
     changed = study_sweep(base_path)
     changed.base_overrides = {"steps": 8}
-    with pytest.raises(ValueError, match="different resolved config"):
+    with pytest.raises(ValueError, match=r"6 run\(s\) .* made with a different config") as e:
         runner.run_sweep(changed, workdir, Trainer(), fake_baselines, progress=False)
+    assert "method=hybrid.seed=1: steps: 4 → 8" in str(e.value) and "--rerun_changed" in str(e.value)
+    trainer = Trainer()  # refused before any run: nothing ran, nothing moved
+    assert not list((workdir / "runs").glob("*.replaced-*"))
+    free = study_sweep(base_path)
+    free.base_overrides = {"name": "relabelled"}  # a field that cannot change results
+    runner.run_sweep(free, workdir, trainer, fake_baselines, progress=False)
+    assert trainer.calls == []
     more_seeds = study_sweep(base_path)
     more_seeds.product.seed = [0, 1, 2]  # growing a sweep is fine: only the new runs execute
     trainer = Trainer()
     runner.run_sweep(more_seeds, workdir, trainer, fake_baselines, progress=False)
     assert trainer.calls == [f"method={m}.seed=2" for m in ("on_policy_gkd", "hybrid", "teacher_seeded")]
+    rerun = Trainer()  # --rerun_changed: the changed runs move aside (kept) and run again
+    runner.run_sweep(changed, workdir, rerun, fake_baselines, progress=False, rerun_changed=True)
+    assert len(rerun.calls) == 6 and len(list((workdir / "runs").glob("*.replaced-*"))) == 6
 
 
 def test_cli_dry_run_and_run(base_path, tmp_path):

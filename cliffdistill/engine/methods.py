@@ -315,8 +315,15 @@ def switch_step(name: str, c: Optional[ml_collections.ConfigDict] = None) -> int
     return first
 
 
-def validate_schedule_config(c: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the field for missing or nonsensical schedule constants."""
+#: Schedule fields that only one method reads -> that method. Their ranges are checked where the
+#: method runs (a 10-step on_policy_gkd run is not refused for hybrid's switch step).
+METHOD_FIELDS: dict[str, str] = {"hybrid_switch_step": "hybrid",
+                                 "reverse_switch_step": "reverse_curriculum"}
+
+
+def validate_schedule_config(c: ml_collections.ConfigDict, method: Optional[str] = None) -> None:
+    """Raise ValueError naming the field for missing or nonsensical schedule constants; with
+    `method`, a field of `METHOD_FIELDS` is range-checked only for its own method."""
     for field in _INT_FIELDS + _FLOAT_FIELDS:
         if field not in c:
             raise ValueError(f"schedule config field `{field}` is missing; see methods.default_schedule_config().")
@@ -330,8 +337,12 @@ def validate_schedule_config(c: ml_collections.ConfigDict) -> None:
             raise ValueError(f"schedule config field `{field}` must be a finite number, got {v!r}.")
 
     def need(ok: bool, field: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"schedule config field `{field}`={c[field]!r} is invalid: must be {what}.")
+        owner = METHOD_FIELDS.get(field)
+        if ok or (method is not None and owner is not None and owner != method):
+            return
+        belongs = f" (a field of method `{owner}`)" if owner else ""
+        raise ValueError(f"schedule config field `{field}`={c[field]!r}{belongs} is invalid: "
+                         f"must be {what}.")
 
     need(c.num_steps >= 1, "num_steps", ">= 1")
     need(c.extended_num_steps >= 1, "extended_num_steps", ">= 1")
@@ -353,7 +364,7 @@ def get(name: str, c: Optional[ml_collections.ConfigDict] = None) -> Callable[[i
     """
     _check_name(name)
     c = default_schedule_config() if c is None else c
-    validate_schedule_config(c)
+    validate_schedule_config(c, name)
     c = ml_collections.FrozenConfigDict(c)  # later edits to the caller's config cannot change plans
     schedule = METHODS[name]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from cliffdistill import stats
 from cliffdistill.engine import methods
-from cliffdistill.run import rundir
+from cliffdistill.run import integrity, rundir
 from cliffdistill.run.rundir import BASELINE_TITLES, read_json, read_jsonl
 from cliffdistill.engine.defects import EVAL_ONLY_SWITCHES
 
@@ -123,6 +123,9 @@ def summarize_run(sweep_dir: Path, entry: Mapping, student_baseline: Mapping[str
         "error": None,
         "final_step": status.get("final_step") if status else None,
     }
+    changes = integrity.history_lines(rdir)  # accepted mid-run config changes (rare; shown)
+    if changes:
+        run["config_changes"] = changes
     error_text = str((status or {}).get("error") or "").strip()
     if error_text:
         run["error"] = error_text.splitlines()[0][:300]  # first line: tracebacks hold paths

@@ -274,8 +274,14 @@ def _plots_section(plots: Mapping[str, Sequence[str]], setup: str) -> list[str]:
 
 
 def _closing(agg: Mapping) -> list[str]:
-    """Failed runs and the total cost of the sweep."""
+    """Failed runs, runs whose config changed mid-run, and the total cost of the sweep."""
     out: list[str] = []
+    changed = [r for r in agg["runs"] if r.get("config_changes")]
+    if changed:
+        out += ["## Runs whose config changed mid-run", "",
+                "Resumed with `--allow_config_change`: each is one run only up to the step named.", ""]
+        out += table(["run", "change"], [[r["name"], c] for r in changed for c in r["config_changes"]])
+        out.append("")
     failed = [r for r in agg["runs"] if r["state"] == "failed"]
     if failed:
         out += ["## Failed runs", ""]

@@ -415,6 +415,19 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def broadcast_from_main(value: int) -> int:
+    """Process 0's `value` on every process (itself with one process): how a decision only
+    process 0 can take (a lock, a file it read) reaches the others."""
+    import jax
+
+    if jax.process_count() <= 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 # --------------------------------------------------------------------------------------------
 # Config glue
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 
 from cliffdistill import stats
 from cliffdistill.engine import methods, sampling
-from cliffdistill.run import distributed, rundir, validation
+from cliffdistill.run import distributed, integrity, lock, rundir, validation
 from cliffdistill.data import gsm8k
 from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig
@@ -153,15 +153,18 @@ log = logging.getLogger(__name__)
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The run's resolved config, rebuilt from DIR/config.json (JSON lists stand in for tuples)."""
+    """The config the run's newest segment ran with, rebuilt from DIR/config.json or, after an
+    accepted config change, the newest entry of DIR/config_history.jsonl (`integrity`); JSON
+    lists stand in for tuples."""
     file = Path(workdir) / rundir.CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{file}: no config.json; is {workdir} a training run directory "
                                 "(the --workdir given to `python -m cliffdistill.train`)?")
     try:
-        return ml_collections.ConfigDict(json.loads(file.read_text()))
+        json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
+    return ml_collections.ConfigDict(integrity.current_config(workdir))
 
 
 def _checkpoints(workdir: Path, cfg: ml_collections.ConfigDict) -> rundir.Checkpoints:
@@ -375,9 +378,25 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
     A checkpoint that cannot be restored fails a single `step` with its step and path named;
     `step="all"` skips it with a warning (listed in `skipped` and summary.json).
 
+    DIR/eval has one writer (`lock`): a second evaluation of the same run is refused at once;
+    training into DIR meanwhile is not (it never writes DIR/eval).
+
     `n_eval` overrides `data.n_eval` (a fresh seeded sample of that many held-out questions; the
     training split does not depend on it); `max_new_tokens` overrides `eval.max_new_tokens`.
     """
+    load_run_config(workdir)  # a directory that is not a run is refused before DIR/eval exists
+    with lock.hold(Path(workdir) / EVAL_SUBDIR, "evaluate"):
+        return _evaluate_run(workdir, step, baselines=baselines, max_new_tokens=max_new_tokens,
+                             n_eval=n_eval, batch_size=batch_size, setup_obj=setup_obj,
+                             echo=echo, progress=progress)
+
+
+def _evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: bool = False,
+                 max_new_tokens: int | None = None, n_eval: int | None = None,
+                 batch_size: int | None = None, setup_obj: Setup | None = None,
+                 echo: Callable[[str], Any] | None = print,
+                 progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """`evaluate_run`'s body, under DIR/eval's writer lock."""
     workdir = Path(workdir)
     cfg = load_run_config(workdir)
     if n_eval is not None:
@@ -464,4 +483,6 @@ def evaluate_run(workdir: str | Path, step: int | str = "latest", *, baselines: 
         echo(f"{workdir}: {n_questions} held-out questions ({cfg.data.eval_split} split), greedy, "
              f"max_new_tokens={budget}")
         echo(table)
+        for line in integrity.history_lines(workdir):
+            echo(line)
     return {"steps": results, "baselines": base, "table": table, "skipped": skipped}

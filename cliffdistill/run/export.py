@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 
-from cliffdistill.run import evaluation, validation
+from cliffdistill.run import distributed, evaluation, lock, validation
 from cliffdistill.models import hf_io, sharding, transformer
 from cliffdistill.models import lora as lora_lib
 from cliffdistill.models.config import ModelConfig, load_hf_config
@@ -190,9 +191,17 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, step: int | None 
     lora = evaluation.restore_lora(setup, cfg, workdir, step)
     if fmt == "peft":
         _check_peft_exportable(setup.student_cfg, lora)  # before touching OUT
-    if jax.process_index() != 0:
-        return out
-    validation.check_workdir(out.parent)  # one plain sentence if OUT's parent cannot be written
+    if distributed.is_main():
+        validation.check_workdir(out.parent)  # one plain sentence if OUT's parent cannot be written
+    with lock.hold(out.parent, "export"):  # one writer of OUT's directory (process 0 writes)
+        if distributed.is_main():
+            _write_export(cfg, setup, lora, fmt, out, overwrite, dtype)
+    return out
+
+
+def _write_export(cfg: ml_collections.ConfigDict, setup: Setup, lora: Any, fmt: str, out: Path,
+                  overwrite: bool, dtype: str) -> None:
+    """Writes the export into a temporary sibling of OUT and renames it into place."""
     tmp = _prepare_out(out, overwrite)
     try:
         if fmt == "peft":
@@ -205,4 +214,3 @@ def export_run(workdir: str | Path, fmt: str, out: str | Path, step: int | None 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return out

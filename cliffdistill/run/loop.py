@@ -30,7 +30,7 @@ from etils import epath
 
 from cliffdistill import stats
 from cliffdistill.engine import losses, methods, sampling, scoring
-from cliffdistill.run import distributed, evaluation, offpolicy, rundir, validation
+from cliffdistill.run import distributed, evaluation, integrity, lock, offpolicy, rundir, validation
 from cliffdistill.engine import update
 from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
@@ -432,29 +432,54 @@ class Clock:
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup_obj: Setup | None = None,
-        step_hook: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict[str, Any]:
+        step_hook: Callable[[int, dict], None] | None = None, progress: bool = True,
+        allow_config_change: bool = False) -> dict[str, Any]:
     """Trains one run into `workdir` (resuming from its newest restorable checkpoint) and returns
-    its summary. Any exception once the workdir exists (setup and restore included) leaves
-    status.json `failed` with the error and traceback; SIGTERM checkpoints and leaves `preempted`."""
+    its summary. Before any compute: the directory's writer lock (`lock.Locked` if another live
+    process writes it) and the resume's config check (`integrity.ConfigChanged` naming every
+    changed field, unless `allow_config_change`: then the change is recorded in
+    config_history.jsonl); a refusal leaves the directory as it was. Any exception after that
+    (setup and restore included) leaves status.json `failed` with the error and traceback;
+    SIGTERM checkpoints and leaves `preempted`."""
     validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
     # A local path (made absolute: orbax requires it) or gs://... for checkpoints, metrics, status.
     workdir = epath.Path(workdir if "://" in str(workdir) else Path(workdir).resolve())
     workdir.mkdir(parents=True, exist_ok=True)
-    # before "running" replaces status.json; the mesh's device count is known before any setup
-    clock = Clock(workdir, float(cfg.cost.usd_per_device_hour), math.prod(dict(cfg.mesh).values()))
-    beat = rundir.Heartbeat(workdir, enabled=distributed.is_main())
-    beat.start(final_step=None)
-    try:
-        summary = _train(cfg, workdir, beat, clock, setup_obj, step_hook, progress)
-    except Preempted as e:
-        beat.finish(state="preempted", error=str(e), **clock.summary())
-        raise
-    except BaseException as e:
-        beat.finish(state="failed", error=f"{type(e).__name__}: {e}",
-                    traceback=traceback.format_exc()[-4000:], **clock.summary())
-        raise
-    beat.finish(**summary)
-    return summary
+    with lock.hold(workdir, "train"):
+        _check_config(cfg, workdir, allow_config_change)
+        # before "running" replaces status.json; the mesh's device count is known before any setup
+        clock = Clock(workdir, float(cfg.cost.usd_per_device_hour), math.prod(dict(cfg.mesh).values()))
+        beat = rundir.Heartbeat(workdir, enabled=distributed.is_main())
+        beat.start(final_step=None)
+        try:
+            summary = _train(cfg, workdir, beat, clock, setup_obj, step_hook, progress)
+        except Preempted as e:
+            beat.finish(state="preempted", error=str(e), **clock.summary())
+            raise
+        except BaseException as e:
+            beat.finish(state="failed", error=f"{type(e).__name__}: {e}",
+                        traceback=traceback.format_exc()[-4000:], **clock.summary())
+            raise
+        beat.finish(**summary)
+        return summary
+
+
+def _check_config(cfg: ml_collections.ConfigDict, workdir: epath.Path, allow: bool) -> None:
+    """Process 0 compares the config with the one the directory's progress was made with
+    (`integrity.check_resume`); every process learns its answer."""
+    error: integrity.ConfigChanged | None = None
+    if distributed.is_main() and "://" not in str(workdir):
+        try:
+            changes = integrity.check_resume(workdir, cfg.to_dict(), allow=allow)
+        except integrity.ConfigChanged as e:
+            error = e
+        else:
+            if changes:
+                log.warning("config changed on resume (allowed, recorded in %s): %s",
+                            rundir.HISTORY_FILE, integrity.describe(changes))
+    lock.agree(error is None, f"the config of {workdir}")
+    if error is not None:
+        raise error
 
 
 def _resume(ckpt: rundir.Checkpoints, state: dict[str, Any], n_train: int,
@@ -484,7 +509,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
     s = setup_obj or make_setup(cfg)
     num_steps = s.plan.num_steps
     n_devices = s.mesh.devices.size
-    if main_proc:
+    if main_proc and not integrity.has_progress(workdir):  # a resume keeps the run's first config
         rundir.write_json(workdir / rundir.CONFIG_FILE, cfg.to_dict())
     c = make_context(s, workdir)
     B, n_samp, n_train = cfg.rollout.batch_size, cfg.rollout.n_samples, s.train.student.shape[0]

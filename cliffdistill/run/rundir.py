@@ -10,9 +10,11 @@ writes, so a file name or a write discipline is never a string literal in two pl
     DIR/metrics.jsonl    one record per train step (+ DIR/tb/ TensorBoard events)
     DIR/eval.jsonl       one record per periodic evaluation
     DIR/checkpoints/     orbax CheckpointManager of the train-state pytree
+    DIR/config_history.jsonl  accepted config changes of a resumed run (`integrity`)
+    DIR/writer.lock      the one writer's lock and owner record (`lock`)
 
-Writers replace files atomically (temp file + rename): a killed process never leaves half a JSON
-file. Readers are tolerant: a missing or half-written file reads as None / is skipped, because
+Writers replace files atomically (temp file + fsync + rename + directory fsync): a killed process
+or a lost machine never leaves half a JSON file. Readers are tolerant: a missing or half-written file reads as None / is skipped, because
 report and sweep read directories of runs that may still be running or may have died.
 A running run renews a heartbeat in status.json (`Heartbeat`), so one killed without warning
 reads as `stale` (`staleness`) and is re-run. `Checkpoints.restore_latest` skips (and moves
@@ -22,6 +24,8 @@ the state of run directories. docs/RELIABILITY.md states what is guaranteed and 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -32,7 +36,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -46,6 +50,8 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+HISTORY_FILE = "config_history.jsonl"
+LOCK_FILE = "writer.lock"
 TENSORBOARD_DIR = "tb"
 # A sweep directory: SWEEP/sweep.json (the run list), SWEEP/runs/<name>/ (run directories),
 # SWEEP/baselines/<setup>.json (step-0 baselines).
@@ -96,14 +102,38 @@ def plain(value: Any, *, strict: bool = False) -> Any:
     return f"<{type(value).__name__}>"
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Makes a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Temp file (per process and thread) + rename: a killed process, or two sweep shards
-    finishing together, never leave a torn file."""
+    """Temp file (per process and thread) + fsync + rename + directory fsync: a killed process,
+    a power loss, or two sweep shards finishing together never leave a torn or empty file --
+    readers see the old content or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            fault_point("atomic_write", path.name)  # test hook: a crash mid-write
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -301,11 +331,13 @@ class Heartbeat:
 # itself when it reaches that point, a deterministic stand-in for a crash, OOM kill or lost node.
 # Points: `step:<i>` (train step i, after rollout/scoring, before the update), `checkpoint_write:<s>`
 # (right after the save of step s was started, before it is waited on), `teacher_cache:0` (the
-# teacher-sample cache written to its temp file, not yet renamed into place). Unset: no effect.
+# teacher-sample cache written to its temp file, not yet renamed into place), `atomic_write:<file
+# name>` (an atomic write's temp file written, not yet synced and renamed), `checkpoint_enospc:<s>`
+# (not a kill: the save of step s fails as on a full disk, ENOSPC). Unset: no effect.
 FAULT_ENV = "CLIFFDISTILL_FAULT"
 
 
-def fault_point(name: str, index: int) -> None:
+def fault_point(name: str, index: int | str) -> None:
     """SIGKILLs this process if `CLIFFDISTILL_FAULT` names this point (test hook; see above)."""
     if os.environ.get(FAULT_ENV) == f"{name}:{index}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -317,6 +349,17 @@ def prior_wall_seconds(workdir: str | os.PathLike) -> float:
         return float((read_status(workdir) or {}).get("wall_seconds") or 0.0)
     except (TypeError, ValueError):
         return 0.0
+
+
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+    """Steps with a checkpoint directory, ascending, read from the file names alone (no orbax):
+    what a resume would start from, known before any compute. Partial saves (orbax's temporary
+    names) are not steps."""
+    try:
+        names = os.listdir(Path(workdir) / CHECKPOINT_DIR)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
 
 
 def last_metric_step(workdir: str | os.PathLike) -> Optional[int]:
@@ -380,6 +423,15 @@ def _abstract(target: Any) -> Any:
         if isinstance(x, jax.Array) else np.asarray(x), target)
 
 
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain (storage layers wrap it, some only in text)."""
+    while e is not None:
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _first_line(e: BaseException, limit: int = 300) -> str:
     """The gist of a storage error (tensorstore appends kilobytes of JSON spec to its messages)."""
     text = (str(e).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
@@ -429,12 +481,39 @@ class Checkpoints:
         return str(self.directory / str(step))
 
     def save(self, state: dict[str, Any], *, wait: bool = False) -> None:
-        """Saves `state` as step `state["step"]`; `wait` blocks until it is on disk."""
+        """Saves `state` as step `state["step"]`; `wait` blocks until it is on disk. A full disk
+        raises CheckpointError saying so (`_disk_full`)."""
         step = int(state["step"])
-        self._mngr.save(step, args=self._ocp.args.StandardSave(state))
-        fault_point("checkpoint_write", step)
-        if wait:
-            self._mngr.wait_until_finished()
+        with self._disk_full(step):
+            if os.environ.get(FAULT_ENV) == f"checkpoint_enospc:{step}":  # test hook (see above)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path(step))
+            self._mngr.save(step, args=self._ocp.args.StandardSave(state))
+            fault_point("checkpoint_write", step)
+            if wait:
+                self._mngr.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _disk_full(self, step: Optional[int]) -> Iterator[None]:
+        """Turns an out-of-space error of a (possibly earlier, asynchronous) save into one plain
+        sentence: what failed, that the complete checkpoints are intact, and how to go on.
+        Orbax writes a step under a temporary name and renames it when complete, so a failed
+        save never looks like a checkpoint."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - only a full disk is translated; the rest re-raised
+            if not _is_disk_full(e):
+                raise
+            try:  # an earlier asynchronous save may still be completing: let it
+                self._mngr.wait_until_finished()
+            except Exception:  # noqa: BLE001 - it failed too; the steps listed below are complete
+                pass
+            done = [s for s in self.all_steps() if s != step]
+            where = f"step {step} " if step is not None else ""
+            raise CheckpointError(
+                f"no space left on device while saving checkpoint {where}in {self.directory}. "
+                f"The complete checkpoints ({done or 'none'}) are intact: free space (or lower "
+                f"checkpoint.keep), then re-run the same command to resume"
+                + (f" from step {done[-1]}." if done else " from step 0.")) from e
 
     def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
         """Checkpoint `step` with `target`'s tree, shapes and shardings; CheckpointError naming
@@ -485,7 +564,8 @@ class Checkpoints:
             self._mngr.reload()
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
+        with self._disk_full(None):  # an asynchronous save's error surfaces here
+            self._mngr.wait_until_finished()
         self._mngr.close()
 
 

@@ -42,12 +42,13 @@ from cliffdistill.study import design
 from cliffdistill.study import results
 
 
-def run_smoke(workdir: Path, cache_dir: Path, workers: int = 1) -> tuple[Path, Any]:
+def run_smoke(workdir: Path, cache_dir: Path, workers: int = 1, rebuild: bool = False
+              ) -> tuple[Path, Any]:
     """The micro main job: 2 methods x 4 steps x 1 seed, correct and the all-defects bundle."""
     return run_main(workdir, cache_dir, dataclasses.replace(design.MODES["quick"], name="smoke"),
                     prepare_cfg=design.smoke_prepare_config(), methods=design.SMOKE_METHODS,
                     factorial_methods=design.SMOKE_METHODS, steps=design.SMOKE_STEPS, overrides=design.SMOKE_OVERRIDES,
-                    workers=workers)
+                    workers=workers, rebuild=rebuild)
 
 
 def default_workers() -> int:
@@ -88,11 +89,11 @@ def run_one(cfg: ml_collections.ConfigDict, run_dir: Path, prepared: Any) -> Non
 
 
 def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigDict | None,
-             workers: int = 1) -> Any:
+             workers: int = 1, rebuild: bool = False) -> Any:
     """Step 1 of every main-job study: the (cached) toy testbed, its testbed.json in `workdir`."""
     print(f"[1/3] toy testbed (cache: {cache_dir})", flush=True)
     prepared = toy.prepare(cache_dir, prepare_cfg, say=lambda s: print(s, flush=True),
-                           workers=workers)
+                           workers=workers, rebuild=rebuild)
     workdir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(workdir / testbed.TESTBED_JSON, prepared.testbed)
     return prepared
@@ -102,11 +103,11 @@ def run_main(workdir: Path, cache_dir: Path, mode: design.Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
              methods: tuple[str, ...] = design.METHODS, factorial_methods: tuple[str, ...] = design.FACTORIAL_METHODS,
              steps: int | None = None, overrides: dict[str, Any] | None = None,
-             workers: int = 1) -> tuple[Path, Any]:
+             workers: int = 1, rebuild: bool = False) -> tuple[Path, Any]:
     """prepare -> sweep (`workers` runs at once) -> report; returns (RESULTS.md path, the sweep
-    result)."""
+    result). `rebuild`: rebuild a cached testbed made by other testbed code (`toy.prepare`)."""
     t0 = time.time()
-    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers, rebuild)
     cfg = design.sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
                        context_values=tuple(prepared.context_data))
     print(f"[2/3] sweep: {len(grid.expand(cfg))} runs -> {workdir}", flush=True)
@@ -123,13 +124,13 @@ def run_main(workdir: Path, cache_dir: Path, mode: design.Mode, *,
 def run_extensions(workdir: Path, cache_dir: Path, *,
                    prepare_cfg: ml_collections.ConfigDict | None = None,
                    seeds: int = extensions.SEEDS, steps: int | None = None,
-                   overrides: dict[str, Any] | None = None, workers: int = 1
-                   ) -> tuple[Path, Any]:
+                   overrides: dict[str, Any] | None = None, workers: int = 1,
+                   rebuild: bool = False) -> tuple[Path, Any]:
     """The study's proposed next steps (cliffdistill.extensions) on the toy testbed: prepare
     (cached) -> the arms' runs -> EXTENSIONS.md with tables, a plot, CIs and paired tests."""
 
     t0 = time.time()
-    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers)
+    prepared = _prepare(workdir, cache_dir, prepare_cfg, workers, rebuild)
     b = toy_config.BUDGET
     steps = steps or b.steps
     base_overrides = {"eval.every": steps // 4, "checkpoint.every": steps,

@@ -30,9 +30,14 @@ sweep goes on; failed runs are re-run only with ``--retry_failed``; ``KeyboardIn
 ``SystemExit`` stop the sweep and leave the run to be redone next time.  A run left ``running``
 by a process that died without warning (SIGKILL, OOM, a lost node) reads as ``stale`` (its pid is
 gone on this host, or its heartbeat is older than ``--stale_after_s``) and is re-run; a
-``running`` run whose owner is alive is skipped, so two sweeps never train into one directory.  Each run's fully resolved
-config is hashed into ``DIR/sweep.json``; resuming with a config that would change a finished run
-is refused (that run's results would silently be stale).
+``running`` run whose owner is alive is skipped.  A sweep holds ``DIR``'s writer lock (one per
+shard: shards of one sweep run side by side) and every run holds its own directory's
+(`cliffdistill.run.lock`), so two sweeps never train into one directory.  A run directory
+whose saved config differs from what the grid now asks in a field that changes results
+(`cliffdistill.run.integrity`) is neither skipped as done nor overwritten: the sweep is refused
+before any compute, naming each such run and field; ``--rerun_changed`` moves those directories
+aside (``runs/<name>.replaced-<time>``) and runs them afresh.  ``DIR/sweep.json`` records each
+run's fully resolved config hash.
 """
 
 from __future__ import annotations
@@ -55,10 +60,10 @@ from typing import Any, Optional
 import ml_collections
 
 from cliffdistill import report
-from cliffdistill.run import validation
-from cliffdistill.run.rundir import (BASELINES_SUBDIR, RUNS_SUBDIR, STALE_AFTER_SECONDS, STATUS_FILE,
-                                 SWEEP_FILE, Preempted, last_metric_step, owner_fields, plain, read_json, run_state,
-                                 safe_name, write_json)
+from cliffdistill.run import integrity, lock, validation
+from cliffdistill.run.rundir import (BASELINES_SUBDIR, LOCK_FILE, RUNS_SUBDIR, STALE_AFTER_SECONDS,
+                                 STATUS_FILE, SWEEP_FILE, Preempted, last_metric_step, owner_fields,
+                                 plain, read_json, run_state, safe_name, write_json)
 from cliffdistill.run.config_io import flatten, get_field, load_config_file, resolve_config_path
 from cliffdistill.study import pool
 from cliffdistill.study.grid import RunSpec, build_run_config, expand
@@ -135,24 +140,44 @@ def sweep_manifest(
     }
 
 
-def _check_resume(workdir: Path, manifest: dict) -> None:
-    """Refuse to resume when a finished run's resolved config would now be different."""
-    old = read_json(Path(workdir) / SWEEP_FILE)
-    if old is None:
+def changed_runs(workdir: Path, specs: Sequence[RunSpec], configs: Sequence[ml_collections.ConfigDict]
+                 ) -> dict[str, list[tuple[str, Any, Any]]]:
+    """Run name -> the result fields (`integrity.diff`) in which the config its directory holds
+    (the run's current config, `integrity.current_config`) differs from the one the grid asks."""
+    out = {}
+    for spec, cfg in zip(specs, configs, strict=True):
+        saved = integrity.current_config(run_dir(workdir, spec.name))
+        if saved is not None:
+            changes = integrity.diff(saved, cfg.to_dict())
+            if changes:
+                out[spec.name] = changes
+    return out
+
+
+def _check_changed(workdir: Path, changed: dict[str, list[tuple[str, Any, Any]]], rerun: bool,
+                   emit: Callable[[str], None]) -> None:
+    """Refuses a sweep that would reuse or overwrite runs made with another config; `rerun`
+    moves their directories aside (kept, never deleted) so they run afresh."""
+    if not changed:
         return
-    old_hash = {r["name"]: r.get("config_hash") for r in old.get("runs", [])}
-    for r in manifest["runs"]:
-        prev = old_hash.get(r["name"])
-        if (
-            prev is not None
-            and prev != r["config_hash"]
-            and run_state(run_dir(workdir, r["name"])) in ("done", "failed")
-        ):
-            raise ValueError(
-                f"run {r['name']!r} in {workdir} was run with a different resolved config than this sweep "
-                "config (or base config file) now gives; use a new --workdir, or delete "
-                f"{run_dir(workdir, r['name'])} to redo it."
-            )
+    if not rerun:
+        lines = [f"  {name}: {integrity.describe(c)}" for name, c in changed.items()]
+        raise integrity.ConfigChanged(
+            f"{len(changed)} run(s) in {workdir} were made with a different config than the sweep "
+            "now asks (their results would be reused or overwritten):\n" + "\n".join(lines)
+            + "\nUse a new --workdir, restore the sweep config, or pass --rerun_changed to move "
+            "those run directories aside and run them again.")
+    for name in changed:
+        old = run_dir(workdir, name)
+        aside = old.with_name(f"{name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        with lock.hold(old, "sweep --rerun_changed"):  # never from under a live writer
+            old.rename(aside)
+        emit(f"config changed: {name} moved aside to {aside.name}; it runs again")
+
+
+def lock_name(shard: tuple[int, int]) -> str:
+    """The sweep's lock file: one per shard, so the shards of one sweep run side by side."""
+    return LOCK_FILE if shard[1] == 1 else f"writer.shard-{shard[0]}-of-{shard[1]}.lock"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -308,6 +333,7 @@ def run_sweep(
     workers: int = 1,
     cost: Optional[Callable[[ml_collections.ConfigDict], float]] = None,
     kind: Optional[Callable[[ml_collections.ConfigDict], Any]] = None,
+    rerun_changed: bool = False,
 ) -> SweepResult:
     """Run (this shard of) a sweep (in-process, or in `workers` processes); resumable; then
     write the report.
@@ -324,22 +350,37 @@ def run_sweep(
     order runs start in depends on ``cost`` (a run config -> its relative cost: the costliest
     start first, so no worker is left alone with a long run at the end) and ``kind`` (run config
     -> a label: a free worker prefers a run of a kind no other worker is running,
-    ``next_task``), never a result.
+    ``next_task``), never a result. ``rerun_changed``: runs made with another config are moved
+    aside and run again (else the sweep is refused, `_check_changed`).
     """
     validation.check_workdir(workdir)  # one plain sentence for a file, no permission, no space
-    workdir = Path(workdir)
+    with lock.hold(workdir, "sweep", name=lock_name(shard)):
+        return _run_sweep(sweep_cfg, Path(workdir), run_fn, baseline_fn, shard, retry_failed,
+                          progress, base, stale_after, write_report, workers, cost, kind,
+                          rerun_changed)
+
+
+def _run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: Path, run_fn: RunFn,
+               baseline_fn: Optional[BaselineFn], shard: tuple[int, int], retry_failed: bool,
+               progress: bool, base: Optional[ml_collections.ConfigDict], stale_after: float,
+               write_report: bool, workers: int,
+               cost: Optional[Callable[[ml_collections.ConfigDict], float]],
+               kind: Optional[Callable[[ml_collections.ConfigDict], Any]],
+               rerun_changed: bool) -> SweepResult:
+    """`run_sweep`'s body, under the sweep's lock."""
     base = load_config_file(sweep_cfg.base_config) if base is None else base
     specs = expand(sweep_cfg, base)
     base_overrides = flatten(sweep_cfg.get("base_overrides"), "base_overrides", leaves_are_lists=False)
     configs = [build_run_config(base, base_overrides, s) for s in specs]
     manifest = sweep_manifest(sweep_cfg, specs, configs)
-    _check_resume(workdir, manifest)
+    emit = log if progress else (lambda msg: None)
+    selected = shard_indices(len(specs), shard)
+    _check_changed(workdir, changed_runs(workdir, [specs[i] for i in selected],
+                                         [configs[i] for i in selected]), rerun_changed, emit)
     write_json(workdir / SWEEP_FILE, manifest)
 
-    emit = log if progress else (lambda msg: None)
     baselines_ran = _run_baselines(sweep_cfg, workdir, specs, configs, baseline_fn, shard, retry_failed, emit)
 
-    selected = shard_indices(len(specs), shard)
     ran: list[str] = []
     skipped: list[str] = []
     failed: list[str] = []

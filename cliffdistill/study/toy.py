@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib
 import json
 import shutil
 import statistics
@@ -45,7 +46,7 @@ import optax
 
 from cliffdistill.engine import update
 from cliffdistill.engine import methods
-from cliffdistill.run import evaluation
+from cliffdistill.run import evaluation, lock, rundir
 from cliffdistill.study import testbed
 from cliffdistill.study import pool
 from cliffdistill.data import gsm8k, prompts, synthetic, toy_corpus, toy_tokenizer
@@ -160,8 +161,38 @@ class Prepared:
         return self.report["testbed"]
 
 
-def _key(c: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(json.dumps(c.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+#: The modules whose code makes the testbed (its data, tokenizer, pretraining and checks): a
+#: cache built by other versions of them is refused, or rebuilt on request. Not covered: the
+#: model core and optimiser (`models`, `engine`), whose equality tests pin their numerics.
+TESTBED_CODE = ("cliffdistill.study.toy", "cliffdistill.study.toy_data",
+                "cliffdistill.study.pretraining", "cliffdistill.study.toy_config",
+                "cliffdistill.study.testbed", "cliffdistill.data.synthetic",
+                "cliffdistill.data.toy_corpus", "cliffdistill.data.toy_tokenizer")
+
+
+class StaleTestbed(RuntimeError):
+    """A cached testbed built by other testbed code (the message says how to go on)."""
+
+
+def code_digest() -> str:
+    """sha256 (12 hex) of the source of `TESTBED_CODE`: which code built a cached testbed."""
+    h = hashlib.sha256()
+    for name in TESTBED_CODE:
+        h.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _clear(root: Path) -> None:
+    """Empties an interrupted or outdated build, keeping the writer lock held on it."""
+    for child in root.iterdir():
+        if child.name != rundir.LOCK_FILE:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def cache_root(cache_dir: str | Path, c: ml_collections.ConfigDict) -> Path:
+    """The cache entry of prepare config `c`: cache_dir/toy-<hash of the config>."""
+    key = hashlib.sha256(json.dumps(c.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cache_dir) / f"toy-{key[:12]}"
 
 
 def _paths(root: Path, c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -205,20 +236,37 @@ def _pretrain_saved_tokenizer(root: Path, name: str, m: ml_collections.ConfigDic
 
 
 def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
-            say: Callable[[str], None] = print, workers: int = 1) -> Prepared:
+            say: Callable[[str], None] = print, workers: int = 1, rebuild: bool = False) -> Prepared:
     """Builds (or reuses) the toy testbed under cache_dir/<config hash>/ and its testbed.json;
-    `workers` > 1 pretrains the teacher and the student at once (`cliffdistill.study.pool`)."""
+    `workers` > 1 pretrains the teacher and the student at once (`cliffdistill.study.pool`).
+    The cache entry has one builder (its writer lock); one built by other testbed code
+    (`code_digest`) is refused (StaleTestbed) unless `rebuild`."""
     c = c or toy_config.default_prepare_config()
-    root = Path(cache_dir) / f"toy-{_key(c)}"
+    root = cache_root(cache_dir, c)
+    with lock.hold(root, "prepare toy testbed"):
+        return _prepare(root, c, say, workers, rebuild)
+
+
+def _prepare(root: Path, c: ml_collections.ConfigDict, say: Callable[[str], None], workers: int,
+             rebuild: bool) -> Prepared:
+    """`prepare`'s body, under the cache entry's lock."""
     done = root / "prepared.json"
     paths = _paths(root, c)
-    if done.exists():
+    digest = code_digest()
+    report = rundir.read_json(done)
+    if report is not None and report.get("code_digest") == digest:
         say(f"toy testbed: reusing {root}")
-        report = json.loads(done.read_text())
         say("\n".join(testbed.loud_lines(report["testbed"])))
         return Prepared(**paths, report=report)
-    if root.exists():
-        shutil.rmtree(root)  # an interrupted prepare: start over
+    if report is not None and not rebuild:
+        raise StaleTestbed(
+            f"the toy testbed cached in {root} was built by other testbed code (code digest "
+            f"{report.get('code_digest') or 'not recorded'}, this code {digest}), so its models "
+            "and data may differ from what this code makes. Pass --rebuild_testbed to rebuild "
+            "it there, or use another --cache_dir.")
+    if report is not None:
+        say(f"toy testbed: rebuilding {root} (built by other testbed code)")
+    _clear(root)  # an interrupted or outdated build: start over
     t0 = time.time()
     tok = toy_corpus.build_toy_tokenizer(c.seed)
     toy_tokenizer.save_tokenizer(tok, paths["tokenizer"])
@@ -268,9 +316,9 @@ def prepare(cache_dir: str | Path, c: ml_collections.ConfigDict | None = None,
     testbed.judge(tb, c.checks)
     timings["total"] = time.time() - t0
     tb["prepare_seconds"] = timings
-    report.update(testbed=tb, seconds=timings["total"], config=c.to_dict())
-    (root / testbed.TESTBED_JSON).write_text(json.dumps(tb, indent=2, sort_keys=True))
-    done.write_text(json.dumps(report, indent=2, sort_keys=True))
+    report.update(testbed=tb, seconds=timings["total"], config=c.to_dict(), code_digest=digest)
+    rundir.write_text(root / testbed.TESTBED_JSON, json.dumps(tb, indent=2, sort_keys=True))
+    rundir.write_text(done, json.dumps(report, indent=2, sort_keys=True))  # last: "complete"
     say(f"toy testbed ready in {timings['total']:.0f}s: " + summary_line(tb))
     say("\n".join(testbed.loud_lines(tb)))
     return Prepared(**paths, report=report)
