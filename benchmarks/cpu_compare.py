@@ -5,8 +5,13 @@
 A Qwen3-shaped dense model of ~27 M parameters (6 layers, d_model 512, 8 query / 2 KV heads of
 64, MLP 1536, tied 16k vocabulary) and a Qwen3-MoE-shaped one (4 layers, d_model 256, 16
 experts, top 4) are written once as HF checkpoints and loaded by both frameworks in fp32, so both
-run the same weights. Timed, each as the best (minimum) of `--reps` runs after a warm-up
-(compile) run: the development machine is shared, and other jobs only ever add time:
+run the same weights. Each comparison is timed *interleaved*: after one warm-up (compile) call of each side, ours and
+HF alternate A/B/A/B for `--reps` (>= 5 by default) repetitions, each call timed alone, so a
+change in machine load hits both sides alike. Reported: the median and the spread (min, max) of
+each side, the median of the per-pair ratios with their range, the 1-minute load average before
+and after every comparison, and the thread settings of both frameworks. A start-up load above a
+quarter of the cores is flagged `busy` in the JSON and warned about: ratios from a busy machine
+are not results (other jobs slow the two frameworks unequally).
 
 * rollout: our jitted sampler vs `model.generate` (T=1, no top-k/top-p, no EOS: every row runs
   the full budget), new tokens/s;
@@ -31,7 +36,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -96,19 +103,61 @@ def log(msg: str) -> None:
     print(f"[cpu_compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def best_time(fn: Callable[[], Any], reps: int,
-              warmup: Callable[[], Any] | None = None) -> tuple[float, float]:
-    """(warm-up seconds incl. compile, best seconds of `reps` further runs); fn must block.
-    `warmup` replaces the first call of fn where a shorter call warms up the same code."""
-    t0 = time.perf_counter()
-    (warmup or fn)()
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
+def load_average() -> float:
+    """1-minute load average (runnable + running tasks); nan where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def _spread(times: list[float]) -> dict[str, Any]:
+    return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
+            "max_s": max(times)}
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], reps: int,
+                warmups: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
+    """Times each side `reps` times, alternating sides every call (A, B, A, B, ...), after one
+    warm-up call of each (`warmups[name]` replaces it where a shorter call warms the same code).
+    Each fn must block until its result exists. Returns per-side spreads plus the load average
+    before and after."""
+    load_before = load_average()
+    warm = {}
+    for name, fn in sides.items():
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return warm, min(times)
+        ((warmups or {}).get(name) or fn)()
+        warm[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(reps):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    out = {name: {"warmup_s": warm[name], **_spread(times[name])} for name in sides}
+    out["load_before"], out["load_after"] = load_before, load_average()
+    return out
+
+
+def with_rate(timing: dict[str, Any], work: float, key: str) -> dict[str, Any]:
+    """Adds `key` = work / median seconds (tokens/s) to one side's timing."""
+    return {**timing, key: work / timing["median_s"]}
+
+
+def pair_ratio(ours: dict[str, Any], hf: dict[str, Any]) -> dict[str, float]:
+    """Speed ratio ours/HF: the median of the per-repetition ratios hf_t / ours_t (adjacent calls,
+    so under the same load) and their range."""
+    r = [h / o for o, h in zip(ours["times_s"], hf["times_s"])]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
+
+
+def compare(ours: Callable[[], Any], hf: Callable[[], Any], reps: int, work: float, key: str,
+            hf_warmup: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """One ours-vs-HF comparison: interleaved timings, rates and the paired ratio."""
+    t = interleaved({"ours": ours, "hf": hf}, reps, {"hf": hf_warmup} if hf_warmup else None)
+    o, h = with_rate(t["ours"], work, key), with_rate(t["hf"], work, key)
+    return {"ours": o, "hf": h, "ratio": pair_ratio(o, h),
+            "load": [t["load_before"], t["load_after"]]}
 
 
 def _tokens(rng: np.random.Generator, vocab: int, B: int, T: int) -> np.ndarray:
@@ -116,32 +165,34 @@ def _tokens(rng: np.random.Generator, vocab: int, B: int, T: int) -> np.ndarray:
 
 
 # ============================================================================ ours (JAX)
+# Each `ours_*` / `hf_*` builds a blocking zero-argument call; `run` times them.
 
 
-def ours_rollout(cfg: ModelConfig, params: Any, B: int, P: int, G: int, reps: int,
-                 steps: int | None = None) -> dict[str, float]:
+def ours_rollout(cfg: ModelConfig, params: Any, B: int, P: int, G: int,
+                 steps: int | None = None) -> Callable[[], Any]:
     """`sampling.generate_arrays` at T=1 with EOS outside the vocabulary; `steps` < G runs only
     that many decode steps in a G-bucket cache (max_new_tokens is an array: no recompile)."""
     prompt = jnp.asarray(_tokens(np.random.default_rng(0), cfg.vocab_size, B, P))
-
-    def run(n: int) -> Callable[[], Any]:
-        return lambda: jax.block_until_ready(sampling.generate_arrays(
-            cfg, params, None, prompt, jnp.ones((B, P), bool), jax.random.key(0),
-            jnp.arange(B, dtype=jnp.int32), sampling.SamplingParams.of(n), gen_len=G,
-            eos_ids=(cfg.vocab_size,), pad_id=0))
-
     n = G if steps is None else steps
-    warm, t = best_time(run(n), reps)
-    _, t0 = best_time(run(0), reps)  # prefill only
-    return {"warmup_s": warm, "best_s": t, "prefill_s": t0, "new_tokens_per_s": B * n / t,
-            "decode_ms_per_step": 1e3 * (t - t0) / n}
+    return lambda: jax.block_until_ready(sampling.generate_arrays(
+        cfg, params, None, prompt, jnp.ones((B, P), bool), jax.random.key(0),
+        jnp.arange(B, dtype=jnp.int32), sampling.SamplingParams.of(n), gen_len=G,
+        eos_ids=(cfg.vocab_size,), pad_id=0))
 
 
-def ours_decode_loop(cfg: ModelConfig, params: Any, B: int, P: int, S: int, steps: int,
-                     reps: int, live: bool) -> float:
-    """ms/step of a greedy decode loop (jitted fori_loop, no sampling) in an S-slot cache:
-    `decode_step_live` (the sampler's live-prefix windows) or `decode_step` (the whole cache,
-    what the sampler read before)."""
+def decode_ms(full: Callable[[], Any], prefill_only: Callable[[], Any], steps: int,
+              reps: int) -> float:
+    """ms per decode step: (median of a `steps`-step call - median of a prefill-only call) / steps,
+    the two calls interleaved."""
+    t = interleaved({"full": full, "prefill": prefill_only}, reps)
+    return 1e3 * (t["full"]["median_s"] - t["prefill"]["median_s"]) / steps
+
+
+def ours_decode_loop(cfg: ModelConfig, params: Any, B: int, P: int, S: int, live: bool
+                     ) -> Callable[[int], Any]:
+    """n -> a blocking greedy decode loop of n steps (jitted fori_loop, no sampling) in an S-slot
+    cache: `decode_step_live` (the sampler's live-prefix windows) or `decode_step` (the whole
+    cache, what the sampler read before)."""
     prompt = jnp.asarray(_tokens(np.random.default_rng(0), cfg.vocab_size, B, P))
     mask = jnp.ones((B, P), bool)
     step = (functools.partial(transformer.decode_step_live, windows=transformer.decode_windows(P, S))
@@ -158,19 +209,15 @@ def ours_decode_loop(cfg: ModelConfig, params: Any, B: int, P: int, S: int, step
 
         return jax.lax.fori_loop(0, n, body, (logits, cache))[0]
 
-    _, t = best_time(lambda: jax.block_until_ready(run(jnp.int32(steps))), reps)
-    _, t0 = best_time(lambda: jax.block_until_ready(run(jnp.int32(0))), reps)
-    return 1e3 * (t - t0) / steps
+    return lambda n: jax.block_until_ready(run(jnp.int32(n)))
 
 
-def ours_score(cfg: ModelConfig, params: Any, B: int, P: int, G: int, reps: int,
-               moe_impl: str = "auto") -> dict[str, float]:
+def ours_score(cfg: ModelConfig, params: Any, B: int, P: int, G: int,
+               moe_impl: str = "auto") -> Callable[[], Any]:
     rng = np.random.default_rng(1)
     args = (jnp.asarray(_tokens(rng, cfg.vocab_size, B, P)), jnp.ones((B, P), bool),
             jnp.asarray(_tokens(rng, cfg.vocab_size, B, G)), jnp.ones((B, G), bool))
-    warm, t = best_time(lambda: jax.block_until_ready(
-        scoring.score(cfg, params, *args, moe_impl=moe_impl)), reps)
-    return {"warmup_s": warm, "best_s": t, "tokens_per_s": B * (P + G) / t}
+    return lambda: jax.block_until_ready(scoring.score(cfg, params, *args, moe_impl=moe_impl))
 
 
 def update_batch(vocab: int, B: int, P: int, G: int) -> dict[str, np.ndarray]:
@@ -181,8 +228,8 @@ def update_batch(vocab: int, B: int, P: int, G: int) -> dict[str, np.ndarray]:
             "lp_teacher": -rng.uniform(0.5, 3.0, (B, G)).astype(np.float32)}
 
 
-def ours_update(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], reps: int,
-                remat: str) -> dict[str, float]:
+def ours_update(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], remat: str
+                ) -> Callable[[], Any]:
     """One AdamW step on rank-16 LoRA adapters of the sampled reverse KL (as the trainer's)."""
     import optax
 
@@ -212,8 +259,7 @@ def ours_update(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], rep
     def step():
         state["layers"], state["opt"] = jax.block_until_ready(update(state["layers"], state["opt"]))
 
-    warm, t = best_time(step, reps)
-    return {"warmup_s": warm, "best_s": t, "tokens_per_s": B * (P + G) / t}
+    return step
 
 
 # ============================================================================ HF (torch CPU)
@@ -225,20 +271,19 @@ def hf_load(path: Path) -> Any:
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
 
 
-def hf_rollout(model: Any, B: int, P: int, G: int, reps: int) -> dict[str, float]:
+def hf_rollout(model: Any, B: int, P: int, new: int) -> Callable[[], Any]:
     import torch
 
     ids = torch.as_tensor(_tokens(np.random.default_rng(0), model.config.vocab_size, B, P),
                           dtype=torch.long)
 
-    def run(new: int = G):
+    def run():
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                            temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
                            min_new_tokens=new, pad_token_id=0, eos_token_id=1)
 
-    warm, t = best_time(run, reps, warmup=lambda: run(4))  # no compile to warm: 4 tokens do
-    return {"warmup_s": warm, "best_s": t, "new_tokens_per_s": B * G / t}
+    return run
 
 
 def _hf_logprobs(model: Any, ids: Any, G: int) -> Any:
@@ -250,7 +295,7 @@ def _hf_logprobs(model: Any, ids: Any, G: int) -> Any:
     return lp.gather(-1, ids[:, -G:, None])[..., 0]
 
 
-def hf_score(model: Any, B: int, P: int, G: int, reps: int) -> dict[str, float]:
+def hf_score(model: Any, B: int, P: int, G: int) -> Callable[[], Any]:
     import torch
 
     rng = np.random.default_rng(1)
@@ -262,8 +307,7 @@ def hf_score(model: Any, B: int, P: int, G: int, reps: int) -> dict[str, float]:
         with torch.inference_mode():
             return _hf_logprobs(model, ids, G)
 
-    warm, t = best_time(run, reps)
-    return {"warmup_s": warm, "best_s": t, "tokens_per_s": B * (P + G) / t}
+    return run
 
 
 def _add_torch_lora(model: Any, rank: int, scale: float) -> list[Any]:
@@ -294,7 +338,7 @@ def _add_torch_lora(model: Any, rank: int, scale: float) -> list[Any]:
     return adapters
 
 
-def hf_update(model: Any, batch: dict[str, np.ndarray], reps: int) -> dict[str, float]:
+def hf_update(model: Any, batch: dict[str, np.ndarray]) -> Callable[[], Any]:
     """The same sampled-reverse-KL LoRA step in torch: forward, backward, clip, AdamW."""
     import torch
 
@@ -313,16 +357,27 @@ def hf_update(model: Any, batch: dict[str, np.ndarray], reps: int) -> dict[str, 
         torch.nn.utils.clip_grad_norm_(adapters, 1.0)
         opt.step()
 
-    warm, t = best_time(step, reps)
-    B, T = ids.shape
-    return {"warmup_s": warm, "best_s": t, "tokens_per_s": B * T / t}
+    return step
 
 
 # ============================================================================ the run
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def machine_state() -> dict[str, Any]:
+    """What bends CPU timings: cores, load, and each framework's thread settings."""
+    import torch
+
+    env = {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+           if k in os.environ}
+    return {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "jax_devices": jax.device_count(), "env": env}
+
+
+def busy(load: float, cores: int | None) -> bool:
+    """A machine with more than a quarter of its cores already in use: ratios are not results."""
+    return load > 0.25 * (cores or 1)
 
 
 def run(smoke: bool, reps: int) -> dict[str, Any]:
@@ -330,13 +385,18 @@ def run(smoke: bool, reps: int) -> dict[str, Any]:
     import transformers
 
     sh = shapes(smoke)
+    state = machine_state()
     res: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} JAX CPU device",
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "torch": torch.__version__, "transformers": transformers.__version__},
-        "backend": jax.default_backend(), "smoke": smoke, "reps": reps,
-        "dtype": "float32", "torch_threads": torch.get_num_threads()}
+        "backend": jax.default_backend(), "smoke": smoke, "reps": reps, "dtype": "float32",
+        "timing": "interleaved A/B per repetition after one warm-up each; median and min/max",
+        "state_before": state, "busy": busy(state["load_average"][0], state["cpu_count"])}
+    if res["busy"]:
+        log(f"WARNING: load average {state['load_average'][0]:.2f} on {state['cpu_count']} cores: "
+            "the machine is busy; these ratios are not results")
     with tempfile.TemporaryDirectory() as tmp:
         dense, moe = Path(tmp) / "dense", Path(tmp) / "moe"
         for cfg, path, seed in ((dense_config(smoke), dense, 0), (moe_config(smoke), moe, 1)):
@@ -350,58 +410,72 @@ def run(smoke: bool, reps: int) -> dict[str, Any]:
         log(f"dense model: {res['model']}")
         B, P, G = sh.rollout
         log(f"rollout B={B} P={P} G={G}")
-        res["rollout"] = {"shape": sh.rollout, "ours": ours_rollout(cfg, params, B, P, G, reps),
-                          "hf": hf_rollout(hf, B, P, G, 1)}
+        res["rollout"] = {"shape": sh.rollout, **compare(
+            ours_rollout(cfg, params, B, P, G), hf_rollout(hf, B, P, G), reps, B * G,
+            "new_tokens_per_s", hf_warmup=hf_rollout(hf, B, P, 4))}  # no compile: 4 tokens warm it
         B, P, G = sh.score
         log(f"scoring B={B} P={P} G={G}")
-        hf_s = hf_score(hf, B, P, G, reps)
-        res["score"] = {"shape": sh.score, "ours": ours_score(cfg, params, B, P, G, reps), "hf": hf_s}
+        res["score"] = {"shape": sh.score, **compare(
+            ours_score(cfg, params, B, P, G), hf_score(hf, B, P, G), reps, B * (P + G),
+            "tokens_per_s")}
 
         batch = update_batch(cfg.vocab_size, *sh.update)
-        log(f"update {sh.update}")
-        res["update"] = {"shape": sh.update,
-                         "ours": {r: ours_update(cfg, params, batch, reps, r)
-                                  for r in ("none", "dots", "full")},
-                         "hf": hf_update(hf, batch, reps)}
+        B, P, G = sh.update
+        hf_step = hf_update(hf, batch)
+        res["update"] = {"shape": sh.update}
+        for remat in ("none", "dots", "full"):
+            log(f"update {sh.update}, remat={remat}")
+            res["update"][remat] = compare(ours_update(cfg, params, batch, remat), hf_step, reps,
+                                           B * (P + G), "tokens_per_s")
         del hf
 
         B, P, steps, caps = sh.decode
         log(f"decode: B={B}, P={P}, {steps} steps, capacities {caps}")
+        loops = {live: [ours_decode_loop(cfg, params, B, P, S, live) for S in caps]
+                 for live in (True, False)}
         res["decode"] = {
             "B": B, "P": P, "steps": steps, "capacities": caps,
-            "sampler_ms": [ours_rollout(cfg, params, B, P, S - P, reps, steps)["decode_ms_per_step"]
+            "sampler_ms": [decode_ms(ours_rollout(cfg, params, B, P, S - P, steps),
+                                     ours_rollout(cfg, params, B, P, S - P, 0), steps, reps)
                            for S in caps],
-            "live_prefix_ms": [ours_decode_loop(cfg, params, B, P, S, steps, reps, True)
-                               for S in caps],
-            "whole_cache_ms": [ours_decode_loop(cfg, params, B, P, S, steps, reps, False)
-                               for S in caps]}
+            "live_prefix_ms": [decode_ms(functools.partial(f, steps), functools.partial(f, 0),
+                                         steps, reps) for f in loops[True]],
+            "whole_cache_ms": [decode_ms(functools.partial(f, steps), functools.partial(f, 0),
+                                         steps, reps) for f in loops[False]]}
 
         mcfg, mparams = models.load_hf(moe, dtype=jnp.float32)
-        log("MoE scoring")
         B, P, G = sh.score
-        hf_m = hf_score(hf_load(moe), B, P, G, reps)
+        hf_m = hf_score(hf_load(moe), B, P, G)
         res["moe_score"] = {"shape": sh.score, "experts": [mcfg.num_experts, mcfg.num_experts_per_tok],
-                            "ours": {impl: ours_score(mcfg, mparams, B, P, G, reps, impl)
-                                     for impl in ("ragged", "grouped", "dense")},
-                            "hf": hf_m, "auto": transformer.resolve_moe_impl("auto")}
+                            "auto": transformer.resolve_moe_impl("auto")}
+        for impl in ("ragged", "grouped", "dense"):
+            log(f"MoE scoring, moe_impl={impl}")
+            res["moe_score"][impl] = compare(ours_score(mcfg, mparams, B, P, G, impl), hf_m, reps,
+                                             B * (P + G), "tokens_per_s")
+    res["state_after"] = machine_state()
     return res
 
 
+def _row(name: str, c: dict[str, Any], key: str) -> str:
+    o, h, r = c["ours"], c["hf"], c["ratio"]
+    return (f"| {name} | {o[key]:,.0f} | {h[key]:,.0f} | {r['median']:.2f}x "
+            f"({r['min']:.2f}-{r['max']:.2f}) | {c['load'][0]:.2f} / {c['load'][1]:.2f} |")
+
+
 def table(res: dict[str, Any]) -> str:
-    """Markdown table: ours | HF | ours/HF per phase, then the decode capacity check."""
+    """Markdown table: ours | HF | ours/HF (median of paired ratios, range) | load, per phase; then
+    the decode capacity check."""
     r, s, u, d, m = (res[k] for k in ("rollout", "score", "update", "decode", "moe_score"))
-    rows = [("rollout B={} ({} + {} new), new tok/s".format(*r["shape"]),
-             r["ours"]["new_tokens_per_s"], r["hf"]["new_tokens_per_s"]),
-            ("scoring B={} x ({} + {}), tok/s".format(*s["shape"]),
-             s["ours"]["tokens_per_s"], s["hf"]["tokens_per_s"])]
-    for remat, v in u["ours"].items():
-        rows.append(("LoRA update B={} x ({} + {}), remat={}, tok/s".format(*u["shape"], remat),
-                     v["tokens_per_s"], u["hf"]["tokens_per_s"]))
-    for impl, v in m["ours"].items():
-        rows.append((f"MoE scoring ({m['experts'][0]} experts, top {m['experts'][1]}), "
-                     f"moe_impl={impl}, tok/s", v["tokens_per_s"], m["hf"]["tokens_per_s"]))
-    out = ["| measurement | ours | HF (torch CPU) | ours / HF |", "|---|---|---|---|"]
-    out += [f"| {name} | {a:,.0f} | {b:,.0f} | {_ratio(a, b):.2f}x |" for name, a, b in rows]
+    out = ["| measurement | ours | HF (torch CPU) | ours / HF (range) | load before / after |",
+           "|---|---|---|---|---|",
+           _row("rollout B={} ({} + {} new), new tok/s".format(*r["shape"]), r, "new_tokens_per_s"),
+           _row("scoring B={} x ({} + {}), tok/s".format(*s["shape"]), s, "tokens_per_s")]
+    for remat in ("none", "dots", "full"):
+        out.append(_row("LoRA update B={} x ({} + {}), remat={}, tok/s".format(*u["shape"], remat),
+                        u[remat], "tokens_per_s"))
+    for impl in ("ragged", "grouped", "dense"):
+        out.append(_row(f"MoE scoring ({m['experts'][0]} experts, top {m['experts'][1]}), "
+                        f"moe_impl={impl}, tok/s", m[impl], "tokens_per_s"))
     c1, c2 = d["capacities"]
     out += ["", f"Decode ms/step, B={d['B']}, live context {d['P']}..{d['P'] + d['steps']}:", "",
             f"| decode | capacity {c1} | capacity {c2} | {c2} / {c1} |", "|---|---|---|---|"]
@@ -410,13 +484,21 @@ def table(res: dict[str, Any]) -> str:
                       ("whole_cache_ms", "greedy loop, whole cache (`decode_step`)")):
         a, b = d[key]
         out.append(f"| {name} | {a:.2f} | {b:.2f} | {_ratio(b, a):.2f} |")
+    if res["busy"]:
+        out += ["", "**busy machine** (load average "
+                f"{res['state_before']['load_average'][0]:.2f} on {res['state_before']['cpu_count']}"
+                " cores at the start): these ratios are not results."]
     return "\n".join(out)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny models and shapes (tests)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
