@@ -155,7 +155,7 @@ def test_lora_zero_b_is_identity_and_only_adapters_get_gradients():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_lora_projection_gradient_equals_autodiff(dtype):
-    """The adapted projection's hand-written VJP (`_lora_proj`) against autodiff of the same
+    """The adapted projection's hand-written VJP (`lora_proj`) against autodiff of the same
     forward, for every input (x, w, a, b) and leading dims [B, T]; a/b stay fp32 under bf16 x/w."""
     k = jax.random.split(jax.random.key(0), 5)
     x = jax.random.normal(k[0], (2, 5, 12)).astype(dtype)
@@ -163,8 +163,8 @@ def test_lora_projection_gradient_equals_autodiff(dtype):
     a = jax.random.normal(k[2], (12, 3)) / 4
     b = jax.random.normal(k[3], (3, 20)) / 4
     dy = jax.random.normal(k[4], (2, 5, 20)).astype(dtype)
-    y_ref, vjp_ref = jax.vjp(lambda *p: transformer._lora_forward(*p, 1.7)[0], x, w, a, b)
-    y, vjp = jax.vjp(lambda *p: transformer._lora_proj(*p, 1.7), x, w, a, b)
+    y_ref, vjp_ref = jax.vjp(lambda *p: transformer.lora_forward(*p, 1.7)[0], x, w, a, b)
+    y, vjp = jax.vjp(lambda *p: transformer.lora_proj(*p, 1.7), x, w, a, b)
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
     tol = 1e-6 if dtype == jnp.float32 else 1e-2
     for got, want in zip(vjp(dy), vjp_ref(dy)):

@@ -101,10 +101,10 @@ def _proj(x: jax.Array, w: jax.Array, lora: dict | None, scale: float) -> jax.Ar
     """x @ w (+ scale * x @ a @ b when an adapter is present). x: [..., in], w: [in, out]."""
     if lora is None:
         return x @ w
-    return _lora_proj(x, w, lora["a"], lora["b"], scale)
+    return lora_proj(x, w, lora["a"], lora["b"], scale)
 
 
-def _lora_forward(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale: float
+def lora_forward(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale: float
                   ) -> tuple[jax.Array, jax.Array]:
     """(y [..., out], x @ a [..., r]): the adapted projection and its rank-r activation."""
     xa = x @ a.astype(x.dtype)
@@ -113,12 +113,12 @@ def _lora_forward(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _lora_proj(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
-    return _lora_forward(x, w, a, b, scale)[0]
+def lora_proj(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    return lora_forward(x, w, a, b, scale)[0]
 
 
 def _lora_proj_fwd(x, w, a, b, scale):
-    y, xa = _lora_forward(x, w, a, b, scale)
+    y, xa = lora_forward(x, w, a, b, scale)
     return y, (x, w, a, b, xa)
 
 
@@ -143,7 +143,7 @@ def _lora_proj_bwd(scale, res, dy):
     return dx, dw, da, db
 
 
-_lora_proj.defvjp(_lora_proj_fwd, _lora_proj_bwd)
+lora_proj.defvjp(_lora_proj_fwd, _lora_proj_bwd)
 
 
 class LayerCache(NamedTuple):
