@@ -238,3 +238,101 @@ def test_parity_with_lm_eval(case, tiny_model, hflm, tmp_path):
     print(f"\nPARITY {case}: docs={len(ours)} max|dloglik|={worst:.2e} "
           f"pred agreement={agree}/{len(ours)}")
     assert worst <= 1e-4 and agree == len(ours)
+
+
+# ----------------------------------------------------------------------------- HumanEval + executor
+
+FAST = executor.Limits(timeout_s=2.0)
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    good = executor.run_programs([humaneval.program(p, p.canonical_solution) for p in problems], FAST)
+    assert [o.status for o in good] == [executor.PASSED] * len(problems)
+    wrong = executor.run_program(humaneval.program(problems[0], "    return a - b\n"), FAST)
+    assert (wrong.passed, wrong.status, wrong.error) == (False, executor.FAILED, "AssertionError")
+
+
+@pytest.mark.parametrize("body,error", [
+    ("    import sys; sys.exit(0)\n", "ended before its checks finished"),
+    ("    import os; os._exit(0)\n", "ended before its checks finished"),
+    ("    raise ValueError('boom')\n", "ValueError"),
+    ("    x = bytearray(4 << 30)\n", "MemoryError"),
+])
+def test_early_exits_and_errors_fail(body, error):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    out = executor.run_program(humaneval.program(p, body), FAST)
+    assert (out.passed, out.status, out.error) == (False, executor.FAILED, error)
+
+
+def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    t0 = time.monotonic()
+    out = executor.run_program(humaneval.program(p, "    while True:\n        pass\n"), FAST)
+    assert out.status == executor.TIMEOUT and time.monotonic() - t0 < FAST.timeout_s + 2
+    # a child that keeps the output pipe open holds the program past its timeout; a detached one
+    # lets it finish; either way the whole process group dies with the program
+    for redirect, status in (("", executor.TIMEOUT), (", stdout=-3, stderr=-3", executor.PASSED)):
+        flag = tmp_path / f"child_alive{len(redirect)}"
+        inner = f"import time; time.sleep(3); open({str(flag)!r}, 'w').write('x')"
+        child = (f"    import subprocess, sys\n    subprocess.Popen([sys.executable, '-c', "
+                 f"{inner!r}]{redirect})\n    return a + b\n")
+        assert executor.run_program(humaneval.program(p, child), FAST).status == status
+        time.sleep(3.5)
+        assert not flag.exists()
+
+
+def test_truncate_at_stop_sequences():
+    assert humaneval.truncate("    return 1\n\ndef g():\n    pass") == "    return 1\n"
+    assert humaneval.truncate("    x = 1\n# note\nif True:") == "    x = 1"
+    assert humaneval.truncate("    return 2") == "    return 2"
+
+
+def _pass_at_k_exact(n, c, k):
+    """Independent closed form with exact rationals: 1 - C(n-c, k) / C(n, k)."""
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
+
+
+@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (10, 3, 1), (10, 3, 5), (20, 19, 2),
+                                   (200, 13, 10), (200, 0, 100), (5, 2, 4)])
+def test_pass_at_k_matches_closed_form(n, c, k):
+    assert humaneval.pass_at_k(n, c, k) == pytest.approx(_pass_at_k_exact(n, c, k), abs=1e-12)
+    if k == 1:
+        assert humaneval.pass_at_k(n, c, k) == pytest.approx(c / n)
+
+
+def test_humaneval_greedy_end_to_end(tiny_model):
+    """A random model's completions are scored (and fail); the record carries the verdict."""
+    records, summary = runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
+                                       max_new_tokens=8, batch_size=2)
+    assert summary["n"] == 2 and [r["task_id"] for r in records] == ["Fix/0", "Fix/1"]
+    assert all(set(r) >= {"completion", "passed", "outcome", "error"} for r in records)
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 2
+
+
+# ----------------------------------------------------------------------------- real data (optional)
+
+
+@pytest.mark.parametrize("name,rel", [("arc_challenge", "arc/arc_challenge_test.jsonl"),
+                                      ("arc_easy", "arc/arc_easy_test.jsonl"),
+                                      ("hellaswag", "hellaswag/hellaswag_val_full.txt.bz2"),
+                                      ("mmlu", "mmlu")])
+def test_shared_data_loads(name, rel):
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    docs = runner.CHOICE_TASKS[name](path, 5 if name == "mmlu" else 0, None)
+    assert docs and all(0 <= d.gold < len(d.choices) for d in docs)
+    if name == "mmlu":
+        assert {d.group for d in docs} == set(mmlu.CATEGORY_OF)
+
+
+def test_shared_humaneval_canonical_solutions_pass():
+    path = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    problems = humaneval.load(path)
+    outs = executor.run_programs([humaneval.program(p, p.canonical_solution) for p in problems],
+                                 executor.Limits(timeout_s=10.0), workers=2)
+    assert len(problems) == 164
+    assert [p.task_id for p, o in zip(problems, outs) if not o.passed] == []
