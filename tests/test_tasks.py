@@ -336,3 +336,49 @@ def test_shared_humaneval_canonical_solutions_pass():
                                  executor.Limits(timeout_s=10.0), workers=2)
     assert len(problems) == 164
     assert [p.task_id for p, o in zip(problems, outs) if not o.passed] == []
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_parse_data_errors():
+    assert runner.parse_data(["x.jsonl"], ["arc_easy"]) == {"arc_easy": "x.jsonl"}
+    with pytest.raises(ValueError, match="unknown task 'arc'"):
+        runner.parse_data(["arc=x"], ["arc_easy"])
+    with pytest.raises(ValueError, match=r"no data file for \['mmlu'\]"):
+        runner.parse_data(["arc_easy=x"], ["arc_easy", "mmlu"])
+    with pytest.raises(ValueError, match="TASK=PATH"):
+        runner.parse_data(["x"], ["arc_easy", "mmlu"])
+
+
+def _cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "cliffdistill.evaluate", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
+               "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
+               "--num_fewshot", "1", "--out", str(out))
+    assert res.returncode == 1 and "ARC is scored zero-shot" in res.stderr  # shots refused for ARC
+    res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
+               "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
+               "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "arc_challenge" in res.stdout and "acc_norm" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    recs = [json.loads(x) for x in (out / "arc_challenge.jsonl").read_text().splitlines()]
+    expected, _ = multiple_choice.evaluate_docs(tiny_model["ours"], arc.load(DATA / "arc.jsonl"))
+    assert [r["doc_id"] for r in recs] == [0, 1, 2]
+    np.testing.assert_allclose(np.concatenate([r["loglikelihoods"] for r in recs]),
+                               np.concatenate([r["loglikelihoods"] for r in expected]), atol=1e-4)
+    assert summary["arc_challenge"]["acc"] == np.mean([r["acc"] for r in expected])
+    assert set(summary["mmlu"]["subjects"]) == {"astronomy", "high_school_macroeconomics"}
+    assert set(summary["mmlu"]["categories"]) == {"stem", "social_sciences"}
+    bad = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]),
+               "--data", str(tmp_path / "nope.jsonl"), "--out", str(out))
+    assert bad.returncode != 0 and "nope.jsonl: no such file" in bad.stderr
+    unknown = _cli("--tasks", "winogrande", "--model", str(tiny_model["path"]), "--out", str(out))
+    assert unknown.returncode != 0 and "unknown task 'winogrande'" in unknown.stderr

@@ -130,3 +130,38 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
                 rows.append(f"{name:<16} {s['n']:>6} {s['num_fewshot']:>5}  {metric:<9} "
                             f"{s[metric]:>7.4f}  [{low:.4f}, {high:.4f}]")
     return "\n".join(rows)
+
+
+def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
+    """--data values ("TASK=PATH", or a bare PATH when one task is asked for) -> {task: path};
+    every asked task must have one."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            if len(tasks) != 1:
+                raise ValueError(f"--data {v!r}: with several tasks write --data TASK=PATH")
+            name, path = tasks[0], v
+        out[check_task(name)] = path
+    missing = [t for t in tasks if t not in out]
+    if missing:
+        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH (the datasets are "
+                         "not bundled; see docs/EVALUATION.md)")
+    return out
+
+
+def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
+                   num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
+                   max_new_tokens: int = 512, echo: Callable[[str], Any] | None = print
+                   ) -> dict[str, dict[str, Any]]:
+    """Every task on one model; writes OUT/ and echoes the results table."""
+    results = {}
+    for name in tasks:
+        results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens)
+    summary_file = write_results(out, results)
+    summaries = {k: s for k, (_, s) in results.items()}
+    if echo is not None:
+        echo(format_table(summaries))
+        echo(f"wrote {summary_file} and one <task>.jsonl per task in {Path(out)}")
+    return summaries
