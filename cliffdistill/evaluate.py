@@ -55,9 +55,12 @@ def benchmarks() -> None:
         data = runner.parse_data(_DATA.value, tasks)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data, _OUT.value,
-                          num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
-                          batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
+    try:
+        runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
+                              _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
+                              batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
+    except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: list[str]) -> None:

@@ -379,6 +379,7 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
     assert set(summary["mmlu"]["categories"]) == {"stem", "social_sciences"}
     bad = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]),
                "--data", str(tmp_path / "nope.jsonl"), "--out", str(out))
-    assert bad.returncode != 0 and "nope.jsonl: no such file" in bad.stderr
+    assert bad.returncode == 1 and "nope.jsonl: no such file" in bad.stderr
+    assert "Traceback" not in bad.stderr
     unknown = _cli("--tasks", "winogrande", "--model", str(tiny_model["path"]), "--out", str(out))
     assert unknown.returncode != 0 and "unknown task 'winogrande'" in unknown.stderr
