@@ -3,6 +3,12 @@
     python -m cliffdistill.evaluate --workdir DIR [--step N|latest|all] [--baselines]
 
 Writes DIR/eval/ (summary.json, curve.json, baselines.json); the code is `cliffdistill.run.evaluation`.
+
+Or score an HF checkpoint directory (base model or merged export) on benchmarks under the
+lm-evaluation-harness protocols (`cliffdistill.tasks`, docs/EVALUATION.md):
+
+    python -m cliffdistill.evaluate --tasks arc_challenge,mmlu --model HF_DIR \
+        --data arc_challenge=PATH --data mmlu=DIR [--num_fewshot K] [--limit N] --out OUT
 """
 
 import logging
@@ -11,6 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from cliffdistill.run import distributed, evaluation
+from cliffdistill.tasks import runner
 
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "training run directory (holds config.json, checkpoints/)")
@@ -25,11 +32,43 @@ _N_EVAL = flags.DEFINE_integer("n_eval", None, "held-out questions (default: the
 _BATCH = flags.DEFINE_integer("batch_size", None,
                               "prompts per generation call (default: eval.batch_size)")
 _PROGRESS = flags.DEFINE_bool("progress", True, "print a line per generation batch")
-flags.mark_flag_as_required("workdir")
+_TASKS = flags.DEFINE_list("tasks", None, f"benchmarks to score --model on: {', '.join(runner.TASKS)}")
+flags.DEFINE_alias("task", "tasks")
+_MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by --tasks")
+_DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data file/folder (a bare "
+                                  "PATH when one task is given)")
+_FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
+_LIMIT = flags.DEFINE_integer("limit", None, "score only the first N documents (MMLU: per subject)")
+_OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.jsonl, summary.json)")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
+
+
+def benchmarks() -> None:
+    """The --tasks path: one HF model, several benchmarks."""
+    if _WORKDIR.value:
+        raise app.UsageError("--tasks scores an HF directory: export the run first "
+                             "(python -m cliffdistill.export) and pass --model")
+    if not _MODEL.value or not _OUT.value:
+        raise app.UsageError("--tasks needs --model HF_DIR and --out DIR")
+    try:
+        tasks = [runner.check_task(t) for t in _TASKS.value]
+        data = runner.parse_data(_DATA.value, tasks)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    try:
+        runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
+                              _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
+                              batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
+    except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: list[str]) -> None:
     del argv
+    if _TASKS.value:
+        return benchmarks()
+    if not _WORKDIR.value:
+        raise app.UsageError("pass --workdir DIR (a run's held-out eval) or --tasks with --model")
     cfg = evaluation.load_run_config(_WORKDIR.value)
     distributed.initialize_from_config(cfg.distributed)  # before anything touches a device
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

@@ -31,7 +31,8 @@ CONFIG_FILES = sorted((ROOT / "configs").rglob("*.py"))
 #: the engine is one step's pure pieces; the run is everything one run needs from a config; the
 #: study (with report/) is built on runs; the command lines (`cliffdistill/<command>.py`) on top.
 JOBS = (("cliffdistill.models", 0), ("cliffdistill.data", 0), ("cliffdistill.stats", 0),
-        ("cliffdistill.engine", 1), ("cliffdistill.run", 2), ("cliffdistill.report", 3),
+        ("cliffdistill.engine", 1), ("cliffdistill.run", 2), ("cliffdistill.tasks", 2),
+        ("cliffdistill.report", 3),
         ("cliffdistill.study", 3))
 
 

@@ -1,0 +1,156 @@
+"""Log-likelihood multiple-choice scoring, the lm-evaluation-harness way.
+
+A document is a context and its choices. Choice i is scored as the summed log-probability of the
+continuation `TARGET_DELIMITER + choice_i` after the context, the tokens split exactly as the
+harness's causal models split them (`encode_pair`). `pred` is the argmax of those sums, `pred_norm`
+the argmax of the sums divided by the choice's character length (the harness's `acc_norm`).
+
+Scoring runs on the project's jitted scorer (`engine.scoring.score`): contexts are left-padded and
+continuations right-padded to power-of-two buckets, requests are grouped by bucket and every batch
+is filled to `batch_size`, so a task compiles a handful of programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from cliffdistill.data.prompts import bucket_length, pad_left
+from cliffdistill.engine import scoring
+from cliffdistill.models.config import ModelConfig
+from cliffdistill.models.lora import LoraParams
+
+TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceDoc:
+    """One document: `context` is the whole prompt (description, shots, question)."""
+
+    doc_id: int  # 0-based index in the source order (per subject for MMLU)
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+    group: str = ""  # MMLU subject; "" elsewhere
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """What scoring needs: the decoder, its (optional) adapters and the tokenizer."""
+
+    cfg: ModelConfig
+    params: Any
+    tokenizer: Any
+    lora: LoraParams | None = None
+
+
+def continuations(doc: ChoiceDoc) -> list[str]:
+    return [TARGET_DELIMITER + c for c in doc.choices]
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as the harness splits them for a causal model: trailing
+    whitespace of the context moves to the continuation, the pair is encoded whole (with the
+    tokenizer's default special tokens, e.g. a BOS) and the continuation is what follows the
+    separately encoded context's length."""
+    if not context:
+        raise ValueError("an empty context cannot be scored (every task renders a prompt)")
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    whole = list(tokenizer.encode(stripped + continuation))
+    ctx = list(tokenizer.encode(stripped))
+    return ctx, whole[len(ctx):]
+
+
+def fit_to_window(ctx: list[int], cont: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    """Drops context tokens from the left so the model input (ctx + cont minus its last token)
+    fits `max_len` positions, as the harness does."""
+    if not cont:
+        raise ValueError("a continuation encodes to no tokens; a choice must not be empty")
+    if len(cont) > max_len:
+        raise ValueError(f"a continuation of {len(cont)} tokens exceeds the model's window "
+                         f"({max_len} positions)")
+    keep = max_len + 1 - len(cont)
+    return ctx[-keep:] if len(ctx) > keep else ctx, cont
+
+
+def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, length: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)], mask[i, :len(row)] = row, True
+    return tokens, mask
+
+
+def buckets(pairs: Sequence[tuple[list[int], list[int]]], min_bucket: int = 16
+            ) -> dict[tuple[int, int], list[int]]:
+    """(context bucket P, continuation bucket G) -> indices of the pairs in it."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        key = (bucket_length(len(ctx), min_bucket), bucket_length(len(cont), 1))
+        out.setdefault(key, []).append(i)
+    return out
+
+
+def score_pairs(model: Model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int,
+                pad_id: int, progress: Callable[[int, int], Any] | None = None) -> np.ndarray:
+    """Summed log p(cont | ctx) for every (ctx ids, cont ids) pair -> [N] float64."""
+    out = np.zeros(len(pairs), np.float64)
+    done = 0
+    for (P, G), idx in sorted(buckets(pairs).items()):
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            rows = part + [part[-1]] * (batch_size - len(part))  # fixed shape: one compile
+            prompt, prompt_mask = pad_left([pairs[i][0] for i in rows], pad_id, P)
+            cont, cont_mask = _pad_right([pairs[i][1] for i in rows], pad_id, G)
+            lp = scoring.score(model.cfg, model.params, jnp.asarray(prompt),
+                               jnp.asarray(prompt_mask), jnp.asarray(cont),
+                               jnp.asarray(cont_mask), model.lora)  # [B, G], 0 on padding
+            sums = np.asarray(lp, np.float64).sum(axis=1)
+            out[part] = sums[:len(part)]
+            done += len(part)
+            if progress is not None:
+                progress(done, len(pairs))
+    return out
+
+
+def choose(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """(pred, pred_norm): argmax of the log-likelihoods, and of them over each choice's length
+    in characters (the harness's acc_norm; first index on ties, like np.argmax)."""
+    lls = np.asarray(lls, np.float64)
+    lengths = np.array([float(len(c)) for c in choices])
+    return int(np.argmax(lls)), int(np.argmax(lls / lengths))
+
+
+def evaluate_docs(model: Model, docs: Sequence[ChoiceDoc], *, batch_size: int = 8,
+                  progress: Callable[[int, int], Any] | None = None
+                  ) -> tuple[list[dict[str, Any]], float]:
+    """One record per document (doc_id, loglikelihoods, pred, pred_norm, gold, acc, acc_norm)
+    and the documents scored per second."""
+    t0 = time.perf_counter()
+    pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    max_len = model.cfg.max_position_embeddings
+    pairs, owner = [], []
+    for d, doc in enumerate(docs):
+        for cont in continuations(doc):
+            pairs.append(fit_to_window(*encode_pair(model.tokenizer, doc.context, cont), max_len))
+            owner.append(d)
+    lls = score_pairs(model, pairs, batch_size=batch_size, pad_id=pad_id, progress=progress)
+    per_doc: list[list[float]] = [[] for _ in docs]
+    for d, ll in zip(owner, lls):
+        per_doc[d].append(float(ll))
+    records = []
+    for doc, ll in zip(docs, per_doc):
+        pred, pred_norm = choose(ll, doc.choices)
+        records.append({"doc_id": doc.doc_id, **({"subject": doc.group} if doc.group else {}),
+                        "loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm,
+                        "gold": doc.gold, "acc": float(pred == doc.gold),
+                        "acc_norm": float(pred_norm == doc.gold)})
+    seconds = time.perf_counter() - t0
+    return records, len(docs) / max(seconds, 1e-9)

@@ -1,0 +1,167 @@
+"""Scores one model on benchmark tasks and writes OUT/<task>.jsonl + OUT/summary.json.
+
+Adding a multiple-choice benchmark = a module with `load(path, num_fewshot, limit)` returning
+`ChoiceDoc`s, plus one entry in `CHOICE_TASKS`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import transformers
+
+from cliffdistill import stats
+from cliffdistill.engine import sampling
+from cliffdistill.models import hf_io
+from cliffdistill.tasks import arc, executor, hellaswag, humaneval, mmlu
+from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
+
+CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
+    "arc_easy": arc.load, "arc_challenge": arc.load, "hellaswag": hellaswag.load, "mmlu": mmlu.load,
+}
+CODE_TASKS = ("humaneval",)
+TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
+SUMMARY_FILE = "summary.json"
+
+
+def check_task(name: str) -> str:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return name
+
+
+def load_model(path: str | Path, dtype: str = "float32") -> Model:
+    """An HF checkpoint directory (base model or merged export) with its tokenizer."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: no config.json; --model must be an HF checkpoint directory")
+    cfg, params = hf_io.load_hf(p, dtype=jnp.dtype(dtype))
+    return Model(cfg, params, transformers.AutoTokenizer.from_pretrained(p))
+
+
+def choice_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """n, acc / acc_norm with 95% Wilson intervals."""
+    n = len(records)
+    out: dict[str, Any] = {"n": n}
+    for metric in ("acc", "acc_norm"):
+        k = int(sum(r[metric] for r in records))
+        low, high = stats.wilson_interval(k, n)
+        out.update({metric: k / n, f"{metric}_ci": [low, high]})
+    return out
+
+
+def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens: int,
+                         batch_size: int) -> list[str]:
+    """Greedy completions (decoded, not yet cut at the stop sequences), `batch_size` at a time."""
+    tok = model.tokenizer
+    eos = tuple(sorted({*(model.cfg.eos_token_ids or ()),
+                        *([tok.eos_token_id] if tok.eos_token_id is not None else [])}))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [list(tok.encode(p)) for p in prompts[start:start + batch_size]]
+        gen = sampling.generate(model.cfg, model.params, ids, jax.random.key(0), max_new_tokens,
+                                temperature=0.0, lora=model.lora, eos_ids=eos, pad_id=pad)
+        toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
+        out += [tok.decode([int(t) for t in row[:int(n)]], skip_special_tokens=True)
+                for row, n in zip(toks, lens)]
+    return out
+
+
+def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
+                      limits: executor.Limits = executor.Limits(), workers: int = 4
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Executor verdicts for one (already truncated) completion per problem, and pass@1."""
+    outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
+                                     limits, workers)
+    records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
+                "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
+    k = sum(o.passed for o in outcomes)
+    low, high = stats.wilson_interval(k, len(records))
+    return records, {"n": len(records), "pass@1": k / len(records), "pass@1_ci": [low, high]}
+
+
+def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
+             limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
+             progress: Callable[[int, int], Any] | None = None
+             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(per-document records, summary) of one task on one model."""
+    check_task(name)
+    t0 = time.perf_counter()
+    if name in CODE_TASKS:
+        problems = humaneval.load(data, num_fewshot, limit)
+        raw = generate_completions(model, [p.prompt for p in problems],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+        records, summary = score_completions(problems, [humaneval.truncate(c) for c in raw])
+    else:
+        docs = CHOICE_TASKS[name](data, num_fewshot, limit)
+        if not docs:
+            raise ValueError(f"{data}: no {name} documents")
+        records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size, progress=progress)
+        summary = {**choice_summary(records), "docs_per_s": docs_per_s}
+        if name == "mmlu":
+            summary.update(mmlu.group_means(records))
+    summary.update({"num_fewshot": num_fewshot, "seconds": time.perf_counter() - t0})
+    return records, summary
+
+
+def write_results(out: str | Path, results: dict[str, tuple[list[dict], dict]]) -> Path:
+    """OUT/<task>.jsonl (one record per document) and OUT/summary.json ({task: summary})."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (records, _) in results.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / SUMMARY_FILE).write_text(json.dumps({k: s for k, (_, s) in results.items()}, indent=2))
+    return out / SUMMARY_FILE
+
+
+def format_table(summaries: dict[str, dict[str, Any]]) -> str:
+    rows = [f"{'task':<16} {'n':>6} {'shots':>5}  {'metric':<9} {'value':>7}  95% CI"]
+    for name, s in summaries.items():
+        for metric in ("acc", "acc_norm", "pass@1"):
+            if metric in s:
+                low, high = s[f"{metric}_ci"]
+                rows.append(f"{name:<16} {s['n']:>6} {s['num_fewshot']:>5}  {metric:<9} "
+                            f"{s[metric]:>7.4f}  [{low:.4f}, {high:.4f}]")
+    return "\n".join(rows)
+
+
+def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
+    """--data values ("TASK=PATH", or a bare PATH when one task is asked for) -> {task: path};
+    every asked task must have one."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            if len(tasks) != 1:
+                raise ValueError(f"--data {v!r}: with several tasks write --data TASK=PATH")
+            name, path = tasks[0], v
+        out[check_task(name)] = path
+    missing = [t for t in tasks if t not in out]
+    if missing:
+        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH (the datasets are "
+                         "not bundled; see docs/EVALUATION.md)")
+    return out
+
+
+def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
+                   num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
+                   max_new_tokens: int = 512, echo: Callable[[str], Any] | None = print
+                   ) -> dict[str, dict[str, Any]]:
+    """Every task on one model; writes OUT/ and echoes the results table."""
+    results = {}
+    for name in tasks:
+        results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens)
+    summary_file = write_results(out, results)
+    summaries = {k: s for k, (_, s) in results.items()}
+    if echo is not None:
+        echo(format_table(summaries))
+        echo(f"wrote {summary_file} and one <task>.jsonl per task in {Path(out)}")
+    return summaries

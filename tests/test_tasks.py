@@ -1,0 +1,385 @@
+"""Benchmark task layer: document rendering, scoring, lm-eval parity, executor, pass@k, CLI.
+
+The fixtures in tests/data/benchmarks are invented items in the release formats. The parity tests
+run lm-evaluation-harness's own task configs (its YAML files, pointed at the fixture files) and
+its HF backend on a tiny random Llama with a byte-level BPE tokenizer trained on the fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cliffdistill.tasks import arc, executor, hellaswag, humaneval, mmlu, multiple_choice, runner
+
+DATA = Path(__file__).parent / "data" / "benchmarks"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def test_arc_formats_render_the_same_document(tmp_path):
+    hf = arc.load(DATA / "arc.jsonl")
+    assert hf[0].context == "Question: Which gas do green plants take in from the air?\nAnswer:"
+    assert hf[1].gold == 0 and hf[0].gold == 1  # labels "1".."3" and "A".."D" both resolve
+    rows = [json.loads(x) for x in (DATA / "arc.jsonl").read_text().splitlines()]
+    foundry = tmp_path / "foundry.jsonl"
+    foundry.write_text("".join(json.dumps({"query": "Question: " + r["question"],
+                                           "choices": r["choices"]["text"],
+                                           "gold": r["choices"]["label"].index(r["answerKey"])}) + "\n"
+                               for r in rows))
+    original = tmp_path / "orig.jsonl"
+    original.write_text("".join(json.dumps({"question": {"stem": r["question"], "choices": [
+        {"text": t, "label": l} for t, l in zip(r["choices"]["text"], r["choices"]["label"])]},
+        "answerKey": r["answerKey"]}) + "\n" for r in rows))
+    assert arc.load(foundry) == hf == arc.load(original)
+    assert len(arc.load(foundry, limit=2)) == 2
+
+
+def test_hellaswag_preprocess():
+    docs = hellaswag.load(DATA / "hellaswag.jsonl")
+    assert docs[0].context == "Making tea: A man fills a kettle with water. He then"
+    assert docs[0].choices[1] == "throws it. out the window."
+    assert docs[0].choices[2] == "drinks the cold water"
+    assert docs[1].context.startswith("Home and Garden: How to water a plant. Fill a can.")
+    assert docs[1].gold == 3
+
+
+def test_hellaswag_text_format(tmp_path):
+    f = tmp_path / "hs.txt"
+    f.write_text("Cat: a cat [title] sits.\n1\nmeows\npurrs  loudly\nsleeps\n[x]runs\n")
+    (doc,) = hellaswag.load(f)
+    assert doc.context == "Cat: a cat. sits." and doc.gold == 1
+    assert doc.choices == ("meows", "purrs loudly", "sleeps", "runs")
+    f.write_text("Cat: a cat\n1\nmeows\n")
+    with pytest.raises(ValueError, match="multiple of 6"):
+        hellaswag.load(f)
+
+
+def test_mmlu_zero_and_five_shot():
+    zero = mmlu.load(DATA / "mmlu")
+    assert [d.group for d in zero] == ["astronomy"] * 2 + ["high_school_macroeconomics"] * 2
+    head = "The following are multiple choice questions (with answers) about astronomy.\n\n"
+    assert zero[0].context == (head + "What is a comet made of?\nA. ice and dust\nB. iron\n"
+                               "C. gas only\nD. plasma\nAnswer:")
+    five = mmlu.load(DATA / "mmlu", num_fewshot=5)
+    shot1 = "What orbits the Earth?\nA. The Moon\nB. Mars\nC. The Sun\nD. Venus\nAnswer: A\n\n"
+    assert five[0].context.startswith(head + shot1)
+    assert five[0].context.endswith(zero[0].context[len(head):])
+    assert five[0].context.count("\nAnswer:") == 6 and five[0].choices == mmlu.LETTERS
+    assert sorted(s for subjects in mmlu.CATEGORIES.values() for s in subjects) == sorted(mmlu.CATEGORY_OF)
+    assert len(mmlu.CATEGORY_OF) == 57
+
+
+def test_bad_files_name_file_line_and_field(tmp_path):
+    f = tmp_path / "arc.jsonl"
+    f.write_text((DATA / "arc.jsonl").read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=r"arc.jsonl:4: not valid JSON"):
+        arc.load(f)
+    f.write_text('{"question": "q", "choices": {"text": ["a"], "label": ["A"]}}\n')
+    with pytest.raises(ValueError, match=r":1: missing field 'answerKey'"):
+        arc.load(f)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        arc.load(tmp_path / "missing.jsonl")
+    bad = tmp_path / "mmlu" / "test"
+    bad.mkdir(parents=True)
+    (bad / "x_test.csv").write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
+    with pytest.raises(ValueError, match=r"x_test.csv:2: answer 'E'"):
+        mmlu.load(tmp_path / "mmlu")
+
+
+# ----------------------------------------------------------------------------- scoring core
+
+
+class CharTokenizer:
+    """BOS + one id per character: a tokenizer whose splits are easy to check by hand."""
+
+    def encode(self, text):
+        return [1] + [3 + (ord(c) % 90) for c in text]
+
+
+def test_encode_pair_moves_trailing_space_and_keeps_bos():
+    ctx, cont = multiple_choice.encode_pair(CharTokenizer(), "ab  ", "c")
+    assert ctx == [1] + CharTokenizer().encode("ab")[1:] and len(cont) == 3  # "  c"
+    ctx2, cont2 = multiple_choice.fit_to_window(list(range(10)), [7, 8], max_len=5)
+    assert ctx2 == [6, 7, 8, 9] and len(ctx2) + len(cont2) - 1 == 5
+
+
+def test_choose_acc_norm_uses_character_length():
+    # the long choice has the best per-character likelihood, the short one the best total
+    pred, pred_norm = multiple_choice.choose([-3.0, -8.0], ["ab", "abcdefghij"])
+    assert (pred, pred_norm) == (0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random HF Llama + byte-level BPE tokenizer (BOS-prepending) saved to a dir."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    import transformers
+    from tests.hf_models import make_hf_model
+
+    text = [p.read_text() for p in sorted(DATA.rglob("*")) if p.is_file()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=420, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                                eos_token="</s>", pad_token="<pad>")
+    path = tmp_path_factory.mktemp("tiny_llama")
+    hf = make_hf_model("llama", vocab=len(fast), seed=3)
+    hf.save_pretrained(path)
+    fast.save_pretrained(path)
+    return {"path": path, "hf": hf, "tokenizer": fast, "ours": runner.load_model(path)}
+
+
+def test_batched_scores_equal_one_at_a_time(tiny_model):
+    model = tiny_model["ours"]
+    docs = arc.load(DATA / "arc.jsonl") + mmlu.load(DATA / "mmlu", num_fewshot=1)
+    batched, _ = multiple_choice.evaluate_docs(model, docs, batch_size=4)
+    single, _ = multiple_choice.evaluate_docs(model, docs, batch_size=1)
+    got = np.concatenate([r["loglikelihoods"] for r in batched])
+    np.testing.assert_allclose(got, np.concatenate([r["loglikelihoods"] for r in single]), atol=1e-4)
+    assert np.all(got < 0) and len(set(np.round(got, 3))) > len(docs)
+
+
+# ----------------------------------------------------------------------------- lm-eval parity
+
+LM_EVAL_CASES = {  # task -> (official yaml under lm_eval/tasks, split key, our loader call)
+    "arc_challenge": ("arc/arc_challenge.yaml", "test", lambda: arc.load(DATA / "arc.jsonl")),
+    "hellaswag": ("hellaswag/hellaswag.yaml", "validation",
+                  lambda: hellaswag.load(DATA / "hellaswag.jsonl")),
+    "mmlu_0shot": ("mmlu/default/mmlu_astronomy.yaml", "test",
+                   lambda: mmlu.load(DATA / "mmlu", 0, subjects=["astronomy"])),
+    "mmlu_5shot": ("mmlu/default/mmlu_astronomy.yaml", "test",
+                   lambda: mmlu.load(DATA / "mmlu", 5, subjects=["astronomy"])),
+}
+
+
+def _mmlu_as_hf(split: str, tmp: Path) -> Path:
+    """The fixture CSV rewritten in `cais/mmlu`'s row format, for lm-eval's json loader."""
+    rows = mmlu.read_rows(DATA / "mmlu" / split / f"astronomy_{split}.csv")
+    out = tmp / f"mmlu_{split}.jsonl"
+    out.write_text("".join(json.dumps({"question": q, "subject": "astronomy", "choices": list(o),
+                                       "answer": g}) + "\n" for q, o, g in rows))
+    return out
+
+
+def _lm_eval_task(case: str, tmp: Path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    yaml_file, split, _ = LM_EVAL_CASES[case]
+    config = load_yaml((Path(lm_eval.__file__).parent / "tasks" / yaml_file))
+    if case.startswith("mmlu"):
+        files = {"test": str(_mmlu_as_hf("test", tmp)), "dev": str(_mmlu_as_hf("dev", tmp))}
+    else:
+        one = str(DATA / ("arc.jsonl" if case == "arc_challenge" else "hellaswag.jsonl"))
+        files = {config[k]: one for k in ("training_split", "validation_split", "test_split")
+                 if config.get(k)}  # zero-shot: only `split` is read
+    config = {k: v for k, v in config.items() if k not in ("tag", "group")}
+    config.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": files})
+    task = ConfigurableTask(config=config)
+    task.set_fewshot_seed(1234)
+    return task
+
+
+@pytest.fixture(scope="module")
+def hflm(tiny_model):
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=tiny_model["hf"], tokenizer=tiny_model["tokenizer"], batch_size=1,
+                device="cpu")
+
+
+@pytest.mark.parametrize("case", sorted(LM_EVAL_CASES))
+def test_parity_with_lm_eval(case, tiny_model, hflm, tmp_path):
+    from lm_eval.api.instance import Instance
+
+    task = _lm_eval_task(case, tmp_path)
+    shots = 5 if case == "mmlu_5shot" else 0
+    ref_docs = list(task.eval_docs)
+    ours = LM_EVAL_CASES[case][2]()
+    assert len(ours) == len(ref_docs)
+    records, _ = multiple_choice.evaluate_docs(tiny_model["ours"], ours, batch_size=2)
+    worst, agree = 0.0, 0
+    for doc, ref_doc, rec in zip(ours, ref_docs, records):
+        ctx = task.fewshot_context(ref_doc, shots)
+        assert doc.context == ctx
+        assert list(doc.choices) == list(task.doc_to_choice(ref_doc))
+        assert doc.gold == int(task.doc_to_target(ref_doc))
+        reqs = [Instance("loglikelihood", ref_doc, (ctx, cont), i)
+                for i, cont in enumerate(multiple_choice.continuations(doc))]
+        assert [r.args for r in reqs] == [a.args for a in task.construct_requests(
+            ref_doc, ctx, metadata=(case, 0, 1))]
+        ref = hflm.loglikelihood(reqs, disable_tqdm=True)
+        ref_ll = np.array([ll for ll, _ in ref])
+        worst = max(worst, float(np.max(np.abs(ref_ll - rec["loglikelihoods"]))))
+        metrics = task.process_results(ref_doc, ref)
+        assert rec["acc"] == metrics["acc"]
+        if "acc_norm" in metrics:
+            assert rec["acc_norm"] == metrics["acc_norm"]
+        agree += rec["pred"] == int(np.argmax(ref_ll))
+    print(f"\nPARITY {case}: docs={len(ours)} max|dloglik|={worst:.2e} "
+          f"pred agreement={agree}/{len(ours)}")
+    assert worst <= 1e-4 and agree == len(ours)
+
+
+# ----------------------------------------------------------------------------- HumanEval + executor
+
+FAST = executor.Limits(timeout_s=2.0)
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    good = executor.run_programs([humaneval.program(p, p.canonical_solution) for p in problems], FAST)
+    assert [o.status for o in good] == [executor.PASSED] * len(problems)
+    wrong = executor.run_program(humaneval.program(problems[0], "    return a - b\n"), FAST)
+    assert (wrong.passed, wrong.status, wrong.error) == (False, executor.FAILED, "AssertionError")
+
+
+@pytest.mark.parametrize("body,error", [
+    ("    import sys; sys.exit(0)\n", "ended before its checks finished"),
+    ("    import os; os._exit(0)\n", "ended before its checks finished"),
+    ("    raise ValueError('boom')\n", "ValueError"),
+    ("    x = bytearray(4 << 30)\n", "MemoryError"),
+])
+def test_early_exits_and_errors_fail(body, error):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    out = executor.run_program(humaneval.program(p, body), FAST)
+    assert (out.passed, out.status, out.error) == (False, executor.FAILED, error)
+
+
+def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    t0 = time.monotonic()
+    out = executor.run_program(humaneval.program(p, "    while True:\n        pass\n"), FAST)
+    assert out.status == executor.TIMEOUT and time.monotonic() - t0 < FAST.timeout_s + 2
+    # a child that keeps the output pipe open holds the program past its timeout; a detached one
+    # lets it finish; either way the whole process group dies with the program
+    for redirect, status in (("", executor.TIMEOUT), (", stdout=-3, stderr=-3", executor.PASSED)):
+        flag = tmp_path / f"child_alive{len(redirect)}"
+        inner = f"import time; time.sleep(3); open({str(flag)!r}, 'w').write('x')"
+        child = (f"    import subprocess, sys\n    subprocess.Popen([sys.executable, '-c', "
+                 f"{inner!r}]{redirect})\n    return a + b\n")
+        assert executor.run_program(humaneval.program(p, child), FAST).status == status
+        time.sleep(3.5)
+        assert not flag.exists()
+
+
+def test_truncate_at_stop_sequences():
+    assert humaneval.truncate("    return 1\n\ndef g():\n    pass") == "    return 1\n"
+    assert humaneval.truncate("    x = 1\n# note\nif True:") == "    x = 1"
+    assert humaneval.truncate("    return 2") == "    return 2"
+
+
+def _pass_at_k_exact(n, c, k):
+    """Independent closed form with exact rationals: 1 - C(n-c, k) / C(n, k)."""
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
+
+
+@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (10, 3, 1), (10, 3, 5), (20, 19, 2),
+                                   (200, 13, 10), (200, 0, 100), (5, 2, 4)])
+def test_pass_at_k_matches_closed_form(n, c, k):
+    assert humaneval.pass_at_k(n, c, k) == pytest.approx(_pass_at_k_exact(n, c, k), abs=1e-12)
+    if k == 1:
+        assert humaneval.pass_at_k(n, c, k) == pytest.approx(c / n)
+
+
+def test_humaneval_greedy_end_to_end(tiny_model):
+    """A random model's completions are scored (and fail); the record carries the verdict."""
+    records, summary = runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
+                                       max_new_tokens=8, batch_size=2)
+    assert summary["n"] == 2 and [r["task_id"] for r in records] == ["Fix/0", "Fix/1"]
+    assert all(set(r) >= {"completion", "passed", "outcome", "error"} for r in records)
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 2
+
+
+# ----------------------------------------------------------------------------- real data (optional)
+
+
+@pytest.mark.parametrize("name,rel", [("arc_challenge", "arc/arc_challenge_test.jsonl"),
+                                      ("arc_easy", "arc/arc_easy_test.jsonl"),
+                                      ("hellaswag", "hellaswag/hellaswag_val_full.txt.bz2"),
+                                      ("mmlu", "mmlu")])
+def test_shared_data_loads(name, rel):
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    docs = runner.CHOICE_TASKS[name](path, 5 if name == "mmlu" else 0, None)
+    assert docs and all(0 <= d.gold < len(d.choices) for d in docs)
+    if name == "mmlu":
+        assert {d.group for d in docs} == set(mmlu.CATEGORY_OF)
+
+
+def test_shared_humaneval_canonical_solutions_pass():
+    path = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    problems = humaneval.load(path)
+    outs = executor.run_programs([humaneval.program(p, p.canonical_solution) for p in problems],
+                                 executor.Limits(timeout_s=10.0), workers=2)
+    assert len(problems) == 164
+    assert [p.task_id for p, o in zip(problems, outs) if not o.passed] == []
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_parse_data_errors():
+    assert runner.parse_data(["x.jsonl"], ["arc_easy"]) == {"arc_easy": "x.jsonl"}
+    with pytest.raises(ValueError, match="unknown task 'arc'"):
+        runner.parse_data(["arc=x"], ["arc_easy"])
+    with pytest.raises(ValueError, match=r"no data file for \['mmlu'\]"):
+        runner.parse_data(["arc_easy=x"], ["arc_easy", "mmlu"])
+    with pytest.raises(ValueError, match="TASK=PATH"):
+        runner.parse_data(["x"], ["arc_easy", "mmlu"])
+
+
+def _cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "cliffdistill.evaluate", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
+               "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
+               "--num_fewshot", "1", "--out", str(out))
+    assert res.returncode == 1 and "ARC is scored zero-shot" in res.stderr  # shots refused for ARC
+    res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
+               "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
+               "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "arc_challenge" in res.stdout and "acc_norm" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    recs = [json.loads(x) for x in (out / "arc_challenge.jsonl").read_text().splitlines()]
+    expected, _ = multiple_choice.evaluate_docs(tiny_model["ours"], arc.load(DATA / "arc.jsonl"))
+    assert [r["doc_id"] for r in recs] == [0, 1, 2]
+    np.testing.assert_allclose(np.concatenate([r["loglikelihoods"] for r in recs]),
+                               np.concatenate([r["loglikelihoods"] for r in expected]), atol=1e-4)
+    assert summary["arc_challenge"]["acc"] == np.mean([r["acc"] for r in expected])
+    assert set(summary["mmlu"]["subjects"]) == {"astronomy", "high_school_macroeconomics"}
+    assert set(summary["mmlu"]["categories"]) == {"stem", "social_sciences"}
+    bad = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]),
+               "--data", str(tmp_path / "nope.jsonl"), "--out", str(out))
+    assert bad.returncode == 1 and "nope.jsonl: no such file" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    unknown = _cli("--tasks", "winogrande", "--model", str(tiny_model["path"]), "--out", str(out))
+    assert unknown.returncode != 0 and "unknown task 'winogrande'" in unknown.stderr
