@@ -236,7 +236,7 @@ def _dense_mlp(lp: Params, ll: Params, x: jax.Array, scale: float) -> jax.Array:
     return _proj(h, lp["down_proj"], get("down_proj"), scale)
 
 
-def _route(cfg: ModelConfig, lp: Params, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+def route(cfg: ModelConfig, lp: Params, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Softmax router (fp32) and top-k. xf: [N, D] -> weights [N, k] (activation dtype), experts [N, k]."""
     logits = (xf @ lp["router"]).astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1)
@@ -250,7 +250,7 @@ def _moe_dense(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: fl
     """Reference MoE: every expert on every token, combined with the routing weights. For tests."""
     B, T, D = x.shape
     xf = x.reshape(B * T, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     combine = jnp.zeros((B * T, cfg.num_experts), xf.dtype)
     combine = combine.at[jnp.arange(B * T)[:, None], top_e].add(top_w)  # [N, E]
 
@@ -280,7 +280,7 @@ def _moe_ragged(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: f
     B, T, D = x.shape
     N, K = B * T, cfg.num_experts_per_tok
     xf = x.reshape(N, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     flat_e = top_e.reshape(N * K)
     order = jnp.argsort(flat_e, stable=True)  # assignment slots sorted by expert
     token = order // K  # which token each sorted slot belongs to
@@ -327,7 +327,7 @@ def _moe_grouped(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: 
     N, K, E = B * T, cfg.num_experts_per_tok, cfg.num_experts
     C = moe_capacity(cfg, N)
     xf = x.reshape(N, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     flat_e = top_e.reshape(N * K)
     order = jnp.argsort(flat_e, stable=True)  # assignment slots sorted by expert
     expert = flat_e[order]  # [N*K]
