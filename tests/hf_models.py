@@ -7,11 +7,14 @@ from pathlib import Path
 import torch
 import transformers
 
-FAMILIES = ("llama", "qwen3", "qwen3_moe")
+FAMILIES = ("llama", "qwen3", "qwen3_moe", "qwen2", "mistral", "mixtral")
+WINDOW = 5  # sliding window of the windowed families: shorter than every test sequence
 
 
 def hf_config(family: str, tied: bool = False, vocab: int = 97) -> transformers.PretrainedConfig:
-    """GQA ratio 2, odd vocab size; Llama gets llama3 rope scaling, Qwen3-MoE 4 experts / top-2."""
+    """GQA ratio 2, odd vocab size; Llama gets llama3 rope scaling, Qwen3-MoE and Mixtral 4 experts /
+    top-2; Mistral and Mixtral window every layer, Qwen2 layers >= max_window_layers=1 (layer 0 full,
+    layer 1 sliding: both kinds in one scan)."""
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                   tie_word_embeddings=tied, max_position_embeddings=256, rms_norm_eps=1e-6,
@@ -27,6 +30,15 @@ def hf_config(family: str, tied: bool = False, vocab: int = 97) -> transformers.
         return transformers.Qwen3MoeConfig(**common, rope_theta=1e6, num_experts=4,
                                            num_experts_per_tok=2, moe_intermediate_size=16,
                                            norm_topk_prob=True)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common, rope_theta=1e6, use_sliding_window=True,
+                                        sliding_window=WINDOW, max_window_layers=1)
+    if family == "mistral":
+        return transformers.MistralConfig(**common, rope_theta=1e6, sliding_window=WINDOW)
+    if family == "mixtral":
+        moe = {**common, "intermediate_size": 16}
+        return transformers.MixtralConfig(**moe, rope_theta=1e6, sliding_window=WINDOW,
+                                          num_local_experts=4, num_experts_per_tok=2)
     raise ValueError(family)
 
 

@@ -1,4 +1,5 @@
-"""Model configuration: one frozen dataclass for Llama 3.x, Qwen3 and Qwen3-MoE.
+"""Model configuration: one frozen dataclass for Llama 3.x, Qwen2/2.5, Qwen3, Qwen3-MoE, Mistral
+and Mixtral.
 
 `ModelConfig` is hashable so it can be a *static* argument of jitted functions: two runs with the
 same architecture share compiled code. It is built from an HF `config.json` (both the legacy
@@ -14,7 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+FULL_WINDOW = 1 << 30  # the per-layer window of a full-attention layer (longer than any sequence)
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
@@ -31,7 +34,7 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    model_type: str  # "llama" | "qwen3" | "qwen3_moe"
+    model_type: str  # one of SUPPORTED_MODEL_TYPES
     vocab_size: int
     hidden_size: int  # D
     num_layers: int  # L
@@ -44,6 +47,11 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768
+    # Sliding-window attention: a query at slot i sees slots j with i - sliding_window < j <= i on
+    # the layers whose `layer_types[l]` is "sliding_attention". No windowed layer is spelled
+    # sliding_window=None, layer_types=() (normalised by `from_hf_config`).
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
     # Mixture of experts (qwen3_moe); num_experts == 0 means a dense MLP.
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -79,6 +87,15 @@ class ModelConfig:
             raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
         if self.moe_capacity_factor <= 0:
             raise ValueError(f"moe_capacity_factor={self.moe_capacity_factor} must be > 0")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
+                             f"num_hidden_layers={self.num_layers}")
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise ValueError(f"layer_types {unknown} are not supported; supported: {LAYER_TYPES}")
+        if self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
+            raise ValueError(f"layer_types has sliding layers but sliding_window="
+                             f"{self.sliding_window}; set a window >= 1")
         if self.is_moe and not (0 < self.num_experts_per_tok <= self.num_experts):
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]"
@@ -92,6 +109,22 @@ class ModelConfig:
     def qk_norm(self) -> bool:
         """Qwen3 normalises q and k per head before RoPE; Llama does not."""
         return self.model_type in ("qwen3", "qwen3_moe")
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return "sliding_attention" in self.layer_types
+
+    def layer_windows(self) -> tuple[int, ...]:
+        """Per-layer attention window [L]: `sliding_window` on sliding layers, FULL_WINDOW else."""
+        if not self.has_sliding_layers:
+            return (FULL_WINDOW,) * self.num_layers
+        return tuple(self.sliding_window if t == "sliding_attention" else FULL_WINDOW
+                     for t in self.layer_types)
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Qwen2 adds a bias to the q/k/v projections (never to o_proj)."""
+        return self.model_type == "qwen2"
 
     def replace(self, **kw: Any) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -134,6 +167,63 @@ def _as_tuple(x: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in x) if isinstance(x, (list, tuple)) else (int(x),)
 
 
+def _windows_from_hf(hf: dict[str, Any], model_type: str, num_layers: int, source: str
+                     ) -> tuple[int | None, tuple[str, ...]]:
+    """(sliding_window, layer_types) exactly as transformers derives them per family; no windowed
+    layer normalises to (None, ())."""
+    if model_type in ("mistral", "mixtral"):
+        if hf.get("layer_types") is not None:
+            raise ValueError(f"{source}: layer_types is not supported for model_type={model_type!r} "
+                             "(transformers' Mistral/Mixtral ignore it: remove the field, or use a "
+                             "family whose layers alternate)")
+        window = hf.get("sliding_window")
+        types = ["sliding_attention"] * num_layers
+    elif model_type == "qwen2":
+        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+        first = int(hf.get("max_window_layers", 28))
+        types = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
+                                          for i in range(num_layers)]
+    else:
+        if hf.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported for "
+                             f"model_type={model_type!r}; set it to false")
+        window, types = None, []
+    unknown = sorted(set(types) - set(LAYER_TYPES))
+    if unknown:
+        raise ValueError(f"{source}: layer_types {unknown} are not supported; supported: {LAYER_TYPES}")
+    if len(types) != num_layers:
+        raise ValueError(f"{source}: layer_types has {len(types)} entries for "
+                         f"num_hidden_layers={num_layers}")
+    if window is None or "sliding_attention" not in types:
+        return None, ()
+    return int(window), tuple(types)
+
+
+def _moe_from_hf(hf: dict[str, Any], model_type: str, source: str) -> dict[str, Any]:
+    """The MoE fields of `ModelConfig` (empty for dense families)."""
+    if model_type == "qwen3_moe":
+        if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
+            raise ValueError(
+                f"{source}: mixed dense/MoE layers (mlp_only_layers, decoder_sparse_step != 1) "
+                "are not supported; every layer must be MoE"
+            )
+        return dict(
+            num_experts=int(hf.get("num_experts", hf.get("num_local_experts", 0))),
+            num_experts_per_tok=int(hf["num_experts_per_tok"]),
+            moe_intermediate_size=int(hf["moe_intermediate_size"]),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        )
+    if model_type == "mixtral":
+        if float(hf.get("router_jitter_noise", 0.0)) != 0.0:
+            raise ValueError(f"{source}: router_jitter_noise={hf['router_jitter_noise']} is not "
+                             "supported (training-time router noise); set it to 0.0")
+        # Mixtral's router: softmax over all experts, top-k, always renormalised.
+        return dict(num_experts=int(hf.get("num_local_experts", 8)),
+                    num_experts_per_tok=int(hf.get("num_experts_per_tok", 2)),
+                    moe_intermediate_size=int(hf["intermediate_size"]), norm_topk_prob=True)
+    return {}
+
+
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Builds a `ModelConfig` from a parsed HF `config.json` dict; `source` names it in errors."""
     model_type = hf.get("model_type")
@@ -143,32 +233,22 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         )
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported")
-    if hf.get("use_sliding_window"):
-        raise ValueError(f"{source}: use_sliding_window=true is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported for "
+                         f"model_type={model_type!r}; supported: 'silu'")
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in required if k not in hf]
     if missing:
         raise ValueError(f"{source}: missing required field(s) {missing}")
     num_heads = int(hf["num_attention_heads"])
+    num_layers = int(hf["num_hidden_layers"])
     theta, scaling = _rope_from_hf(hf, source)
-    moe = {}
-    if model_type == "qwen3_moe":
-        if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
-            raise ValueError(
-                f"{source}: mixed dense/MoE layers (mlp_only_layers, decoder_sparse_step != 1) "
-                "are not supported; every layer must be MoE"
-            )
-        moe = dict(
-            num_experts=int(hf.get("num_experts", hf.get("num_local_experts", 0))),
-            num_experts_per_tok=int(hf["num_experts_per_tok"]),
-            moe_intermediate_size=int(hf["moe_intermediate_size"]),
-            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
-        )
+    window, layer_types = _windows_from_hf(hf, model_type, num_layers, source)
     return ModelConfig(
         model_type=model_type,
         vocab_size=int(hf["vocab_size"]),
         hidden_size=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
+        num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
         head_dim=int(hf.get("head_dim") or hf["hidden_size"] // num_heads),
@@ -178,10 +258,12 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         rope_scaling=scaling,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+        sliding_window=window,
+        layer_types=layer_types,
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=_as_tuple(hf.get("eos_token_id")),
         pad_token_id=hf.get("pad_token_id"),
-        **moe,
+        **_moe_from_hf(hf, model_type, source),
     )
 
 
@@ -197,7 +279,29 @@ def load_hf_config(path: str | Path) -> ModelConfig:
     return from_hf_config(hf, source=str(file))
 
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "mixtral": "MixtralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+
+
+def _windows_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The sliding-window fields of config.json that make transformers derive `cfg.layer_types`."""
+    if cfg.model_type in ("mistral", "mixtral"):
+        if cfg.has_sliding_layers and set(cfg.layer_types) != {"sliding_attention"}:
+            raise ValueError(f"model_type={cfg.model_type!r} windows every layer or none; "
+                             f"layer_types={cfg.layer_types} cannot be written")
+        return dict(sliding_window=cfg.sliding_window)
+    if cfg.model_type == "qwen2":
+        if not cfg.has_sliding_layers:
+            return dict(use_sliding_window=False, sliding_window=None,
+                        max_window_layers=cfg.num_layers)
+        return dict(use_sliding_window=True, sliding_window=cfg.sliding_window,
+                    max_window_layers=cfg.layer_types.index("sliding_attention"),
+                    layer_types=list(cfg.layer_types))
+    if cfg.has_sliding_layers:
+        raise ValueError(f"model_type={cfg.model_type!r} has no sliding-window layers; "
+                         f"layer_types={cfg.layer_types} cannot be written")
+    return {}
 
 
 def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
@@ -228,7 +332,11 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         hf["mlp_bias"] = False
     if cfg.rope_scaling is not None:
         hf["rope_scaling"] = dict(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
-    if cfg.is_moe:
+    hf.update(_windows_to_hf(cfg))
+    if cfg.model_type == "mixtral":
+        hf.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                  intermediate_size=cfg.moe_intermediate_size, router_jitter_noise=0.0)
+    elif cfg.is_moe:
         hf.update(
             num_experts=cfg.num_experts,
             num_experts_per_tok=cfg.num_experts_per_tok,

@@ -37,6 +37,9 @@ LAYER_KEYS = {
     "o_proj": ("self_attn.o_proj.weight", True),
     "q_norm": ("self_attn.q_norm.weight", False),
     "k_norm": ("self_attn.k_norm.weight", False),
+    "q_bias": ("self_attn.q_proj.bias", False),
+    "k_bias": ("self_attn.k_proj.bias", False),
+    "v_bias": ("self_attn.v_proj.bias", False),
     "gate_proj": ("mlp.gate_proj.weight", True),
     "up_proj": ("mlp.up_proj.weight", True),
     "down_proj": ("mlp.down_proj.weight", True),
@@ -47,6 +50,12 @@ _EXPERT_KEYS = {
     "up_proj": "mlp.experts.{e}.up_proj.weight",
     "down_proj": "mlp.experts.{e}.down_proj.weight",
 }
+# Per-family renames of the tables above (a new family with other checkpoint names adds a row).
+# Mixtral checkpoints (and transformers 5's save_pretrained) keep the original names.
+_FAMILY_LAYER_KEYS = {"mixtral": {"router": ("block_sparse_moe.gate.weight", True)}}
+_FAMILY_EXPERT_KEYS = {"mixtral": {"gate_proj": "block_sparse_moe.experts.{e}.w1.weight",
+                                   "up_proj": "block_sparse_moe.experts.{e}.w3.weight",
+                                   "down_proj": "block_sparse_moe.experts.{e}.w2.weight"}}
 _TOP_KEYS = {
     "embed": ("model.embed_tokens.weight", False),
     "final_norm": ("model.norm.weight", False),
@@ -60,10 +69,11 @@ def _leaf_sources(cfg: ModelConfig, path: tuple[str, ...]) -> tuple[Callable[...
         name, t = _TOP_KEYS[path[0]]
         return (lambda: name), t, 0
     leaf = path[1]
-    if cfg.is_moe and leaf in _EXPERT_KEYS:
-        fmt = "model.layers.{i}." + _EXPERT_KEYS[leaf]
+    expert_keys = {**_EXPERT_KEYS, **_FAMILY_EXPERT_KEYS.get(cfg.model_type, {})}
+    if cfg.is_moe and leaf in expert_keys:
+        fmt = "model.layers.{i}." + expert_keys[leaf]
         return (lambda i, e: fmt.format(i=i, e=e)), True, 2
-    sub, t = LAYER_KEYS[leaf]
+    sub, t = {**LAYER_KEYS, **_FAMILY_LAYER_KEYS.get(cfg.model_type, {})}[leaf]
     return (lambda i: f"model.layers.{i}.{sub}"), t, 1
 
 

@@ -47,6 +47,9 @@ _DENSE_AXES = {
     "o_proj": ("layers", "heads", "embed"),
     "q_norm": ("layers", "norm"),
     "k_norm": ("layers", "norm"),
+    "q_bias": ("layers", "heads"),
+    "k_bias": ("layers", "kv_heads"),
+    "v_bias": ("layers", "kv_heads"),
     "gate_proj": ("layers", "embed", "mlp"),
     "up_proj": ("layers", "embed", "mlp"),
     "down_proj": ("layers", "mlp", "embed"),
@@ -66,6 +69,8 @@ def param_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
         layers.update(_MOE_AXES)
     if not cfg.qk_norm:
         del layers["q_norm"], layers["k_norm"]
+    if not cfg.qkv_bias:
+        del layers["q_bias"], layers["k_bias"], layers["v_bias"]
     tree: dict[str, Any] = {"embed": ("vocab", "embed"), "final_norm": ("norm",), "layers": layers}
     if not cfg.tie_word_embeddings:
         tree["lm_head"] = ("embed", "vocab")

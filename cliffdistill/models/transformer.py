@@ -1,4 +1,6 @@
-"""One decoder for Llama 3.x, Qwen3 and Qwen3-MoE, as pure functions over a param pytree.
+"""One decoder for Llama 3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 and Qwen3-MoE, as pure functions
+over a param pytree. Families differ only by config fields (q/k norms, q/k/v biases, MoE, per-layer
+sliding windows), which switch blocks of the one layer function.
 
 Layers are stacked on a leading axis and run with `lax.scan`, so compile time does not grow with
 depth. Three entry points share one layer function:
@@ -59,6 +61,9 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype: Any = jnp.float32) -> P
     if cfg.qk_norm:
         layers["q_norm"] = ones((L, hd))
         layers["k_norm"] = ones((L, hd))
+    if cfg.qkv_bias:
+        layers.update(q_bias=normal((L, q_out)), k_bias=normal((L, kv_out)),
+                      v_bias=normal((L, kv_out)))
     if cfg.is_moe:
         E, F = cfg.num_experts, cfg.moe_intermediate_size
         layers.update(router=normal((L, D, E)), gate_proj=normal((L, E, D, F)),
@@ -97,11 +102,11 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _proj(x: jax.Array, w: jax.Array, lora: dict | None, scale: float) -> jax.Array:
-    """x @ w (+ scale * x @ a @ b when an adapter is present). x: [..., in], w: [in, out]."""
-    if lora is None:
-        return x @ w
-    return lora_proj(x, w, lora["a"], lora["b"], scale)
+def _proj(x: jax.Array, w: jax.Array, lora: dict | None, scale: float,
+          bias: jax.Array | None = None) -> jax.Array:
+    """x @ w (+ scale * x @ a @ b when an adapter is present) (+ bias). x: [..., in], w: [in, out]."""
+    y = x @ w if lora is None else lora_proj(x, w, lora["a"], lora["b"], scale)
+    return y if bias is None else y + bias
 
 
 def lora_forward(x: jax.Array, w: jax.Array, a: jax.Array, b: jax.Array, scale: float
@@ -148,7 +153,8 @@ lora_proj.defvjp(_lora_proj_fwd, _lora_proj_bwd)
 
 class LayerCache(NamedTuple):
     """One layer's decode view of the KV cache: k, v [B, W, Hkv, hd]; valid [B, W] (slot holds a
-    real token). W is the decode window (a prefix of the cache covering every written slot)."""
+    real token inside this layer's attention window). W is the decode window (a prefix of the
+    cache covering every written slot)."""
 
     k: jax.Array
     v: jax.Array
@@ -167,12 +173,22 @@ def attention_impl(cfg: ModelConfig, dtype: Any) -> str:
     return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
 
 
+def window_mask(q_slots: jax.Array, k_slots: jax.Array, window: jax.Array) -> jax.Array:
+    """Causal sliding-window mask [Tq, Tk]: slot i sees j when i - window < j <= i (HF's
+    `sliding_window_overlay` and causal mask). q_slots [Tq], k_slots [Tk]; window scalar."""
+    diff = q_slots[:, None] - k_slots[None, :]
+    return (diff >= 0) & (diff < window)
+
+
 def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
-                      mask: jax.Array | None) -> jax.Array:
+                      mask: jax.Array | None, window: jax.Array | None = None) -> jax.Array:
     """Causal self-attention of a whole sequence with `jax.nn.dot_product_attention` (GQA native).
 
     q [B, T, Hq, hd], k/v [B, T, Hkv, hd], mask [B, T] real tokens (left padding) -> [B, T, Hq, hd].
     Pad keys are masked; a pad query sees no real key and its output is garbage nobody reads.
+    `window` (scalar, traced: it is a scanned per-layer input) restricts each query to the last
+    `window` slots; None (a config without sliding layers) keeps the plain causal mask. Slots are
+    array indices, which left padding makes equal to position differences of real tokens.
     Under XLA a sequence longer than `cfg.attention_block` runs in query blocks under `lax.map`,
     each rematerialised in the backward pass, so [B, H, T, T] fp32 scores never exist at once
     (a 10-shot teacher prompt); cuDNN's flash kernel never materialises them, so it needs no blocks.
@@ -181,6 +197,9 @@ def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
     impl = attention_impl(cfg, q.dtype)
     keys_ok = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, T]
     if impl == "cudnn" or T <= cfg.attention_block:
+        if window is not None:
+            in_window = window_mask(jnp.arange(T), jnp.arange(T), window)[None, None]  # [1, 1, T, T]
+            keys_ok = in_window if keys_ok is None else keys_ok & in_window
         return jax.nn.dot_product_attention(q, k, v, mask=keys_ok, is_causal=True,
                                             implementation=impl)
 
@@ -189,7 +208,8 @@ def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
 
     def attend(q_blk: jax.Array, start: jax.Array) -> jax.Array:
         """Queries [start, start + blk) against all T keys; the causal mask is offset by start."""
-        allowed = ((start + jnp.arange(blk))[:, None] >= jnp.arange(T)[None])[None, None]
+        allowed = window_mask(start + jnp.arange(blk), jnp.arange(T),
+                              T if window is None else window)[None, None]
         allowed = allowed if keys_ok is None else allowed & keys_ok  # [B|1, 1, blk, T]
         return jax.nn.dot_product_attention(q_blk, k, v, mask=allowed, implementation="xla")
 
@@ -223,7 +243,8 @@ def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCach
 
 def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions: jax.Array,
                mask: jax.Array | None, cache: LayerCache | None, scale: float,
-               inv_freq: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+               inv_freq: jax.Array, window: jax.Array | None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Self-attention. Returns the output [B, T, D] and this call's new (k, v) [B, T, Hkv, hd].
 
     Without a cache the T tokens attend causally among themselves (pad keys masked by `mask`).
@@ -232,16 +253,16 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     B, T, _ = x.shape
     Hq, Hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     get = lambda name: ll.get(name) if ll else None  # noqa: E731
-    q = _proj(x, lp["q_proj"], get("q_proj"), scale).reshape(B, T, Hq, hd)
-    k = _proj(x, lp["k_proj"], get("k_proj"), scale).reshape(B, T, Hkv, hd)
-    v = _proj(x, lp["v_proj"], get("v_proj"), scale).reshape(B, T, Hkv, hd)
+    q = _proj(x, lp["q_proj"], get("q_proj"), scale, lp.get("q_bias")).reshape(B, T, Hq, hd)
+    k = _proj(x, lp["k_proj"], get("k_proj"), scale, lp.get("k_bias")).reshape(B, T, Hkv, hd)
+    v = _proj(x, lp["v_proj"], get("v_proj"), scale, lp.get("v_bias")).reshape(B, T, Hkv, hd)
     if cfg.qk_norm:
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
     q = rope(q, positions, inv_freq)
     k = rope(k, positions, inv_freq)
     if cache is None:
-        out = causal_attention(cfg, q, k, v, mask)
+        out = causal_attention(cfg, q, k, v, mask, window)
     else:
         out = _decode_attention(q, k, v, cache)
     out = out.reshape(B, T, Hq * hd)
@@ -255,7 +276,7 @@ def _dense_mlp(lp: Params, ll: Params, x: jax.Array, scale: float) -> jax.Array:
     return _proj(h, lp["down_proj"], get("down_proj"), scale)
 
 
-def _route(cfg: ModelConfig, lp: Params, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+def route(cfg: ModelConfig, lp: Params, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Softmax router (fp32) and top-k. xf: [N, D] -> weights [N, k] (activation dtype), experts [N, k]."""
     logits = (xf @ lp["router"]).astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1)
@@ -269,7 +290,7 @@ def _moe_dense(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: fl
     """Reference MoE: every expert on every token, combined with the routing weights. For tests."""
     B, T, D = x.shape
     xf = x.reshape(B * T, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     combine = jnp.zeros((B * T, cfg.num_experts), xf.dtype)
     combine = combine.at[jnp.arange(B * T)[:, None], top_e].add(top_w)  # [N, E]
 
@@ -299,7 +320,7 @@ def _moe_ragged(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: f
     B, T, D = x.shape
     N, K = B * T, cfg.num_experts_per_tok
     xf = x.reshape(N, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     flat_e = top_e.reshape(N * K)
     order = jnp.argsort(flat_e, stable=True)  # assignment slots sorted by expert
     token = order // K  # which token each sorted slot belongs to
@@ -346,7 +367,7 @@ def _moe_grouped(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: 
     N, K, E = B * T, cfg.num_experts_per_tok, cfg.num_experts
     C = moe_capacity(cfg, N)
     xf = x.reshape(N, D)
-    top_w, top_e = _route(cfg, lp, xf)
+    top_w, top_e = route(cfg, lp, xf)
     flat_e = top_e.reshape(N * K)
     order = jnp.argsort(flat_e, stable=True)  # assignment slots sorted by expert
     expert = flat_e[order]  # [N*K]
@@ -399,9 +420,10 @@ _MOE_PATHS = {"ragged": _moe_ragged, "grouped": _moe_grouped, "dense": _moe_dens
 
 def _layer(cfg: ModelConfig, x: jax.Array, lp: Params, ll: Params, positions: jax.Array,
            mask: jax.Array | None, cache: LayerCache | None, scale: float, moe_impl: str,
-           inv_freq: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+           inv_freq: jax.Array, window: jax.Array | None = None
+           ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     h, kv = _attention(cfg, lp, ll, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps), positions, mask,
-                       cache, scale, inv_freq)
+                       cache, scale, inv_freq, window)
     x = x + h
     y = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
     if cfg.is_moe:
@@ -421,6 +443,12 @@ def _scan_layers(cfg: ModelConfig, body, x, xs):
 
 def _inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.asarray(np.asarray(rope_inv_freq(cfg), np.float32))
+
+
+def _layer_windows(cfg: ModelConfig) -> jax.Array | None:
+    """Per-layer attention windows [L] int32, scanned with the layer params (one compiled layer
+    body for full and sliding layers); None when no layer is windowed (plain causal masks)."""
+    return jnp.asarray(cfg.layer_windows(), jnp.int32) if cfg.has_sliding_layers else None
 
 
 def _lora_parts(lora: LoraParams | None) -> tuple[Params | None, float]:
@@ -485,10 +513,11 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: Lo
     inv_freq = _inv_freq(cfg)
 
     def body(x, layer):
-        lp, ll = layer
-        return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv_freq)
+        lp, ll, window = layer
+        return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv_freq, window)
 
-    x, kv = _scan_layers(cfg, _checkpoint_layer(body, remat), x, (params["layers"], layers_lora))
+    x, kv = _scan_layers(cfg, _checkpoint_layer(body, remat), x,
+                         (params["layers"], layers_lora, _layer_windows(cfg)))
     h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     return (h, kv) if return_kv else h
 
@@ -573,7 +602,9 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
     Returns logits [B, V] and the token's k, v [L, B, 1, Hkv, hd]; the cache is only read (write
     the new k/v with `write_kv`). Every written slot must lie inside the window (cache.index <=
     window); slots past it are never read, which is what makes decode cost follow the live
-    context. Each layer slices its window straight out of the [L, B, S, ...] cache.
+    context. Each layer slices its window straight out of the [L, B, S, ...] cache. A sliding
+    layer reads the same prefix and masks the slots outside its attention window (slot <=
+    index - sliding_window): a masked full-prefix read, not a ring buffer.
     """
     L, B, S, Hkv, hd = cache.k.shape
     W = S if window is None else window
@@ -582,15 +613,19 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
     inv_freq = _inv_freq(cfg)
     positions = position[:, None]
     valid = cache.valid[:, :W]
+    slots = jnp.arange(W)
 
     def body(x, layer):
-        lp, ll, l = layer
+        lp, ll, l, window = layer
         k_l = jax.lax.dynamic_slice(cache.k, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]  # [B, W, Hkv, hd]
         v_l = jax.lax.dynamic_slice(cache.v, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]
-        return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, valid), scale,
+        # The new token sits at slot cache.index: keep slots j > index - window.
+        seen = valid if window is None else valid & window_mask(cache.index[None], slots, window)
+        return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, seen), scale,
                       moe_impl, inv_freq)
 
-    x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L)))
+    x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L),
+                                                    _layer_windows(cfg)))
     h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
     return unembed(cfg, params, h), k_new, v_new
 
