@@ -187,7 +187,7 @@ def _windows_from_hf(hf: dict[str, Any], model_type: str, num_layers: int, sourc
         if hf.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported for "
                              f"model_type={model_type!r}; set it to false")
-        window, types = None, []
+        return None, ()
     unknown = sorted(set(types) - set(LAYER_TYPES))
     if unknown:
         raise ValueError(f"{source}: layer_types {unknown} are not supported; supported: {LAYER_TYPES}")
