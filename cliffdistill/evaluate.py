@@ -4,18 +4,25 @@
 
 Writes DIR/eval/ (summary.json, curve.json, baselines.json); the code is `cliffdistill.run.evaluation`.
 
-Or score an HF checkpoint directory (base model or merged export) on benchmarks under the
-lm-evaluation-harness protocols (`cliffdistill.tasks`, docs/EVALUATION.md):
+Or score an HF checkpoint directory (base model or merged export), or a run's student at
+saved steps, on benchmarks under the lm-evaluation-harness protocols (`cliffdistill.tasks`,
+docs/EVALUATION.md):
 
     python -m cliffdistill.evaluate --tasks arc_challenge,mmlu --model HF_DIR \
         --data arc_challenge=PATH --data mmlu=DIR [--num_fewshot K] [--limit N] --out OUT
+    python -m cliffdistill.evaluate --tasks mmlu --data mmlu=DIR --workdir DIR --step 0,latest \
+        [--out OUT]   # default OUT: DIR/benchmarks; two steps also print the retention
 """
+
+import ml_collections
+
 
 import logging
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from cliffdistill.run import benchmarks as run_benchmarks
 from cliffdistill.run import distributed, evaluation
 from cliffdistill.tasks import runner
 
@@ -23,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "training run directory (holds config.json, checkpoints/)")
 _STEP = flags.DEFINE_string("step", "latest", "checkpoint step to evaluate: N (0 = untrained "
                             "student), 'latest' or 'all' (every saved checkpoint + step 0: the "
-                            "accuracy curve)")
+                            "accuracy curve); with --tasks a comma list, e.g. 0,latest")
 _BASELINES = flags.DEFINE_bool("baselines", False, "also evaluate the step-0 baselines: student "
                                "(LoRA off), teacher, teacher with context")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None,
@@ -34,7 +41,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None,
 _PROGRESS = flags.DEFINE_bool("progress", True, "print a line per generation batch")
 _TASKS = flags.DEFINE_list("tasks", None, f"benchmarks to score --model on: {', '.join(runner.TASKS)}")
 flags.DEFINE_alias("task", "tasks")
-_MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by --tasks")
+_MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by --tasks "
+                             "(or pass --workdir: the run's student at --step)")
 _DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data file/folder (a bare "
                                   "PATH when one task is given)")
 _FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
@@ -43,19 +51,30 @@ _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.json
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
 
+def workdir_benchmarks(data: dict[str, str]) -> None:
+    """--tasks with --workdir: the run's student (base + adapters) at each --step."""
+    b = ml_collections.ConfigDict(dict(num_fewshot=_FEWSHOT.value, limit=_LIMIT.value or 0,
+                                       batch_size=_BATCH.value or 8,
+                                       max_new_tokens=_MAX_NEW.value or 512))
+    cfg = evaluation.load_run_config(_WORKDIR.value)
+    distributed.initialize_from_config(cfg.distributed)
+    run_benchmarks.evaluate_workdir(_WORKDIR.value, _STEP.value.split(","), data, _OUT.value, b)
+
+
 def benchmarks() -> None:
-    """The --tasks path: one HF model, several benchmarks."""
-    if _WORKDIR.value:
-        raise app.UsageError("--tasks scores an HF directory: export the run first "
-                             "(python -m cliffdistill.export) and pass --model")
-    if not _MODEL.value or not _OUT.value:
-        raise app.UsageError("--tasks needs --model HF_DIR and --out DIR")
+    """The --tasks path: one HF model or a run's checkpoints, several benchmarks."""
+    if bool(_WORKDIR.value) == bool(_MODEL.value):
+        raise app.UsageError("--tasks needs exactly one of --model HF_DIR or --workdir RUN_DIR")
+    if _MODEL.value and not _OUT.value:
+        raise app.UsageError("--tasks --model needs --out DIR")
     try:
         tasks = [runner.check_task(t) for t in _TASKS.value]
         data = runner.parse_data(_DATA.value, tasks)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     try:
+        if _WORKDIR.value:
+            return workdir_benchmarks(data)
         runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)

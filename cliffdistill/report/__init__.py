@@ -19,6 +19,8 @@ What counts where (and why):
   run has no step-0 eval), averaged over seeds.
 * **Best** = a run's best eval after step 0, averaged over seeds.
 * **Cost** counts every run that left files (failed and unfinished runs spent compute too).
+* **Retention** (when runs set ``eval.benchmarks``): each benchmark at step 0 and at the end,
+  the change paired on the same documents, its CI over seeds (:mod:`cliffdistill.report.retention`).
 * Curves average the done runs at each step; bands are 95 % t-CIs across seeds (none for 1 seed).
 
 Output is deterministic: sorted keys, fixed float formatting, no paths of the machine, and no
@@ -38,6 +40,7 @@ from cliffdistill.report.aggregate import (CORRECT, PLOTS_DIR, REPORT_MD, RESULT
 from cliffdistill.report.claims import VERDICTS, render_claims, study_claims
 from cliffdistill.report.markdown import render_csv, render_markdown
 from cliffdistill.report.plots import plot_accuracy, write_plots
+from cliffdistill.report import retention
 from cliffdistill.run.rundir import plain, read_jsonl, write_text
 
 __all__ = ["CORRECT", "PLOTS_DIR", "REPORT_MD", "RESULTS_CSV", "RESULTS_JSON", "VERDICTS",
@@ -52,11 +55,16 @@ def write_report(
     """Write results.json, results.csv, REPORT.md (and plots/*.png) into ``sweep_dir``; return their paths."""
     sweep_dir = Path(sweep_dir)
     agg = aggregate(sweep_dir)
+    agg["retention"] = retention.group(retention.run_rows(sweep_dir))
     plot_paths = write_plots(agg, sweep_dir) if plots else {}
     paths = {"json": sweep_dir / RESULTS_JSON, "csv": sweep_dir / RESULTS_CSV, "md": sweep_dir / REPORT_MD}
     write_text(paths["json"], json.dumps(plain(agg, strict=True), sort_keys=True, indent=1, allow_nan=False) + "\n")
     write_text(paths["csv"], render_csv(agg))
-    write_text(paths["md"], render_markdown(agg, plot_paths, generated_at))
+    md = render_markdown(agg, plot_paths, generated_at)
+    if agg["retention"]:
+        md += "\n".join(["", "## Retention: benchmarks at step 0 and at the end", "",
+                         *retention.markdown(agg["retention"]), ""]) + "\n"
+    write_text(paths["md"], md)
     for rels in plot_paths.values():
         for rel in rels:
             paths[Path(rel).stem] = sweep_dir / rel

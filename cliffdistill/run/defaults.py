@@ -136,6 +136,14 @@ def get_config() -> ml_collections.ConfigDict:
         step0_cache_dir="",
         status=stats.default_status_thresholds(),
         claims=stats.default_claim_thresholds(),  # the report's verdict thresholds
+        # benchmarks scored at step 0 and at the end (`cliffdistill.run.benchmarks`): retention
+        benchmarks=ml_collections.ConfigDict(dict(
+            tasks="",  # "TASK=PATH,TASK=PATH" (cliffdistill.tasks.runner.TASKS); "" = none
+            num_fewshot=0,
+            limit=0,  # 0 = every document (MMLU: per subject)
+            batch_size=32,  # requests per scoring call
+            max_new_tokens=512,  # completion budget of code tasks
+        )),
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, async_save=True))
     c.log_every = 1

@@ -30,7 +30,8 @@ from etils import epath
 
 from cliffdistill import stats
 from cliffdistill.engine import losses, methods, sampling, scoring
-from cliffdistill.run import distributed, evaluation, integrity, lock, offpolicy, rundir, validation
+from cliffdistill.run import (benchmarks, distributed, evaluation, integrity, lock, offpolicy,
+                              rundir, validation)
 from cliffdistill.engine import update
 from cliffdistill.data import prompts
 from cliffdistill.models import flops as flops_lib
@@ -507,6 +508,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
     main_proc = distributed.is_main()
     schedule = methods.get(cfg.method, cfg.schedule)
     s = setup_obj or make_setup(cfg)
+    benchmarks.parse_tasks(cfg.eval.benchmarks.tasks)  # a bad task or path: refused before compute
     num_steps = s.plan.num_steps
     n_devices = s.mesh.devices.size
     if main_proc and not integrity.has_progress(workdir):  # a resume keeps the run's first config
@@ -534,6 +536,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
         with jax.set_mesh(s.mesh):
             if start_step == 0 and not evals:
                 evaluator(0, state["lora"])
+            if cfg.eval.benchmarks.tasks and not benchmarks.done(workdir, 0):
+                # a resume past step 0 (killed before they were written) scores the zero update
+                lora0 = state["lora"] if start_step == 0 else init_state(s, num_steps)["lora"]
+                benchmarks.evaluate_step(s, lora0, 0, workdir, main_proc)
             for step in range(start_step, num_steps):
                 t_step = time.time()
                 plan = schedule(step)                                                    # plan
@@ -565,6 +571,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: epath.Path, beat: rundir.Hea
                 if (step + 1) % cfg.eval.every == 0 or step + 1 == num_steps:           # eval
                     e = evaluator(step + 1, state["lora"], final=step + 1 == num_steps)
                     log_.metrics.update({"time/eval": e["seconds"], "eval/accuracy": e["accuracy"]})
+                if step + 1 == num_steps:  # retention: the step-0 benchmarks again, trained
+                    t0 = time.time()
+                    benchmarks.evaluate_step(s, state["lora"], num_steps, workdir, main_proc)
+                    log_.metrics["time/benchmarks"] = time.time() - t0
                 if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == num_steps or preempt["flag"]:
                     t0 = time.time()                                                     # checkpoint
                     ckpt.save(state, wait=preempt["flag"] or step + 1 == num_steps)

@@ -129,6 +129,8 @@ RULES: dict[str, Rule] = {
     "optim.eps": POSITIVE, "optim.grad_clip": Range(lo=0.0, why="0 = no clipping"),
     "optim.final_lr_fraction": fraction("cosine schedule: final lr / lr"),
     "eval.every": count(1), "eval.max_new_tokens": count(1), "eval.batch_size": count(1),
+    "eval.benchmarks.num_fewshot": count(0), "eval.benchmarks.limit": count(0, "0 = every document"),
+    "eval.benchmarks.batch_size": count(1), "eval.benchmarks.max_new_tokens": count(1),
     "eval.claims.alpha": fraction("family-wise error rate", open_lo=True, open_hi=True),
     "eval.claims.majority": fraction("share of seeds", open_hi=True),
     "eval.claims.n_boot": count(100, "bootstrap resamples"),

@@ -61,6 +61,10 @@ MODES = {
     # evaluation steps are the default's, so it reuses the default's runs)
     "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True, defect_evals=2),
 }
+#: Documents of the toy retention benchmark (`study.retention`), scored by every correctly
+#: implemented run at step 0 and at its end.
+RETENTION_DOCS = 256
+
 #: Methods of the defect factorial: pure on-policy, pure off-policy, mixed and seeded.
 FACTORIAL_METHODS = ("on_policy_gkd", "off_policy", "hybrid", "mixture", "kl_anchored",
                      "teacher_seeded")
@@ -97,10 +101,13 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
 def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
                  factorial_methods: Sequence[str] = FACTORIAL_METHODS, steps: int | None = None,
                  overrides: dict[str, Any] | None = None,
-                 context_values: Sequence[int] | None = None) -> ml_collections.ConfigDict:
+                 context_values: Sequence[int] | None = None,
+                 benchmarks: str = "") -> ml_collections.ConfigDict:
     """The main job's sweep: one zip row per run (`sweep_rows`). Every run's first and final
     evals are also scored under the study's protocol (`ablation.study_eval`); the seed prefix of
-    teacher_seeded is the budget's seed fraction of the completion budget in use."""
+    teacher_seeded is the budget's seed fraction of the completion budget in use. `benchmarks`
+    (an `eval.benchmarks.tasks` value) is scored at step 0 and the end by the correct runs (the
+    retention table; a defect variant's retention is not reported)."""
 
     context_values = tuple(context_values or (toy_config.DEFAULT_CONTEXT_VALUE,))
     overrides = dict(overrides or {})
@@ -112,7 +119,7 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
         paths = toy_config.toy_paths(str(root), setup, context_value(seed, context_values))
         evals = mode.defect_evals if defects and mode.defect_evals else mode.evals
         values = {"setup": setup, "method": method, "seed": seed, **paths,
-                  "eval.every": steps // evals,
+                  "eval.every": steps // evals, "eval.benchmarks.tasks": "" if defects else benchmarks,
                   **{f"ablation.{d}": d in defects for d in TRAINING_DEFECTS}}
         for field, value in values.items():
             zipped.setdefault(field, []).append(value)

@@ -40,6 +40,7 @@ from cliffdistill.stats import pct
 from cliffdistill.study import toy_config
 from cliffdistill.study import design
 from cliffdistill.study import results
+from cliffdistill.study import retention
 
 
 def run_smoke(workdir: Path, cache_dir: Path, workers: int = 1, rebuild: bool = False
@@ -108,8 +109,10 @@ def run_main(workdir: Path, cache_dir: Path, mode: design.Mode, *,
     result). `rebuild`: rebuild a cached testbed made by other testbed code (`toy.prepare`)."""
     t0 = time.time()
     prepared = _prepare(workdir, cache_dir, prepare_cfg, workers, rebuild)
+    bench = retention.write_benchmark(prepared.plain_data, workdir / "benchmarks",
+                                      design.RETENTION_DOCS)
     cfg = design.sweep_config(prepared.root, mode, methods, factorial_methods, steps, overrides,
-                       context_values=tuple(prepared.context_data))
+                       context_values=tuple(prepared.context_data), benchmarks=bench)
     print(f"[2/3] sweep: {len(grid.expand(cfg))} runs -> {workdir}", flush=True)
     result = runner.run_sweep(cfg, workdir, run_fn=functools.partial(run_one, prepared=prepared),
                              baseline_fn=evaluation.run_baselines, workers=workers, cost=design.run_cost,

@@ -19,11 +19,13 @@ import ml_collections
 
 from cliffdistill.engine.defects import TRAINING_DEFECTS
 from cliffdistill import report
+from cliffdistill.report import retention as report_retention
 from cliffdistill.run import rundir
 from cliffdistill.study import testbed
 from cliffdistill.stats import pct
 from cliffdistill.study import toy_config
 from cliffdistill.study import design
+from cliffdistill.study import retention
 
 
 CLAIMS_FILE = "claims.json"
@@ -161,7 +163,14 @@ def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode:
         f"The testbed is a miniature: toy models, a synthetic task and "
         f"{sweep_cfg.base_overrides.schedule.num_steps}-step runs. A verdict "
         "here says whether the *mechanism* reproduces, not what happens at 4B-70B scale.", "",
-        "## Retention (context setup): the plain task before and after distillation", "",
+        "## Retention: what the student knew before distillation, at step 0 and at the end", "",
+        f"`{retention.TASK}` is the toy arithmetic benchmark (`cliffdistill.study.retention`): "
+        "one equation of a held-out plain problem cut after its `=`, the true result against "
+        "three near misses, scored by log-likelihood (acc). Change = end - step 0 on the same "
+        "documents; its 95% CI is the t-interval over the seeds' changes.", "",
+        *report_retention.markdown(report_retention.group(report_retention.run_rows(workdir))), "",
+        "The plain task (greedy, the context setup's student; its step-0 accuracy measured by "
+        "`prepare`):", "",
         *retention_lines(retention_rows(workdir)), "",
         "## Configuration", "",
         "Toy testbed (`cliffdistill.study.toy.default_prepare_config`):", "",

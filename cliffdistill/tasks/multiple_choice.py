@@ -1,7 +1,8 @@
 """Log-likelihood multiple-choice scoring, the lm-evaluation-harness way.
 
 A document is a context and its choices. Choice i is scored as the summed log-probability of the
-continuation `TARGET_DELIMITER + choice_i` after the context, the tokens split exactly as the
+continuation `delimiter + choice_i` (the harness's `TARGET_DELIMITER`, " ", unless a
+task says otherwise) after the context, the tokens split exactly as the
 harness's causal models split them (`encode_pair`). `pred` is the argmax of those sums, `pred_norm`
 the argmax of the sums divided by the choice's character length (the harness's `acc_norm`).
 
@@ -37,6 +38,7 @@ class ChoiceDoc:
     choices: tuple[str, ...]
     gold: int
     group: str = ""  # MMLU subject; "" elsewhere
+    delimiter: str = TARGET_DELIMITER  # between context and choice (the harness's target delimiter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Model:
 
 
 def continuations(doc: ChoiceDoc) -> list[str]:
-    return [TARGET_DELIMITER + c for c in doc.choices]
+    return [doc.delimiter + c for c in doc.choices]
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:

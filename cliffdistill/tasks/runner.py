@@ -19,11 +19,12 @@ import transformers
 from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
-from cliffdistill.tasks import arc, executor, hellaswag, humaneval, mmlu
+from cliffdistill.tasks import arc, choice_jsonl, executor, hellaswag, humaneval, mmlu
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
     "arc_easy": arc.load, "arc_challenge": arc.load, "hellaswag": hellaswag.load, "mmlu": mmlu.load,
+    "choice_jsonl": choice_jsonl.load,
 }
 CODE_TASKS = ("humaneval",)
 TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
