@@ -265,7 +265,7 @@ def test_early_exits_and_errors_fail(body, error):
     assert (out.passed, out.status, out.error) == (False, executor.FAILED, error)
 
 
-def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
+def test_infinite_loop_and_spawned_child_are_killed(tmp_path, sandbox_root):
     (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
     t0 = time.monotonic()
     out = executor.run_program(humaneval.program(p, "    while True:\n        pass\n"), FAST)
@@ -280,6 +280,74 @@ def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
         assert executor.run_program(humaneval.program(p, child), FAST).status == status
         time.sleep(3.5)
         assert not flag.exists()
+
+
+def _live_processes_mentioning(text: str) -> list[int]:
+    """Pids of running (non-zombie) processes whose command line contains `text` (/proc scan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode("utf-8", "replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # the process ended while we looked
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def sandbox_root(monkeypatch):
+    """Puts the executor's per-program directories under a fresh folder, then checks that every
+    one was removed and that no process started from one is still running."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="cliffdistill_sandbox_test_"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    monkeypatch.undo()
+    deadline = time.monotonic() + 2.0
+    while _live_processes_mentioning(str(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left, procs = sorted(p.name for p in root.iterdir()), _live_processes_mentioning(str(root))
+    root.rmdir()
+    assert left == [] and procs == [], f"left behind: dirs {left}, processes {procs}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_runaway_fork_is_contained(sandbox_root):
+    """64 processes (6 doublings) that never finish: stopped by the wall clock and the group
+    kill (RLIMIT_NPROC bounds them too for a non-root user; it does not bind root)."""
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    bomb = ("    import os, time\n    for _ in range(6):\n        os.fork()\n"
+            "    time.sleep(30)\n    return a + b\n")
+    t0 = time.monotonic()
+    out = executor.run_program(humaneval.program(p, bomb), FAST)
+    assert not out.passed and out.status in (executor.TIMEOUT, executor.FAILED)
+    assert time.monotonic() - t0 < FAST.timeout_s + 2
+
+
+def test_memory_hog_and_early_exit_leave_nothing_behind(sandbox_root):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    hog = executor.run_program(humaneval.program(p, "    x = [bytearray(1 << 30) for _ in "
+                                                    "range(64)]\n    return a + b\n"), FAST)
+    assert (hog.passed, hog.status, hog.error) == (False, executor.FAILED, "MemoryError")
+    early = executor.run_program(humaneval.program(p, "    import sys; sys.exit(0)\n"), FAST)
+    assert (early.passed, early.status) == (False, executor.FAILED)
+    assert early.returncode == 0  # exit status 0, still a failure: the checks did not finish
+
+
+def test_program_files_stay_in_its_directory(sandbox_root):
+    """HOME, TMPDIR and the working directory are the program's own folder, removed afterwards.
+    (Absolute paths elsewhere are NOT blocked: see the executor's docstring.)"""
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    body = ("    import os, tempfile\n    assert os.getcwd() == os.environ['HOME'] == "
+            "tempfile.gettempdir()\n    tempfile.mkstemp()\n    open('out.txt', 'w').write('x')\n"
+            "    open(os.path.expanduser('~/rc'), 'w').write('x')\n    return a + b\n")
+    out = executor.run_program(humaneval.program(p, body), FAST)
+    assert out.status == executor.PASSED, out
 
 
 def test_truncate_at_stop_sequences():
