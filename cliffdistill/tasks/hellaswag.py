@@ -71,9 +71,4 @@ def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> li
     p = files.require_file(path, "HellaSwag file")
     if p.name.endswith((".txt", ".txt.bz2", ".txt.gz")):
         return _text_tasks(p, limit)
-    docs = []
-    for n, row in files.read_jsonl(p):
-        if limit is not None and len(docs) >= limit:
-            break
-        docs.append(parse_row(row, len(docs), f"{p}:{n}"))
-    return docs
+    return files.load_rows(p, parse_row, limit, "HellaSwag file")

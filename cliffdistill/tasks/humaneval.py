@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,18 +30,15 @@ class Problem:
     entry_point: str
 
 
+def parse_row(row: dict[str, Any], doc_id: int, where: str) -> Problem:
+    return Problem(doc_id, *(files.field(row, k, str, where) for k in (
+        "task_id", "prompt", "canonical_solution", "test", "entry_point")))
+
+
 def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[Problem]:
     if num_fewshot:
         raise ValueError("HumanEval is zero-shot; use --num_fewshot 0")
-    p = files.require_file(path, "HumanEval jsonl(.gz) file")
-    out = []
-    for n, row in files.read_jsonl(p):
-        if limit is not None and len(out) >= limit:
-            break
-        where = f"{p}:{n}"
-        out.append(Problem(len(out), *(files.field(row, k, str, where) for k in (
-            "task_id", "prompt", "canonical_solution", "test", "entry_point"))))
-    return out
+    return files.load_rows(path, parse_row, limit, "HumanEval jsonl(.gz) file")
 
 
 def truncate(completion: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:

