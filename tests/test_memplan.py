@@ -23,7 +23,7 @@ import pytest
 from cliffdistill import models
 from cliffdistill.run import memplan as planner
 from cliffdistill.engine import sampling, scoring, update
-from cliffdistill.run import assembly
+from cliffdistill.run import assembly, config_io
 from cliffdistill.run import loop
 from cliffdistill.models import config as model_config
 from cliffdistill.models import hf_io, sharding, transformer
@@ -266,6 +266,57 @@ def test_param_bytes_match_the_loaded_shards(tiny_pair):
                      for s in leaf.addressable_shards if s.device == mesh.devices.flat[0])
     planned = planner.param_bytes_per_device(student, planner.MeshShape.of(dict(cfg.mesh)), "float32")
     assert planned == on_device0 == hf_io.host_bytes_per_device(student, mesh, jnp.float32)
+
+
+@pytest.mark.parametrize("preset", ["mixtral_8x7b", "qwen25_72b", "qwen3_30b_a3b", "llama33_70b"])
+@pytest.mark.parametrize("mesh", [dict(tensor=8), dict(tensor=4, expert=2), dict(tensor=1)])
+def test_one_layers_weights_follow_the_sharding_rules(preset, mesh):
+    """The layer slice the scan materialises (`_layer_weights_bytes`) is the per-device share of
+    the stacked layer params under the loader's sharding rules, norms aside: expert weights split
+    over `expert` and each expert's F over `tensor`, Qwen2's q/k/v biases counted."""
+    m, shape = model_config.preset(preset), planner.MeshShape(**mesh)
+    shapes = transformer.param_shapes(m, jnp.bfloat16)["layers"]
+    axes = sharding.param_logical_axes(m)["layers"]
+    per_device = 0
+    for name, leaf in shapes.items():
+        if name.endswith("norm"):
+            continue
+        spec = sharding.logical_to_spec(axes[name], leaf.shape, shape.as_dict())
+        n = leaf.size * leaf.dtype.itemsize
+        for part in spec:
+            for ax in (() if part is None else (part,) if isinstance(part, str) else part):
+                n //= shape.as_dict()[ax]
+        per_device += n
+    assert planner._layer_weights_bytes(m, shape, 2) == per_device // m.num_layers
+
+
+def test_refusal_names_the_largest_term(tmp_path):
+    cfg = _preset_config(tmp_path, "llama33_70b", "llama31_405b", 80)
+    with pytest.raises(ValueError, match=r"the largest term is 'teacher params' \(\d+\.\d+ GiB\)"):
+        planner.check_fits(cfg)
+
+
+def test_smallest_mesh_is_the_fewest_devices_that_fit():
+    cfg = config_io.load_config_file("configs/scaleup.py:mixtral")
+    hbm = int(79.6 * GiB)
+    mesh, p = planner.smallest_mesh(cfg, hbm, student="mistral_7b", teacher="mixtral_8x7b")
+    assert p.fits and p.total <= hbm and p.mesh == mesh.as_dict()
+    for smaller in planner.candidate_meshes(mesh.devices // 2, experts=8):
+        trial = cfg.copy_and_resolve_references()
+        trial.mesh.update(smaller.as_dict())
+        assert not planner.plan(trial, hbm, student="mistral_7b", teacher="mixtral_8x7b").fits
+    with pytest.raises(ValueError, match=r"no mesh of up to 1 devices.*largest term"):
+        planner.smallest_mesh(cfg, hbm, student="mistral_7b", teacher="mixtral_8x7b",
+                              max_devices=1)
+
+
+@pytest.mark.parametrize("pair,student,teacher", [("mixtral", "mistral_7b", "mixtral_8x7b"),
+                                                  ("qwen25", "qwen25_32b", "qwen25_72b"),
+                                                  ("llama405", "llama33_70b", "llama31_405b")])
+def test_scaleup_configs_ship_the_smallest_h100_mesh(pair, student, teacher):
+    cfg = config_io.load_config_file(f"configs/scaleup.py:{pair}")
+    mesh, _ = planner.smallest_mesh(cfg, int(79.6 * GiB), student=student, teacher=teacher)
+    assert dict(cfg.mesh) == mesh.as_dict()
 
 
 # ----------------------------------------------------------------------------- the fit check

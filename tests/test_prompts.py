@@ -13,12 +13,14 @@ from cliffdistill.data.prompts import (
     trimmed_length,
     build_views,
     context_shots,
+    fold_system,
     pad_left,
     prompt_width,
     render,
     shot_solution,
     student_messages,
     teacher_messages,
+    template_has_system_role,
 )
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
@@ -230,3 +232,41 @@ def test_pad_left():
 def test_pad_left_prompt_too_long():
     with pytest.raises(ValueError, match=r"row 1 has 5 tokens .* is 4; raise max_prompt_len"):
         pad_left([[1], [1, 2, 3, 4, 5]], pad_id=0, length=4)
+
+
+# Gemma's way (raises on a system turn) and a template that silently drops one.
+NO_SYSTEM_ROLE = ("{% if messages[0]['role'] == 'system' %}"
+                  "{{ raise_exception('System role not supported') }}{% endif %}" + TEMPLATE)
+DROPS_SYSTEM = ("{% for m in messages if m['role'] != 'system' %}<|{{ m['role'] }}|>"
+                "{{ m['content'] }}<eos>{% endfor %}{% if add_generation_prompt %}<|assistant|>"
+                "{% endif %}")
+
+
+def test_template_has_system_role(tokenizer):
+    assert template_has_system_role(tokenizer)
+    assert not template_has_system_role(tokenizer, NO_SYSTEM_ROLE)
+    assert not template_has_system_role(tokenizer, DROPS_SYSTEM)
+
+
+def test_fold_system_puts_the_context_first_in_the_first_user_turn():
+    messages = teacher_messages("Q?", SHOTS[:1], system="1 zorp = 5.")
+    folded = fold_system(messages)
+    assert [m["role"] for m in folded] == ["user", "assistant", "user"]
+    assert folded[0]["content"] == "1 zorp = 5.\n\n" + messages[1]["content"]
+    assert folded[1:] == messages[2:]
+    assert fold_system(messages[1:]) == messages[1:]  # no system turn: unchanged
+
+
+@pytest.mark.parametrize("template", [NO_SYSTEM_ROLE, DROPS_SYSTEM])
+def test_build_views_folds_the_passage_when_the_template_has_no_system_role(
+        tokenizer, template, caplog):
+    examples = [Example("How many pens?", "#### 1", "1", "test:0")]
+    student, teacher = build_views(tokenizer, examples, [], teacher_system="1 zorp = 5.",
+                                   chat_template=template)
+    question = student_messages("How many pens?")[0]["content"]
+    assert tokenizer.decode(teacher[0]) == (
+        f"<|user|>1 zorp = 5.\n\n{question}<eos><|assistant|>")
+    assert tokenizer.decode(student[0]) == f"<|user|>{question}<eos><|assistant|>"
+    assert "no system role" in caplog.text
+    _, with_role = build_views(tokenizer, examples, [], teacher_system="1 zorp = 5.")
+    assert tokenizer.decode(with_role[0]).startswith("<|system|>1 zorp = 5.<eos><|user|>")

@@ -9,6 +9,7 @@ power-of-two buckets (docs/ARCHITECTURE.md, "Padding").
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -170,16 +171,56 @@ def render(tokenizer: Any, messages: Sequence[Message], chat_template: str | Non
     return _as_id_list(encoded)
 
 
+_SENTINEL = "cliffdistill-system-probe"
+
+
+def template_has_system_role(tokenizer: Any, chat_template: str | None = None,
+                             **template_kwargs: Any) -> bool:
+    """Whether the chat template renders a system turn. Gemma's raises on one ("System role not
+    supported") and some templates drop it silently; both answer False (the probe's text must
+    appear in the rendered prompt)."""
+    if chat_template is not None:
+        template_kwargs["chat_template"] = chat_template
+    probe = [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "?"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False,
+                                             **template_kwargs)
+    except Exception:  # noqa: BLE001 - jinja's raise_exception is a TemplateError of any kind
+        return False
+    return _SENTINEL in text
+
+
+def fold_system(messages: Sequence[Message]) -> list[Message]:
+    """A leading system turn moved into the first user turn (its text, a blank line, then the
+    user's): where a template has no system role, the context still comes first, as Gemma 3's
+    own template does with a system message."""
+    if not messages or messages[0]["role"] != "system":
+        return list(messages)
+    system, rest = messages[0]["content"], list(messages[1:])
+    first_user = next(i for i, m in enumerate(rest) if m["role"] == "user")
+    rest[first_user] = {"role": "user", "content": f"{system}\n\n{rest[first_user]['content']}"}
+    return rest
+
+
 def build_views(tokenizer: Any, examples: Sequence[Example], shots: Sequence[Example],
                 system: str | None = None, instruction: str = INSTRUCTION,
                 chat_template: str | None = None, teacher_system: str | None = None,
                 **template_kwargs: Any) -> tuple[list[list[int]], list[list[int]]]:
     """(student ids, teacher ids) per example: the two prompt views of the same questions.
-    `teacher_system` (a retrieved passage) replaces `system` in the teacher's view only."""
-    student = [render(tokenizer, student_messages(e.question, system, instruction),
-                      chat_template, **template_kwargs) for e in examples]
+    `teacher_system` (a retrieved passage) replaces `system` in the teacher's view only. A
+    template without a system role gets the system text folded into the first user turn
+    (`fold_system`), in both views alike, and a warning says so."""
     t_system = system if teacher_system is None else teacher_system
-    teacher = [render(tokenizer, teacher_messages(e.question, shots, t_system, instruction),
+    fold = (system is not None or t_system is not None) and not template_has_system_role(
+        tokenizer, chat_template, **template_kwargs)
+    if fold:
+        logging.warning("the chat template has no system role: the system prompt / passage is "
+                        "put at the start of the first user turn instead (prompts.fold_system)")
+    view = fold_system if fold else list
+
+    student = [render(tokenizer, view(student_messages(e.question, system, instruction)),
+                      chat_template, **template_kwargs) for e in examples]
+    teacher = [render(tokenizer, view(teacher_messages(e.question, shots, t_system, instruction)),
                       chat_template, **template_kwargs) for e in examples]
     return student, teacher
 

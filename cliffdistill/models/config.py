@@ -58,6 +58,11 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
     # Tokenizer-side facts the sampler needs.
+    # Logits cover token ids [0, real_vocab_size) when > 0: a checkpoint whose embedding is padded
+    # past its tokenizer (Qwen2.5: 151,936 or 152,064 rows for 151,665 tokens) never samples or
+    # scores a padded row, and two such checkpoints of one tokenizer get logits of one width.
+    # Set by the run (config field `vocab_size`), never read from config.json; 0 = every row.
+    real_vocab_size: int = 0
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -96,10 +101,18 @@ class ModelConfig:
         if self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
             raise ValueError(f"layer_types has sliding layers but sliding_window="
                              f"{self.sliding_window}; set a window >= 1")
+        if not 0 <= self.real_vocab_size <= self.vocab_size:
+            raise ValueError(f"real_vocab_size={self.real_vocab_size} must be in [0, vocab_size="
+                             f"{self.vocab_size}] (0 = every embedding row is a token)")
         if self.is_moe and not (0 < self.num_experts_per_tok <= self.num_experts):
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]"
             )
+
+    @property
+    def logit_vocab_size(self) -> int:
+        """V of the logits [..., V]: the real tokens, the padded embedding rows cut off."""
+        return self.real_vocab_size or self.vocab_size
 
     @property
     def is_moe(self) -> bool:
@@ -373,12 +386,39 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=8, head_dim=128, intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=5e5,
         rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
         eos_token_ids=(128001, 128008, 128009)),
-    # meta-llama/Llama-3.3-70B-Instruct.
+    # meta-llama/Llama-3.3-70B-Instruct (Llama-3.1-70B-Instruct has the same architecture).
     "llama33_70b": ModelConfig(
         model_type="llama", vocab_size=128256, hidden_size=8192, num_layers=80, num_heads=64,
         num_kv_heads=8, head_dim=128, intermediate_size=28672, rms_norm_eps=1e-5, rope_theta=5e5,
         rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
         eos_token_ids=(128001, 128008, 128009)),
+    # meta-llama/Llama-3.1-405B-Instruct.
+    "llama31_405b": ModelConfig(
+        model_type="llama", vocab_size=128256, hidden_size=16384, num_layers=126, num_heads=128,
+        num_kv_heads=8, head_dim=128, intermediate_size=53248, rms_norm_eps=1e-5, rope_theta=5e5,
+        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009)),
+    # Qwen/Qwen2.5-32B-Instruct and Qwen/Qwen2.5-72B-Instruct: q/k/v biases, the embedding
+    # padded to 152,064 rows for 151,665 tokens (config field `vocab_size` cuts the logits).
+    "qwen25_32b": ModelConfig(
+        model_type="qwen2", vocab_size=152064, hidden_size=5120, num_layers=64, num_heads=40,
+        num_kv_heads=8, head_dim=128, intermediate_size=27648, rms_norm_eps=1e-6, rope_theta=1e6,
+        max_position_embeddings=32768, eos_token_ids=(151645,), pad_token_id=151643),
+    "qwen25_72b": ModelConfig(
+        model_type="qwen2", vocab_size=152064, hidden_size=8192, num_layers=80, num_heads=64,
+        num_kv_heads=8, head_dim=128, intermediate_size=29568, rms_norm_eps=1e-6, rope_theta=1e6,
+        max_position_embeddings=32768, eos_token_ids=(151645,), pad_token_id=151643),
+    # mistralai/Mistral-7B-Instruct-v0.2 (no sliding window; the Mixtral tokenizer, 32,000).
+    "mistral_7b": ModelConfig(
+        model_type="mistral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=1e6,
+        max_position_embeddings=32768, bos_token_id=1, eos_token_ids=(2,)),
+    # mistralai/Mixtral-8x7B-Instruct-v0.1: 8 experts, 2 active, every layer MoE.
+    "mixtral_8x7b": ModelConfig(
+        model_type="mixtral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=1e6,
+        max_position_embeddings=32768, num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=14336, norm_topk_prob=True, bos_token_id=1, eos_token_ids=(2,)),
 }
 
 

@@ -31,4 +31,4 @@ def active_params(cfg: ModelConfig) -> int:
         mlp = 3 * D * cfg.moe_intermediate_size * cfg.num_experts_per_tok + D * cfg.num_experts
     else:
         mlp = 3 * D * cfg.intermediate_size
-    return L * (attn + mlp) + D * cfg.vocab_size
+    return L * (attn + mlp) + D * cfg.logit_vocab_size  # the unembedding computed (padded rows cut)

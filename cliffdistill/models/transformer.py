@@ -523,8 +523,11 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: Lo
 
 
 def unembed_matrix(cfg: ModelConfig, params: Params) -> jax.Array:
-    """[D, V]: the tied embedding transposed, or `lm_head`."""
-    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    """[D, V]: the tied embedding transposed, or `lm_head`, cut to the tokenizer's
+    `cfg.logit_vocab_size` columns, so padded embedding rows get no logit at all (not a -inf
+    one: every loss and the sampler then see only real tokens, whatever the padding)."""
+    w = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    return w if w.shape[-1] == cfg.logit_vocab_size else w[:, :cfg.logit_vocab_size]
 
 
 def unembed(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:

@@ -100,11 +100,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelC
         if cfg.data.context == "passage" and not cfg.data.passage:
             raise ValueError("data.context='passage' needs the retrieved text in `data.passage`")
         teacher = student
-    if teacher.vocab_size != student.vocab_size:
-        raise ValueError(
-            f"teacher/student vocab mismatch: teacher.path has vocab_size={teacher.vocab_size}, "
-            f"student.path has vocab_size={student.vocab_size}; on-policy distillation scores the "
-            "student's token ids under the teacher, so both must share one tokenizer")
+    if cfg.setup == "size" and (teacher.vocab_size != student.vocab_size
+                                or _has_tokenizer(cfg.teacher.path)):
+        check_shared_tokenizer(cfg, student, teacher)
     mesh_shape = dict(cfg.mesh)
     n_dev = math.prod(mesh_shape.values())
     if n_dev > jax.device_count():
@@ -150,11 +148,58 @@ def _pad_views(ids: list[list[int]], pad_id: int, limit: int, field: str,
     return prompts.pad_left(ids, pad_id, prompts.prompt_width(longest, multiple))
 
 
-def load_tokenizer(cfg: ml_collections.ConfigDict) -> Any:
+def load_tokenizer(cfg: ml_collections.ConfigDict, path: str | None = None) -> Any:
+    """The run's tokenizer (`tokenizer_path`, else the student's), or the one at `path`."""
     import transformers  # heavy (torch-adjacent); only a real setup needs a tokenizer
 
-    path = cfg.tokenizer_path or cfg.student.path
-    return transformers.AutoTokenizer.from_pretrained(path)
+    return transformers.AutoTokenizer.from_pretrained(path or cfg.tokenizer_path or cfg.student.path)
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _tokenizer_identity(tokenizer: Any) -> tuple[dict[str, int], tuple[str, ...]]:
+    return tokenizer.get_vocab(), tuple(sorted(map(str, tokenizer.all_special_tokens)))
+
+
+def check_shared_tokenizer(cfg: ml_collections.ConfigDict, student: ModelConfig,
+                           teacher: ModelConfig) -> None:
+    """The teacher must read the student's token ids as the same strings. Embeddings of
+    different sizes are accepted only when they pad one tokenizer: the run's
+    tokenizer and the teacher checkpoint's have the same token -> id table and special tokens,
+    and both embeddings hold every id (`logit_vocab_size` then cuts both to the real tokens).
+    A real tokenizer mismatch is refused: on-policy distillation scores the student's token ids
+    under the teacher, so the ids must mean the same strings."""
+    sizes = (f"teacher.path has vocab_size={teacher.vocab_size}, student.path has "
+             f"vocab_size={student.vocab_size}")
+    run_path = cfg.tokenizer_path or cfg.student.path
+    if not _has_tokenizer(cfg.teacher.path):
+        raise ValueError(f"{sizes}, and teacher.path={cfg.teacher.path!r} has no tokenizer "
+                         "(tokenizer.json / tokenizer_config.json) to check that both share one "
+                         "tokenizer; add the teacher's tokenizer files or pick a pair that "
+                         "shares one tokenizer")
+    ours, theirs = load_tokenizer(cfg), load_tokenizer(cfg, cfg.teacher.path)
+    if _tokenizer_identity(ours) != _tokenizer_identity(theirs):
+        raise ValueError(f"teacher/student tokenizer mismatch ({sizes}): the tokenizer of "
+                         f"{run_path!r} and of teacher.path={cfg.teacher.path!r} map tokens to "
+                         "different ids; on-policy distillation scores the student's token ids "
+                         "under the teacher, so both must share one tokenizer")
+    logit_vocab_size(cfg, ours, student, teacher)
+
+
+def logit_vocab_size(cfg: ml_collections.ConfigDict, tokenizer: Any, student: ModelConfig,
+                     teacher: ModelConfig) -> int:
+    """The logits' width V: config `vocab_size`, 0 = the tokenizer's size (padded rows cut)."""
+    n = cfg.vocab_size or len(tokenizer)
+    smallest = min(student.vocab_size, teacher.vocab_size)
+    if n > smallest:
+        raise ValueError(f"config field `vocab_size`={cfg.vocab_size} (0 = len(tokenizer) = "
+                         f"{len(tokenizer)}) asks for {n} logits but the smaller embedding has "
+                         f"{smallest} rows (student {student.vocab_size}, teacher "
+                         f"{teacher.vocab_size}): the tokenizer has ids a model cannot embed; "
+                         f"set `vocab_size` <= {smallest} or fix `tokenizer_path`")
+    return n
 
 
 def build_views(cfg: ml_collections.ConfigDict, tokenizer: Any, examples: list[gsm8k.Example],
@@ -241,7 +286,8 @@ def make_setup(cfg: ml_collections.ConfigDict) -> Setup:
         tcfg, tparams = _load_model(cfg.teacher.path, cfg.teacher.dtype, mesh)
     else:
         tcfg, tparams = scfg, sparams
-    kernels = {"attention_impl": cfg.attention_impl, "moe_capacity_factor": cfg.moe_capacity_factor}
+    kernels = {"attention_impl": cfg.attention_impl, "moe_capacity_factor": cfg.moe_capacity_factor,
+               "real_vocab_size": logit_vocab_size(cfg, tokenizer, scfg, tcfg)}
     scfg, tcfg = dataclasses.replace(scfg, **kernels), dataclasses.replace(tcfg, **kernels)
     return Setup(cfg, mesh, tokenizer, scfg, sparams, tcfg, tparams, train_views, eval_views,
                  eos_ids, pad_id)

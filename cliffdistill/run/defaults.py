@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     # size: a separate checkpoint. context: leave path "" -> the student's base weights, LoRA off.
     c.teacher = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
     c.tokenizer_path = ""  # "" -> the student checkpoint directory
+    # logits cover token ids [0, vocab_size): 0 -> len(tokenizer), so padded embedding rows (and
+    # a teacher padded differently from the student, same tokenizer) are never sampled or scored
+    c.vocab_size = 0
     c.chat_template = ml_collections.FieldReference(None, field_type=str)  # overrides the tokenizer's
     # "auto" (ragged on TPU, grouped elsewhere) | "ragged" (lax.ragged_dot) | "grouped" (capacity-
     # based einsums, models.transformer._moe_grouped) | "dense" (reference: every expert, every token)

@@ -43,6 +43,7 @@ RESULT: dict[str, str] = {
     "setup": "the distillation setup", "method": "the schedule", "seed": "the run seed",
     "schedule": "phase lengths and weights", "student": "the student model",
     "teacher": "the teacher model", "tokenizer_path": "the tokenizer",
+    "vocab_size": "the logits' width",
     "chat_template": "the prompts", "moe_impl": "MoE numerics",
     "moe_capacity_factor": "MoE token dropping", "attention_impl": "attention numerics",
     "lora": "the trained adapters", "data": "the prompts and eval questions",

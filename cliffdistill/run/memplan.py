@@ -156,13 +156,14 @@ def lora_on_mlp(mcfg: ModelConfig, lcfg: Any) -> bool:
 def _layer_weights_bytes(m: ModelConfig, mesh: MeshShape, a: int) -> int:
     """One layer's weights as the layer scan materialises them: the slice of the stacked [L, ...]
     params (with fsdp, all-gathered over fsdp; still split over tensor/expert)."""
-    D, hd = m.hidden_size, m.head_dim
-    hq, hkv = _heads(m, mesh)
-    attn = D * hd * (2 * hq + 2 * hkv)
-    if m.is_moe:
-        mlp = 3 * D * m.moe_intermediate_size * m.num_experts // mesh.expert + D * m.num_experts
-    else:
-        mlp = 3 * D * m.intermediate_size // mesh.split(m.intermediate_size)
+    D = m.hidden_size
+    # the loader splits the flattened [heads * hd] dimension whenever `tensor` divides it (even
+    # where it does not divide the heads: Qwen3-30B's 4 kv heads at tensor=8)
+    q, kv = (n * m.head_dim // mesh.split(n * m.head_dim) for n in (m.num_heads, m.num_kv_heads))
+    attn = D * (2 * q + 2 * kv) + (q + 2 * kv) * m.qkv_bias
+    mlp = 3 * D * _ffn(m, mesh)
+    if m.is_moe:  # experts split over `expert`, each expert's F over `tensor`; + the router
+        mlp = mlp * m.num_experts // _split(m.num_experts, mesh.expert) + D * m.num_experts
     return (attn + mlp) * a
 
 
@@ -187,10 +188,16 @@ def _heads(m: ModelConfig, mesh: MeshShape) -> tuple[int, int]:
     return m.num_heads // mesh.split(m.num_heads), m.num_kv_heads // mesh.split(m.num_kv_heads)
 
 
+def _split(n: int, ways: int) -> int:
+    """How many ways a mesh axis of size `ways` splits a dimension of size n (1: replicated)."""
+    return ways if n % ways == 0 else 1
+
+
 def _ffn(m: ModelConfig, mesh: MeshShape) -> int:
-    if m.is_moe:
-        return m.moe_intermediate_size
-    return m.intermediate_size // mesh.split(m.intermediate_size)
+    """The MLP width on one device: dense F, or one expert's F, split over `tensor` (the
+    "mlp" logical axis of both)."""
+    f = m.moe_intermediate_size if m.is_moe else m.intermediate_size
+    return f // mesh.split(f)
 
 
 def _moe_extra(m: ModelConfig, N: int, a: int, platform: str, passes: int = 1) -> int:
@@ -608,6 +615,7 @@ def check_fits(cfg: Any, student: ModelConfig | None = None, teacher: ModelConfi
     if p.fits:
         return p
     over = [k for k, v in p.phases.items() if v > hbm]
+    largest = max(p.items, key=p.items.__getitem__)
     if p.persistent > hbm:
         hint = ("the weights and optimizer state alone exceed it: shard the models over more "
                 "devices (config field `mesh`, e.g. --config.mesh.tensor=8 or --config.mesh.fsdp=N)")
@@ -623,6 +631,58 @@ def check_fits(cfg: Any, student: ModelConfig | None = None, teacher: ModelConfi
     raise ValueError(
         f"memory plan: the run needs {p.total / GiB:.2f} GiB per device at its peak "
         f"({p.peak_phase}) but a device has {hbm / GiB:.2f} GiB (config field "
-        f"`hbm_bytes_per_device`, or the device's limit); {hint}. On GPUs JAX claims only 75% "
+        f"`hbm_bytes_per_device`, or the device's limit); the largest term is {largest!r} "
+        f"({p.items[largest] / GiB:.2f} GiB); {hint}. On GPUs JAX claims only 75% "
         f"of memory by default: XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 raises the limit. Set "
         f"`hbm_bytes_per_device=-1` to skip this check.\n{p.table()}")
+
+
+# ============================================================================ the smallest mesh
+
+
+def candidate_meshes(n_devices: int, max_tensor: int = 8, experts: int = 0) -> list[MeshShape]:
+    """Every power-of-two split of n_devices into data x fsdp x tensor (x expert for MoE),
+    tensor <= max_tensor (a tensor-parallel group should stay inside one host's fast links)."""
+    out = []
+    powers = [1 << i for i in range(n_devices.bit_length()) if n_devices % (1 << i) == 0]
+    for tensor in (t for t in powers if t <= max_tensor):
+        for expert in (e for e in powers if e == 1 or (experts and experts % e == 0)):
+            for fsdp in powers:
+                data = n_devices // (tensor * expert * fsdp)
+                if data >= 1 and data * tensor * expert * fsdp == n_devices:
+                    out.append(MeshShape(data=data, fsdp=fsdp, tensor=tensor, expert=expert))
+    return out
+
+
+def smallest_mesh(cfg: Any, hbm_bytes: int, *, student: ModelConfig | str | None = None,
+                  teacher: ModelConfig | str | None = None, max_devices: int = 512,
+                  max_tensor: int = 8, platform: str = "gpu") -> tuple[MeshShape, MemoryPlan]:
+    """The fewest devices (powers of two) on which the run fits as configured; among those
+    meshes the largest `tensor` axis (fsdp gathers every layer's weights on every decode step,
+    tensor parallelism does not), then the lowest peak. The batches must divide by data x fsdp.
+    Memory only: the planner does not model speed. Raises
+    ValueError when nothing up to `max_devices` fits, naming the largest term there."""
+    s, _ = model_configs(cfg, student, teacher)
+    n, best = 1, None
+    while n <= max_devices:
+        for mesh in candidate_meshes(n, max_tensor, s.num_experts):
+            if cfg.rollout.batch_size % mesh.data_parallel or any(
+                    cfg[f.split(".")[0]][f.split(".")[1]] % mesh.data_parallel
+                    for f in ("eval.batch_size", "off_policy.gen_batch_size")):
+                continue
+            trial = cfg.copy_and_resolve_references()
+            trial.mesh.update(mesh.as_dict())
+            p = plan(trial, student=student, teacher=teacher, platform=platform)  # no max_batch
+            rank = (-mesh.tensor, p.total)
+            if p.total <= hbm_bytes and (best is None or rank < best[2]):
+                best = (trial, p, rank)
+            last = p
+        if best is not None:  # the winner's full plan: fits, and the largest batch that does
+            return MeshShape.of(dict(best[0].mesh)), plan(
+                best[0], hbm_bytes, student=student, teacher=teacher, platform=platform)
+        n *= 2
+    largest = max(last.items, key=last.items.__getitem__)
+    raise ValueError(f"no mesh of up to {max_devices} devices with {hbm_bytes / GiB:.1f} GiB each "
+                     f"fits this run as configured (on {last.mesh}: peak {last.total / GiB:.1f} "
+                     f"GiB, largest term {largest!r} {last.items[largest] / GiB:.1f} GiB); lower "
+                     "`rollout.batch_size` or `eval.batch_size`, or raise max_devices")

@@ -58,7 +58,7 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
                   s.cfg.moe_impl)
     file = cache_dir / f"teacher_samples_{key}.npz"
     shape = (s.train.teacher.shape[0], prompts.bucket_length(c.max_new_tokens, 1))
-    cached = load_samples(file, shape, s.teacher_cfg.vocab_size)
+    cached = load_samples(file, shape, s.teacher_cfg.logit_vocab_size)
     if cached is not None:
         return cached
     out = sampling.generate_batched(

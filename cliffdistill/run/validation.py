@@ -90,6 +90,7 @@ OPTIONAL = frozenset({
 
 RULES: dict[str, Rule] = {
     "seed": count(why="run seed"),
+    "vocab_size": count(0, "0 = len(tokenizer)"),
     "setup": OneOf(("size", "context")),
     "moe_impl": OneOf(transformer.MOE_IMPLS),
     "loss.remat": OneOf(transformer.REMAT_POLICIES),
