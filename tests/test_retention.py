@@ -141,6 +141,14 @@ def test_documents_must_match_between_steps():
         benchmarks.paired([{"doc_id": 0, "acc": 1.0}], [{"doc_id": 1, "acc": 1.0}], "x")
 
 
+def test_samples_of_a_problem_pair_as_their_mean():
+    """HumanEval with --n_samples: several records per problem, scored by their pass rate."""
+    rec = lambda doc, passed: {"doc_id": doc, "task_id": f"T/{doc}", "passed": passed}  # noqa: E731
+    x = benchmarks.paired([rec(0, True), rec(0, False), rec(1, False), rec(1, False)],
+                          [rec(0, True), rec(0, True), rec(1, True), rec(1, False)], "x")
+    np.testing.assert_array_equal(x, [[0.5, 1.0], [0.0, 0.5]])
+
+
 def test_group_interval_is_over_seeds():
     rows = [{"setup": "size", "task": "t", "variant": "correct", "method": "m", "seed": s,
              "before": 0.5, "after": 0.5 + d, "diff": d, "diff_ci": [d - 0.1, d + 0.1], "n": 10}

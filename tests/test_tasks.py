@@ -434,6 +434,35 @@ def test_humaneval_greedy_end_to_end(tiny_model):
     assert summary["pass@1"] == sum(r["passed"] for r in records) / 2
 
 
+def test_humaneval_sampled_pass_at_k(tiny_model):
+    """3 samples per problem at temperature 1: one record each, problem-major; the same seed
+    repeats the completions (under another batching too), another seed changes them, and the
+    samples of one problem differ from each other (distinct keys)."""
+    def sampled(seed, batch_size=2):
+        return runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
+                               max_new_tokens=8, batch_size=batch_size,
+                               sampling=runner.Sampling(n_samples=3, temperature=1.0, seed=seed))
+
+    records, summary = sampled(0)
+    assert [r["task_id"] for r in records] == ["Fix/0"] * 3 + ["Fix/1"] * 3
+    assert summary["n"] == 2 and summary["n_samples"] == 3 * 2
+    assert (summary["temperature"], summary["seed"]) == (1.0, 0)
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 6 and "pass@10" not in summary
+    completions = [r["completion"] for r in records]
+    assert len(set(completions[:3])) > 1 and len(set(completions[3:])) > 1
+    assert [r["completion"] for r in sampled(0, batch_size=1)[0]] == completions
+    assert [r["completion"] for r in sampled(1)[0]] != completions
+
+
+@pytest.mark.parametrize("knobs,message", [
+    (dict(n_samples=0), "--n_samples 0: at least one"),
+    (dict(temperature=-0.5), "--temperature -0.5: must be >= 0"),
+    (dict(n_samples=3), "--n_samples 3 with --temperature 0: greedy samples")])
+def test_sampling_refusals(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        runner.Sampling(**knobs)
+
+
 # ----------------------------------------------------------------------------- real data (optional)
 
 
@@ -507,3 +536,14 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
     assert "Traceback" not in bad.stderr
     unknown = _cli("--tasks", "winogrande", "--model", str(tiny_model["path"]), "--out", str(out))
     assert unknown.returncode != 0 and "unknown task 'winogrande'" in unknown.stderr
+
+
+def test_cli_refuses_meaningless_sampling(tmp_path):
+    """Refused before any model is loaded (the --model path does not even exist)."""
+    common = ("--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "out"))
+    greedy = _cli("--tasks", "humaneval", "--data", str(DATA / "humaneval.jsonl"),
+                  "--n_samples", "3", *common)
+    assert greedy.returncode != 0 and "--n_samples 3 with --temperature 0" in greedy.stderr
+    choice = _cli("--tasks", "arc_challenge", "--data", str(DATA / "arc.jsonl"), "--n_samples",
+                  "2", "--temperature", "1", *common)
+    assert choice.returncode != 0 and "pass --tasks humaneval" in choice.stderr

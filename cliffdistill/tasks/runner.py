@@ -6,6 +6,7 @@ Adding a multiple-choice benchmark = a module with `load(path, num_fewshot, limi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -58,8 +59,10 @@ def choice_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens: int,
-                         batch_size: int) -> list[str]:
-    """Greedy completions (decoded, not yet cut at the stop sequences), `batch_size` at a time."""
+                         batch_size: int, temperature: float, key: jax.Array,
+                         progress: Callable[[int, int], Any] | None = None) -> list[str]:
+    """Completions (decoded, not yet cut at the stop sequences), `batch_size` at a time. Prompt i
+    samples with row id i under `key`, so its completion does not depend on the batching."""
     tok = model.tokenizer
     eos = tuple(sorted({*(model.cfg.eos_token_ids or ()),
                         *([tok.eos_token_id] if tok.eos_token_id is not None else [])}))
@@ -67,12 +70,63 @@ def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens
     out = []
     for start in range(0, len(prompts), batch_size):
         ids = [list(tok.encode(p)) for p in prompts[start:start + batch_size]]
-        gen = sampling.generate(model.cfg, model.params, ids, jax.random.key(0), max_new_tokens,
-                                temperature=0.0, lora=model.lora, eos_ids=eos, pad_id=pad)
+        gen = sampling.generate(model.cfg, model.params, ids, key, max_new_tokens,
+                                temperature=temperature, lora=model.lora, eos_ids=eos, pad_id=pad,
+                                row_ids=np.arange(start, start + len(ids), dtype=np.int32))
         toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
         out += [tok.decode([int(t) for t in row[:int(n)]], skip_special_tokens=True)
                 for row, n in zip(toks, lens)]
+        if progress is not None:
+            progress(len(out), len(prompts))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How HumanEval completions are drawn from a model: `n_samples` per problem at
+    `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on creation, so
+    a meaningless combination is refused before any model is loaded."""
+
+    n_samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"--n_samples {self.n_samples}: at least one sample per problem")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
+        if self.n_samples > 1 and self.temperature == 0:
+            raise ValueError(f"--n_samples {self.n_samples} with --temperature 0: greedy samples "
+                             "are all identical, so pass@k would only repeat pass@1; pass "
+                             "--temperature > 0 (e.g. 0.8) or --n_samples 1")
+
+
+GREEDY = Sampling()
+
+
+def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how: Sampling, *,
+                       max_new_tokens: int, batch_size: int,
+                       progress: Callable[[int, int], Any] | None = None
+                       ) -> tuple[list[humaneval.Problem], list[str]]:
+    """`how.n_samples` completions per problem, cut at the stop sequences, problem-major (every
+    sample of problem 0 first: the (problem, completion) lists `score_completions` takes).
+    Sample s of problem i draws from fold_in(fold_in(key(seed), s), i): reproducible for a seed,
+    and independent of the batch size and of the number of samples."""
+    base = jax.random.key(how.seed)
+    prompts = [p.prompt for p in problems]
+    total = how.n_samples * len(prompts)
+    per_sample = []
+    for s in range(how.n_samples):
+        done = s * len(prompts)
+        step = None if progress is None else (lambda n, _, done=done: progress(done + n, total))
+        per_sample.append(generate_completions(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            temperature=how.temperature, key=jax.random.fold_in(base, s), progress=step))
+    chosen = [p for p in problems for _ in range(how.n_samples)]
+    completions = [humaneval.truncate(per_sample[s][i])
+                   for i in range(len(problems)) for s in range(how.n_samples)]
+    return chosen, completions
 
 
 PASS_AT = (1, 10, 100)
@@ -144,16 +198,18 @@ def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-             progress: Callable[[int, int], Any] | None = None
+             sampling: Sampling = GREEDY, progress: Callable[[int, int], Any] | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(per-document records, summary) of one task on one model."""
+    """(per-document records, summary) of one task on one model; `sampling` applies to the code
+    tasks (one record per sample), the choice tasks being scored by log-likelihood."""
     check_task(name)
     t0 = time.perf_counter()
     if name in CODE_TASKS:
-        problems = humaneval.load(data, num_fewshot, limit)
-        raw = generate_completions(model, [p.prompt for p in problems],
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
-        records, summary = score_completions(problems, [humaneval.truncate(c) for c in raw])
+        problems, completions = sample_completions(
+            model, humaneval.load(data, num_fewshot, limit), sampling,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        records, summary = score_completions(problems, completions)
+        summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     else:
         docs = CHOICE_TASKS[name](data, num_fewshot, limit)
         if not docs:
@@ -207,13 +263,14 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
 
 def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
                    num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
-                   max_new_tokens: int = 512, echo: Callable[[str], Any] | None = print
-                   ) -> dict[str, dict[str, Any]]:
+                   max_new_tokens: int = 512, sampling: Sampling = GREEDY,
+                   echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
     """Every task on one model; writes OUT/ and echoes the results table."""
     results = {}
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens)
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 sampling=sampling)
     return report(out, results, echo)
 
 
