@@ -13,6 +13,9 @@ docs/EVALUATION.md):
     python -m cliffdistill.evaluate --tasks mmlu --data mmlu=DIR --workdir DIR --step 0,latest \
         [--out OUT]   # default OUT: DIR/benchmarks; two steps also print the retention
 
+`--data TASK=hf` loads a task's standard hub dataset (`datasets.load_dataset`, `tasks.hub`) instead
+of a local copy; a failed load is an error, never a silent fallback.
+
 HumanEval from a model is greedy pass@1 by default; `--n_samples N --temperature T [--seed S]`
 draws N completions per problem (sample s keyed by fold_in(key(S), s)) for pass@1/10/100:
 
@@ -53,7 +56,8 @@ flags.DEFINE_alias("task", "tasks")
 _MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by --tasks "
                              "(or pass --workdir: the run's student at --step)")
 _DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data file/folder (a bare "
-                                  "PATH when one task is given)")
+                                  "PATH when one task is given), or TASK=hf: its Hugging Face hub "
+                                  "dataset (needs network or a warm datasets cache)")
 _FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N documents (MMLU: per subject)")
 _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.jsonl, summary.json)")

@@ -169,12 +169,16 @@ LM_EVAL_CASES = {  # task -> (official yaml under lm_eval/tasks, split key, our 
 }
 
 
+def _mmlu_hub_rows(split: str, subject: str) -> list[dict]:
+    """The fixture CSV's rows in `cais/mmlu`'s row format."""
+    rows = mmlu.read_rows(DATA / "mmlu" / split / f"{subject}_{split}.csv")
+    return [{"question": q, "subject": subject, "choices": list(o), "answer": g} for q, o, g in rows]
+
+
 def _mmlu_as_hf(split: str, tmp: Path) -> Path:
     """The fixture CSV rewritten in `cais/mmlu`'s row format, for lm-eval's json loader."""
-    rows = mmlu.read_rows(DATA / "mmlu" / split / f"astronomy_{split}.csv")
     out = tmp / f"mmlu_{split}.jsonl"
-    out.write_text("".join(json.dumps({"question": q, "subject": "astronomy", "choices": list(o),
-                                       "answer": g}) + "\n" for q, o, g in rows))
+    out.write_text("".join(json.dumps(r) + "\n" for r in _mmlu_hub_rows(split, "astronomy")))
     return out
 
 
@@ -489,6 +493,79 @@ def test_shared_humaneval_canonical_solutions_pass():
                                  executor.Limits(timeout_s=10.0), workers=2)
     assert len(problems) == 164
     assert [p.task_id for p, o in zip(problems, outs) if not o.passed] == []
+
+
+# ----------------------------------------------------------------------------- hub datasets
+
+
+def _fake_hub(monkeypatch, splits: dict[tuple, list[dict]]) -> list[tuple]:
+    """`datasets.load_dataset` answering (path, name, split) from `splits`; returns the calls."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(path, name=None, *, split):
+        calls.append((path, name, split))
+        return splits[(path, name, split)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+HUB_CASES = {  # task -> (hub (path, name, split), local fixture); the fixtures are in hub schema
+    "arc_challenge": (("allenai/ai2_arc", "ARC-Challenge", "test"), "arc.jsonl"),
+    "arc_easy": (("allenai/ai2_arc", "ARC-Easy", "test"), "arc.jsonl"),
+    "hellaswag": (("Rowan/hellaswag", None, "validation"), "hellaswag.jsonl"),
+    "humaneval": (("openai/openai_humaneval", None, "test"), "humaneval.jsonl"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(HUB_CASES))
+def test_hub_rows_give_the_local_documents(task, monkeypatch):
+    source, fixture = HUB_CASES[task]
+    rows = _jsonl(DATA / fixture)
+    if task == "hellaswag":  # the hub rows also carry the joined ctx
+        rows = [{**r, "ctx": f"{r['ctx_a']} {r['ctx_b']}"} for r in rows]
+    calls = _fake_hub(monkeypatch, {source: rows})
+    local = runner.load_docs(task, DATA / fixture)
+    assert runner.load_docs(task, "hf") == local and len(local) == len(rows)
+    assert runner.load_docs(task, "hf", limit=1) == local[:1]
+    assert calls == [source, source]
+
+
+def test_hub_mmlu_groups_by_subject_and_takes_dev_shots(monkeypatch):
+    subjects = ("high_school_macroeconomics", "astronomy")  # not sorted, rows interleaved
+
+    def interleaved(split):
+        per_subject = [_mmlu_hub_rows(split, s) for s in subjects]
+        return [r for group in zip(*per_subject) for r in group]
+    test, dev = ("cais/mmlu", "all", "test"), ("cais/mmlu", "all", "dev")
+    calls = _fake_hub(monkeypatch, {test: interleaved("test"), dev: interleaved("dev")})
+    for shots in (0, 5):
+        assert runner.load_docs("mmlu", "hf", shots) == mmlu.load(DATA / "mmlu", shots)
+    assert runner.load_docs("mmlu", "hf", 1, limit=1) == mmlu.load(DATA / "mmlu", 1, limit=1)
+    assert calls == [test, dev, test, dev, test]  # zero-shot reads no dev split
+
+
+def test_hub_failure_names_the_dataset_and_the_local_fix(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match=r"allenai/ai2_arc \(ARC-Challenge\), split test "
+                       r"for arc_challenge \(ConnectionError.*--data arc_challenge=PATH"):
+        runner.load_docs("arc_challenge", "hf")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the package missing
+    with pytest.raises(FileNotFoundError, match=r"cais/mmlu.*ModuleNotFoundError.*--data mmlu=PATH"):
+        runner.load_docs("mmlu", "hf")
+    with pytest.raises(ValueError, match=r"choice_jsonl has no hub dataset.*--data choice_jsonl=PATH"):
+        runner.parse_data(["choice_jsonl=hf"], ["choice_jsonl"])
+    assert runner.parse_data(["mmlu=hf"], ["mmlu"]) == {"mmlu": "hf"}
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -26,7 +26,7 @@ from cliffdistill import stats
 from cliffdistill.models.lora import LoraConfig, LoraParams
 from cliffdistill.run import assembly, distributed, evaluation, rundir
 from cliffdistill.run.assembly import Setup
-from cliffdistill.tasks import runner
+from cliffdistill.tasks import hub, runner
 from cliffdistill.tasks.multiple_choice import Model
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def parse_tasks(spec: str, field: str = FIELD) -> dict[str, str]:
             runner.check_task(name)
         except ValueError as e:
             raise ValueError(f"config field `{field}`: {e}") from None
-        if not Path(path).exists():
+        if path != hub.HUB and not Path(path).exists():
             raise ValueError(f"config field `{field}`: {name}'s data {path} does not exist")
         out[name] = path
     return out

@@ -1,5 +1,7 @@
 """Scores one model on benchmark tasks and writes OUT/<task>.jsonl + OUT/summary.json.
 
+A task's data is a local file/folder, or `hf` for its Hugging Face hub dataset (`tasks.hub`).
+
 Adding a multiple-choice benchmark = a module with `load(path, num_fewshot, limit)` returning
 `ChoiceDoc`s, plus one entry in `CHOICE_TASKS`.
 """
@@ -20,7 +22,7 @@ import transformers
 from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
-from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, humaneval, mmlu
+from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, hub, humaneval, mmlu
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
@@ -29,6 +31,7 @@ CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
 }
 CODE_TASKS = ("humaneval",)
 TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
+LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load}
 SUMMARY_FILE = "summary.json"
 
 
@@ -36,6 +39,15 @@ def check_task(name: str) -> str:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return name
+
+
+def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None
+              ) -> list[Any]:
+    """The task's documents (HumanEval: problems) from its --data value: a local file or
+    folder, or `hf` (hub.HUB) for its hub dataset."""
+    if str(data) == hub.HUB:
+        return hub.load(name, num_fewshot, limit)
+    return LOADERS[check_task(name)](data, num_fewshot, limit)
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> Model:
@@ -190,7 +202,7 @@ def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = 
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """--samples: HumanEval verdicts and pass@k of given completions, no model involved."""
     t0 = time.perf_counter()
-    problems, completions = read_samples(samples, humaneval.load(data, 0, limit))
+    problems, completions = read_samples(samples, load_docs("humaneval", data, 0, limit))
     records, summary = score_completions(problems, completions)
     summary.update({"num_fewshot": 0, "seconds": time.perf_counter() - t0})
     return records, summary
@@ -206,12 +218,12 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
     t0 = time.perf_counter()
     if name in CODE_TASKS:
         problems, completions = sample_completions(
-            model, humaneval.load(data, num_fewshot, limit), sampling,
+            model, load_docs(name, data, num_fewshot, limit), sampling,
             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         records, summary = score_completions(problems, completions)
         summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     else:
-        docs = CHOICE_TASKS[name](data, num_fewshot, limit)
+        docs = load_docs(name, data, num_fewshot, limit)
         if not docs:
             raise ValueError(f"{data}: no {name} documents")
         records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size, progress=progress)
@@ -244,8 +256,8 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
-    """--data values ("TASK=PATH", or a bare PATH when one task is asked for) -> {task: path};
-    every asked task must have one."""
+    """--data values ("TASK=PATH" or "TASK=hf", or a bare PATH when one task is asked for) ->
+    {task: path}; every asked task must have one."""
     out: dict[str, str] = {}
     for v in values:
         name, sep, path = v.partition("=")
@@ -254,10 +266,12 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
                 raise ValueError(f"--data {v!r}: with several tasks write --data TASK=PATH")
             name, path = tasks[0], v
         out[check_task(name)] = path
+        if path == hub.HUB:
+            hub.source(name)  # a task without a hub dataset is refused before any compute
     missing = [t for t in tasks if t not in out]
     if missing:
-        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH (the datasets are "
-                         "not bundled; see docs/EVALUATION.md)")
+        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH, or --data TASK=hf "
+                         "when online (the datasets are not bundled; see docs/EVALUATION.md)")
     return out
 
 
