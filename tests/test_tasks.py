@@ -146,6 +146,15 @@ def tiny_model(tmp_path_factory):
     return {"path": path, "hf": hf, "tokenizer": fast, "ours": runner.load_model(path)}
 
 
+def test_choice_task_progress_ends_at_n_of_n(tiny_model):
+    """run_task's progress counts the scored continuations (3 ARC documents: 4 + 3 + 4)."""
+    calls, progress = _progress_calls()
+    runner.run_task("arc_challenge", DATA / "arc.jsonl", tiny_model["ours"], batch_size=4,
+                    progress=progress)
+    assert calls[-1] == ("scored", 11, 11) and {c[0] for c in calls} == {"scored"}
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)
+
+
 def test_batched_scores_equal_one_at_a_time(tiny_model):
     model = tiny_model["ours"]
     docs = arc.load(DATA / "arc.jsonl") + mmlu.load(DATA / "mmlu", num_fewshot=1)
@@ -429,10 +438,23 @@ def test_cli_samples_without_a_model(tmp_path):
     assert bad.returncode == 1 and "s.jsonl:1: a JSON list" in bad.stderr
 
 
+def _progress_calls() -> tuple[list[tuple[str, int, int]], runner.Progress]:
+    calls: list[tuple[str, int, int]] = []
+    return calls, lambda stage, done, total: calls.append((stage, done, total))
+
+
+def _last_per_stage(calls):
+    return {stage: (done, total) for stage, done, total in calls}
+
+
 def test_humaneval_greedy_end_to_end(tiny_model):
-    """A random model's completions are scored (and fail); the record carries the verdict."""
+    """A random model's completions are scored (and fail); the record carries the verdict; the
+    progress callback reports both stages up to (n, n)."""
+    calls, progress = _progress_calls()
     records, summary = runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
-                                       max_new_tokens=8, batch_size=2)
+                                       max_new_tokens=8, batch_size=1, progress=progress)
+    assert _last_per_stage(calls) == {"generated": (2, 2), "executed": (2, 2)}
+    assert [c[1] for c in calls if c[0] == "generated"] == [1, 2]  # one report per batch
     assert summary["n"] == 2 and [r["task_id"] for r in records] == ["Fix/0", "Fix/1"]
     assert all(set(r) >= {"completion", "passed", "outcome", "error"} for r in records)
     assert summary["pass@1"] == sum(r["passed"] for r in records) / 2
@@ -598,6 +620,8 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
                "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "arc_challenge" in res.stdout and "acc_norm" in res.stdout
+    assert "arc_challenge scored: 100%" in res.stderr and "11/11" in res.stderr  # tqdm bars
+    assert "mmlu scored: 100%" in res.stderr and "16/16" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
     recs = [json.loads(x) for x in (out / "arc_challenge.jsonl").read_text().splitlines()]
     expected, _ = multiple_choice.evaluate_docs(tiny_model["ours"], arc.load(DATA / "arc.jsonl"))
@@ -607,6 +631,9 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
     assert summary["arc_challenge"]["acc"] == np.mean([r["acc"] for r in expected])
     assert set(summary["mmlu"]["subjects"]) == {"astronomy", "high_school_macroeconomics"}
     assert set(summary["mmlu"]["categories"]) == {"stem", "social_sciences"}
+    quiet = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]), "--noprogress",
+                 "--data", str(DATA / "arc.jsonl"), "--out", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0 and "scored" not in quiet.stderr
     bad = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]),
                "--data", str(tmp_path / "nope.jsonl"), "--out", str(out))
     assert bad.returncode == 1 and "nope.jsonl: no such file" in bad.stderr

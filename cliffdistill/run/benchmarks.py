@@ -73,14 +73,18 @@ def done(workdir: str | Path, step: int) -> bool:
 
 def score_model(model: Model, tasks: dict[str, str], b: ml_collections.ConfigDict,
                 out: Path | None, say: Callable[[str], Any] | None = None,
-                sampling: runner.Sampling = runner.GREEDY) -> dict[str, dict[str, Any]]:
+                sampling: runner.Sampling = runner.GREEDY,
+                progress: Callable[[str], runner.Progress] | None = None
+                ) -> dict[str, dict[str, Any]]:
     """Every task on `model`, written to `out` (atomically per file; None: not written, as on
-    the processes of a multi-process run other than the first); returns the summaries."""
+    the processes of a multi-process run other than the first); returns the summaries.
+    `progress(task)` gives the task's runner.Progress (the CLI's tqdm bars)."""
     results = {}
     for name, path in tasks.items():
         results[name] = runner.run_task(name, path, model, num_fewshot=b.num_fewshot,
                                         limit=b.limit or None, batch_size=b.batch_size,
-                                        max_new_tokens=b.max_new_tokens, sampling=sampling)
+                                        max_new_tokens=b.max_new_tokens, sampling=sampling,
+                                        progress=None if progress is None else progress(name))
         if say is not None:
             say(f"{name}: {runner.format_table({name: results[name][1]}).splitlines()[-1]}")
     summaries = {k: s for k, (_, s) in results.items()}
@@ -167,7 +171,9 @@ def retention(root: str | Path) -> dict[str, dict[str, Any]]:
 def evaluate_workdir(workdir: str | Path, steps: Sequence[int | str], tasks: dict[str, str],
                      out: str | Path | None, b: ml_collections.ConfigDict,
                      echo: Callable[[str], Any] | None = print,
-                     sampling: runner.Sampling = runner.GREEDY) -> dict[int, dict[str, Any]]:
+                     sampling: runner.Sampling = runner.GREEDY,
+                     progress: Callable[[str], runner.Progress] | None = None
+                     ) -> dict[int, dict[str, Any]]:
     """Benchmarks of a run's checkpoints (`steps`: each N, "latest" or "all"; 0 = the base
     student) into OUT/step<N>/ (default DIR/benchmarks/step<N>/, beside the run's own); with two
     or more steps also echoes the retention between the first and the last."""
@@ -180,7 +186,8 @@ def evaluate_workdir(workdir: str | Path, steps: Sequence[int | str], tasks: dic
         lora = evaluation.initial_lora(s, cfg) if n == 0 else evaluation.restore_lora(s, cfg, workdir, n)
         where = step_dir(root, n)
         result[n] = score_model(Model(s.student_cfg, s.student_params, s.tokenizer, lora), tasks, b,
-                                where if distributed.is_main() else None, sampling=sampling)
+                                where if distributed.is_main() else None, sampling=sampling,
+                                progress=progress)
         if echo is not None and distributed.is_main():
             echo(f"step {n} ({where}):\n{runner.format_table(result[n])}")
     if echo is not None and distributed.is_main() and len(wanted) > 1:

@@ -9,6 +9,7 @@ Adding a multiple-choice benchmark = a module with `load(path, num_fewshot, limi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ CODE_TASKS = ("humaneval",)
 TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
 LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load}
 SUMMARY_FILE = "summary.json"
+# progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
+# (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
+Progress = Callable[[str, int, int], Any]
 
 
 def check_task(name: str) -> str:
@@ -165,13 +169,19 @@ def pass_at_k_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def stage(progress: Progress | None, name: str) -> Callable[[int, int], Any] | None:
+    """The (done, total) callback of one stage of a Progress."""
+    return None if progress is None else functools.partial(progress, name)
+
+
 def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
-                      limits: executor.Limits = executor.Limits(), workers: int = 4
+                      limits: executor.Limits = executor.Limits(), workers: int = 4,
+                      progress: Progress | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Executor verdicts for (already truncated) completions, `problems[i]` being the problem of
     `completions[i]` (a problem may repeat: several samples), and the pass@k summary."""
     outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
-                                     limits, workers)
+                                     limits, workers, progress=stage(progress, "executed"))
     records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
                 "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
     return records, pass_at_k_summary(records)
@@ -198,19 +208,19 @@ def read_samples(path: str | Path, problems: Sequence[humaneval.Problem]
     return chosen, completions
 
 
-def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = None
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = None,
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """--samples: HumanEval verdicts and pass@k of given completions, no model involved."""
     t0 = time.perf_counter()
     problems, completions = read_samples(samples, load_docs("humaneval", data, 0, limit))
-    records, summary = score_completions(problems, completions)
+    records, summary = score_completions(problems, completions, progress=progress)
     summary.update({"num_fewshot": 0, "seconds": time.perf_counter() - t0})
     return records, summary
 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-             sampling: Sampling = GREEDY, progress: Callable[[int, int], Any] | None = None
+             sampling: Sampling = GREEDY, progress: Progress | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-document records, summary) of one task on one model; `sampling` applies to the code
     tasks (one record per sample), the choice tasks being scored by log-likelihood."""
@@ -219,14 +229,16 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
     if name in CODE_TASKS:
         problems, completions = sample_completions(
             model, load_docs(name, data, num_fewshot, limit), sampling,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-        records, summary = score_completions(problems, completions)
+            max_new_tokens=max_new_tokens, batch_size=batch_size,
+            progress=stage(progress, "generated"))
+        records, summary = score_completions(problems, completions, progress=progress)
         summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     else:
         docs = load_docs(name, data, num_fewshot, limit)
         if not docs:
             raise ValueError(f"{data}: no {name} documents")
-        records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size, progress=progress)
+        records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size,
+                                            progress=stage(progress, "scored"))
         summary = {**choice_summary(records), "docs_per_s": docs_per_s}
         if name == "mmlu":
             summary.update(mmlu.group_means(records))
@@ -278,13 +290,16 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
 def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
                    num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
                    max_new_tokens: int = 512, sampling: Sampling = GREEDY,
+                   progress: Callable[[str], Progress] | None = None,
                    echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
-    """Every task on one model; writes OUT/ and echoes the results table."""
+    """Every task on one model; writes OUT/ and echoes the results table. `progress(task)`
+    gives the task's Progress (the CLI: tqdm bars)."""
     results = {}
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 sampling=sampling)
+                                 sampling=sampling,
+                                 progress=None if progress is None else progress(name))
     return report(out, results, echo)
 
 
