@@ -1,7 +1,7 @@
 """HumanEval (lm-eval `humaneval`; openai/human-eval's program assembly): the prompt is the
 problem's `prompt`, generation is cut at the first stop sequence, the program is
 prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", run by `executor`.
-pass@1 greedy; pass@k from n samples with the unbiased estimator.
+pass@1 greedy; pass@k from n samples (`runner.Sampling`) with the unbiased estimator.
 
 Data: `HumanEval.jsonl.gz` as released (or plain jsonl): {"task_id", "prompt",
 "canonical_solution", "test", "entry_point"} per line.
