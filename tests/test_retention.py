@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -21,7 +22,7 @@ from cliffdistill.models import hf_io
 from cliffdistill.report import retention as report_retention
 from cliffdistill.run import benchmarks, loop
 from cliffdistill.study import retention
-from cliffdistill.tasks import choice_jsonl, multiple_choice
+from cliffdistill.tasks import choice_jsonl, multiple_choice, runner
 from cliffdistill.tasks.multiple_choice import Model
 from tests.tiny import tiny_run_config
 
@@ -162,6 +163,26 @@ def test_group_interval_is_over_seeds():
     assert g["one"]["ci_basis"] == "docs" and g["one"]["diff_ci"] == [0.1, 0.5]
     table = report_retention.markdown(list(g.values()))
     assert len(table) == 4 and "[+10.0, +50.0] docs" in table[-1]
+
+
+def test_workdir_humaneval_samples_and_progress(trained_run, tmp_path):
+    """--workdir with --n_samples: the run's student at two steps, 3 samples per problem per
+    step (one record each, the summary counting them), the retention pairing each problem's pass
+    rate, and the progress of both HumanEval stages ending at (n, n)."""
+    b = ml_collections.ConfigDict(dict(num_fewshot=0, limit=0, batch_size=2, max_new_tokens=8))
+    calls = []
+    humaneval_data = Path(__file__).parent / "data" / "benchmarks" / "humaneval.jsonl"
+    out = benchmarks.evaluate_workdir(
+        trained_run["dir"], [0, "latest"], {"humaneval": str(humaneval_data)}, tmp_path / "out", b,
+        echo=None, sampling=runner.Sampling(n_samples=3, temperature=1.0, seed=0),
+        progress=lambda task: lambda stage, done, total: calls.append((task, stage, done, total)))
+    assert sorted(out) == [0, 2]
+    for step in (0, 2):
+        assert (out[step]["humaneval"]["n"], out[step]["humaneval"]["n_samples"]) == (2, 6)
+        assert len(benchmarks.read_records(tmp_path / "out", step, "humaneval")) == 6
+    assert benchmarks.retention(tmp_path / "out")["humaneval"]["n"] == 2
+    last = {(task, stage): (done, total) for task, stage, done, total in calls}
+    assert last == {("humaneval", "generated"): (6, 6), ("humaneval", "executed"): (6, 6)}
 
 
 def test_cli_scores_a_runs_checkpoints(trained_run, tmp_path):
