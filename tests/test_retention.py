@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -21,7 +22,7 @@ from cliffdistill.models import hf_io
 from cliffdistill.report import retention as report_retention
 from cliffdistill.run import benchmarks, loop
 from cliffdistill.study import retention
-from cliffdistill.tasks import choice_jsonl, multiple_choice
+from cliffdistill.tasks import choice_jsonl, multiple_choice, runner
 from cliffdistill.tasks.multiple_choice import Model
 from tests.tiny import tiny_run_config
 
@@ -141,6 +142,14 @@ def test_documents_must_match_between_steps():
         benchmarks.paired([{"doc_id": 0, "acc": 1.0}], [{"doc_id": 1, "acc": 1.0}], "x")
 
 
+def test_samples_of_a_problem_pair_as_their_mean():
+    """HumanEval with --n_samples: several records per problem, scored by their pass rate."""
+    rec = lambda doc, passed: {"doc_id": doc, "task_id": f"T/{doc}", "passed": passed}  # noqa: E731
+    x = benchmarks.paired([rec(0, True), rec(0, False), rec(1, False), rec(1, False)],
+                          [rec(0, True), rec(0, True), rec(1, True), rec(1, False)], "x")
+    np.testing.assert_array_equal(x, [[0.5, 1.0], [0.0, 0.5]])
+
+
 def test_group_interval_is_over_seeds():
     rows = [{"setup": "size", "task": "t", "variant": "correct", "method": "m", "seed": s,
              "before": 0.5, "after": 0.5 + d, "diff": d, "diff_ci": [d - 0.1, d + 0.1], "n": 10}
@@ -154,6 +163,26 @@ def test_group_interval_is_over_seeds():
     assert g["one"]["ci_basis"] == "docs" and g["one"]["diff_ci"] == [0.1, 0.5]
     table = report_retention.markdown(list(g.values()))
     assert len(table) == 4 and "[+10.0, +50.0] docs" in table[-1]
+
+
+def test_workdir_humaneval_samples_and_progress(trained_run, tmp_path):
+    """--workdir with --n_samples: the run's student at two steps, 3 samples per problem per
+    step (one record each, the summary counting them), the retention pairing each problem's pass
+    rate, and the progress of both HumanEval stages ending at (n, n)."""
+    b = ml_collections.ConfigDict(dict(num_fewshot=0, limit=0, batch_size=2, max_new_tokens=8))
+    calls = []
+    humaneval_data = Path(__file__).parent / "data" / "benchmarks" / "humaneval.jsonl"
+    out = benchmarks.evaluate_workdir(
+        trained_run["dir"], [0, "latest"], {"humaneval": str(humaneval_data)}, tmp_path / "out", b,
+        echo=None, sampling=runner.Sampling(n_samples=3, temperature=1.0, seed=0),
+        progress=lambda task: lambda stage, done, total: calls.append((task, stage, done, total)))
+    assert sorted(out) == [0, 2]
+    for step in (0, 2):
+        assert (out[step]["humaneval"]["n"], out[step]["humaneval"]["n_samples"]) == (2, 6)
+        assert len(benchmarks.read_records(tmp_path / "out", step, "humaneval")) == 6
+    assert benchmarks.retention(tmp_path / "out")["humaneval"]["n"] == 2
+    last = {(task, stage): (done, total) for task, stage, done, total in calls}
+    assert last == {("humaneval", "generated"): (6, 6), ("humaneval", "executed"): (6, 6)}
 
 
 def test_cli_scores_a_runs_checkpoints(trained_run, tmp_path):

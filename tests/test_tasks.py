@@ -146,6 +146,15 @@ def tiny_model(tmp_path_factory):
     return {"path": path, "hf": hf, "tokenizer": fast, "ours": runner.load_model(path)}
 
 
+def test_choice_task_progress_ends_at_n_of_n(tiny_model):
+    """run_task's progress counts the scored continuations (3 ARC documents: 4 + 3 + 4)."""
+    calls, progress = _progress_calls()
+    runner.run_task("arc_challenge", DATA / "arc.jsonl", tiny_model["ours"], batch_size=4,
+                    progress=progress)
+    assert calls[-1] == ("scored", 11, 11) and {c[0] for c in calls} == {"scored"}
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)
+
+
 def test_batched_scores_equal_one_at_a_time(tiny_model):
     model = tiny_model["ours"]
     docs = arc.load(DATA / "arc.jsonl") + mmlu.load(DATA / "mmlu", num_fewshot=1)
@@ -169,12 +178,16 @@ LM_EVAL_CASES = {  # task -> (official yaml under lm_eval/tasks, split key, our 
 }
 
 
+def _mmlu_hub_rows(split: str, subject: str) -> list[dict]:
+    """The fixture CSV's rows in `cais/mmlu`'s row format."""
+    rows = mmlu.read_rows(DATA / "mmlu" / split / f"{subject}_{split}.csv")
+    return [{"question": q, "subject": subject, "choices": list(o), "answer": g} for q, o, g in rows]
+
+
 def _mmlu_as_hf(split: str, tmp: Path) -> Path:
     """The fixture CSV rewritten in `cais/mmlu`'s row format, for lm-eval's json loader."""
-    rows = mmlu.read_rows(DATA / "mmlu" / split / f"astronomy_{split}.csv")
     out = tmp / f"mmlu_{split}.jsonl"
-    out.write_text("".join(json.dumps({"question": q, "subject": "astronomy", "choices": list(o),
-                                       "answer": g}) + "\n" for q, o, g in rows))
+    out.write_text("".join(json.dumps(r) + "\n" for r in _mmlu_hub_rows(split, "astronomy")))
     return out
 
 
@@ -425,13 +438,55 @@ def test_cli_samples_without_a_model(tmp_path):
     assert bad.returncode == 1 and "s.jsonl:1: a JSON list" in bad.stderr
 
 
+def _progress_calls() -> tuple[list[tuple[str, int, int]], runner.Progress]:
+    calls: list[tuple[str, int, int]] = []
+    return calls, lambda stage, done, total: calls.append((stage, done, total))
+
+
+def _last_per_stage(calls):
+    return {stage: (done, total) for stage, done, total in calls}
+
+
 def test_humaneval_greedy_end_to_end(tiny_model):
-    """A random model's completions are scored (and fail); the record carries the verdict."""
+    """A random model's completions are scored (and fail); the record carries the verdict; the
+    progress callback reports both stages up to (n, n)."""
+    calls, progress = _progress_calls()
     records, summary = runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
-                                       max_new_tokens=8, batch_size=2)
+                                       max_new_tokens=8, batch_size=1, progress=progress)
+    assert _last_per_stage(calls) == {"generated": (2, 2), "executed": (2, 2)}
+    assert [c[1] for c in calls if c[0] == "generated"] == [1, 2]  # one report per batch
     assert summary["n"] == 2 and [r["task_id"] for r in records] == ["Fix/0", "Fix/1"]
     assert all(set(r) >= {"completion", "passed", "outcome", "error"} for r in records)
     assert summary["pass@1"] == sum(r["passed"] for r in records) / 2
+
+
+def test_humaneval_sampled_pass_at_k(tiny_model):
+    """3 samples per problem at temperature 1: one record each, problem-major; the same seed
+    repeats the completions (under another batching too), another seed changes them, and the
+    samples of one problem differ from each other (distinct keys)."""
+    def sampled(seed, batch_size=2):
+        return runner.run_task("humaneval", DATA / "humaneval.jsonl", tiny_model["ours"],
+                               max_new_tokens=8, batch_size=batch_size,
+                               sampling=runner.Sampling(n_samples=3, temperature=1.0, seed=seed))
+
+    records, summary = sampled(0)
+    assert [r["task_id"] for r in records] == ["Fix/0"] * 3 + ["Fix/1"] * 3
+    assert summary["n"] == 2 and summary["n_samples"] == 3 * 2
+    assert (summary["temperature"], summary["seed"]) == (1.0, 0)
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 6 and "pass@10" not in summary
+    completions = [r["completion"] for r in records]
+    assert len(set(completions[:3])) > 1 and len(set(completions[3:])) > 1
+    assert [r["completion"] for r in sampled(0, batch_size=1)[0]] == completions
+    assert [r["completion"] for r in sampled(1)[0]] != completions
+
+
+@pytest.mark.parametrize("knobs,message", [
+    (dict(n_samples=0), "--n_samples 0: at least one"),
+    (dict(temperature=-0.5), "--temperature -0.5: must be >= 0"),
+    (dict(n_samples=3), "--n_samples 3 with --temperature 0: greedy samples")])
+def test_sampling_refusals(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        runner.Sampling(**knobs)
 
 
 # ----------------------------------------------------------------------------- real data (optional)
@@ -460,6 +515,79 @@ def test_shared_humaneval_canonical_solutions_pass():
                                  executor.Limits(timeout_s=10.0), workers=2)
     assert len(problems) == 164
     assert [p.task_id for p, o in zip(problems, outs) if not o.passed] == []
+
+
+# ----------------------------------------------------------------------------- hub datasets
+
+
+def _fake_hub(monkeypatch, splits: dict[tuple, list[dict]]) -> list[tuple]:
+    """`datasets.load_dataset` answering (path, name, split) from `splits`; returns the calls."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(path, name=None, *, split):
+        calls.append((path, name, split))
+        return splits[(path, name, split)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+HUB_CASES = {  # task -> (hub (path, name, split), local fixture); the fixtures are in hub schema
+    "arc_challenge": (("allenai/ai2_arc", "ARC-Challenge", "test"), "arc.jsonl"),
+    "arc_easy": (("allenai/ai2_arc", "ARC-Easy", "test"), "arc.jsonl"),
+    "hellaswag": (("Rowan/hellaswag", None, "validation"), "hellaswag.jsonl"),
+    "humaneval": (("openai/openai_humaneval", None, "test"), "humaneval.jsonl"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(HUB_CASES))
+def test_hub_rows_give_the_local_documents(task, monkeypatch):
+    source, fixture = HUB_CASES[task]
+    rows = _jsonl(DATA / fixture)
+    if task == "hellaswag":  # the hub rows also carry the joined ctx
+        rows = [{**r, "ctx": f"{r['ctx_a']} {r['ctx_b']}"} for r in rows]
+    calls = _fake_hub(monkeypatch, {source: rows})
+    local = runner.load_docs(task, DATA / fixture)
+    assert runner.load_docs(task, "hf") == local and len(local) == len(rows)
+    assert runner.load_docs(task, "hf", limit=1) == local[:1]
+    assert calls == [source, source]
+
+
+def test_hub_mmlu_groups_by_subject_and_takes_dev_shots(monkeypatch):
+    subjects = ("high_school_macroeconomics", "astronomy")  # not sorted, rows interleaved
+
+    def interleaved(split):
+        per_subject = [_mmlu_hub_rows(split, s) for s in subjects]
+        return [r for group in zip(*per_subject) for r in group]
+    test, dev = ("cais/mmlu", "all", "test"), ("cais/mmlu", "all", "dev")
+    calls = _fake_hub(monkeypatch, {test: interleaved("test"), dev: interleaved("dev")})
+    for shots in (0, 5):
+        assert runner.load_docs("mmlu", "hf", shots) == mmlu.load(DATA / "mmlu", shots)
+    assert runner.load_docs("mmlu", "hf", 1, limit=1) == mmlu.load(DATA / "mmlu", 1, limit=1)
+    assert calls == [test, dev, test, dev, test]  # zero-shot reads no dev split
+
+
+def test_hub_failure_names_the_dataset_and_the_local_fix(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match=r"allenai/ai2_arc \(ARC-Challenge\), split test "
+                       r"for arc_challenge \(ConnectionError.*--data arc_challenge=PATH"):
+        runner.load_docs("arc_challenge", "hf")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the package missing
+    with pytest.raises(FileNotFoundError, match=r"cais/mmlu.*ModuleNotFoundError.*--data mmlu=PATH"):
+        runner.load_docs("mmlu", "hf")
+    with pytest.raises(ValueError, match=r"choice_jsonl has no hub dataset.*--data choice_jsonl=PATH"):
+        runner.parse_data(["choice_jsonl=hf"], ["choice_jsonl"])
+    assert runner.parse_data(["mmlu=hf"], ["mmlu"]) == {"mmlu": "hf"}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -492,6 +620,8 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
                "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "arc_challenge" in res.stdout and "acc_norm" in res.stdout
+    assert "arc_challenge scored: 100%" in res.stderr and "11/11" in res.stderr  # tqdm bars
+    assert "mmlu scored: 100%" in res.stderr and "16/16" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
     recs = [json.loads(x) for x in (out / "arc_challenge.jsonl").read_text().splitlines()]
     expected, _ = multiple_choice.evaluate_docs(tiny_model["ours"], arc.load(DATA / "arc.jsonl"))
@@ -501,9 +631,23 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
     assert summary["arc_challenge"]["acc"] == np.mean([r["acc"] for r in expected])
     assert set(summary["mmlu"]["subjects"]) == {"astronomy", "high_school_macroeconomics"}
     assert set(summary["mmlu"]["categories"]) == {"stem", "social_sciences"}
+    quiet = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]), "--noprogress",
+                 "--data", str(DATA / "arc.jsonl"), "--out", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0 and "scored" not in quiet.stderr
     bad = _cli("--tasks", "arc_challenge", "--model", str(tiny_model["path"]),
                "--data", str(tmp_path / "nope.jsonl"), "--out", str(out))
     assert bad.returncode == 1 and "nope.jsonl: no such file" in bad.stderr
     assert "Traceback" not in bad.stderr
     unknown = _cli("--tasks", "winogrande", "--model", str(tiny_model["path"]), "--out", str(out))
     assert unknown.returncode != 0 and "unknown task 'winogrande'" in unknown.stderr
+
+
+def test_cli_refuses_meaningless_sampling(tmp_path):
+    """Refused before any model is loaded (the --model path does not even exist)."""
+    common = ("--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "out"))
+    greedy = _cli("--tasks", "humaneval", "--data", str(DATA / "humaneval.jsonl"),
+                  "--n_samples", "3", *common)
+    assert greedy.returncode != 0 and "--n_samples 3 with --temperature 0" in greedy.stderr
+    choice = _cli("--tasks", "arc_challenge", "--data", str(DATA / "arc.jsonl"), "--n_samples",
+                  "2", "--temperature", "1", *common)
+    assert choice.returncode != 0 and "pass --tasks humaneval" in choice.stderr

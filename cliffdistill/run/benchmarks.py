@@ -26,7 +26,7 @@ from cliffdistill import stats
 from cliffdistill.models.lora import LoraConfig, LoraParams
 from cliffdistill.run import assembly, distributed, evaluation, rundir
 from cliffdistill.run.assembly import Setup
-from cliffdistill.tasks import runner
+from cliffdistill.tasks import hub, runner
 from cliffdistill.tasks.multiple_choice import Model
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def parse_tasks(spec: str, field: str = FIELD) -> dict[str, str]:
             runner.check_task(name)
         except ValueError as e:
             raise ValueError(f"config field `{field}`: {e}") from None
-        if not Path(path).exists():
+        if path != hub.HUB and not Path(path).exists():
             raise ValueError(f"config field `{field}`: {name}'s data {path} does not exist")
         out[name] = path
     return out
@@ -72,15 +72,19 @@ def done(workdir: str | Path, step: int) -> bool:
 
 
 def score_model(model: Model, tasks: dict[str, str], b: ml_collections.ConfigDict,
-                out: Path | None, say: Callable[[str], Any] | None = None
+                out: Path | None, say: Callable[[str], Any] | None = None,
+                sampling: runner.Sampling = runner.GREEDY,
+                progress: Callable[[str], runner.Progress] | None = None
                 ) -> dict[str, dict[str, Any]]:
     """Every task on `model`, written to `out` (atomically per file; None: not written, as on
-    the processes of a multi-process run other than the first); returns the summaries."""
+    the processes of a multi-process run other than the first); returns the summaries.
+    `progress(task)` gives the task's runner.Progress (the CLI's tqdm bars)."""
     results = {}
     for name, path in tasks.items():
         results[name] = runner.run_task(name, path, model, num_fewshot=b.num_fewshot,
                                         limit=b.limit or None, batch_size=b.batch_size,
-                                        max_new_tokens=b.max_new_tokens)
+                                        max_new_tokens=b.max_new_tokens, sampling=sampling,
+                                        progress=None if progress is None else progress(name))
         if say is not None:
             say(f"{name}: {runner.format_table({name: results[name][1]}).splitlines()[-1]}")
     summaries = {k: s for k, (_, s) in results.items()}
@@ -127,12 +131,16 @@ def metric_of(record: dict[str, Any]) -> str:
 
 def paired(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], where: str
            ) -> np.ndarray:
-    """[N, 2] scores (before, after) of the same documents, matched by doc_id (and subject)."""
-    def key(r: dict[str, Any]) -> tuple:
-        return (r.get("subject", ""), r.get("task_id", ""), r["doc_id"])
+    """[N, 2] scores (before, after) of the same documents, matched by doc_id (and subject); a
+    document with several records (HumanEval samples) scores the mean over them."""
+    def per_doc(records: Sequence[dict[str, Any]]) -> dict[tuple, float]:
+        scores: dict[tuple, list[float]] = {}
+        for r in records:
+            key = (r.get("subject", ""), r.get("task_id", ""), r["doc_id"])
+            scores.setdefault(key, []).append(float(r[metric_of(r)]))
+        return {k: float(np.mean(v)) for k, v in scores.items()}
 
-    a = {key(r): float(r[metric_of(r)]) for r in after}
-    b = {key(r): float(r[metric_of(r)]) for r in before}
+    a, b = per_doc(after), per_doc(before)
     if a.keys() != b.keys():
         raise ValueError(f"{where}: the two steps scored different documents "
                          f"({len(b)} vs {len(a)}); evaluate both with the same data and --limit")
@@ -162,7 +170,10 @@ def retention(root: str | Path) -> dict[str, dict[str, Any]]:
 
 def evaluate_workdir(workdir: str | Path, steps: Sequence[int | str], tasks: dict[str, str],
                      out: str | Path | None, b: ml_collections.ConfigDict,
-                     echo: Callable[[str], Any] | None = print) -> dict[int, dict[str, Any]]:
+                     echo: Callable[[str], Any] | None = print,
+                     sampling: runner.Sampling = runner.GREEDY,
+                     progress: Callable[[str], runner.Progress] | None = None
+                     ) -> dict[int, dict[str, Any]]:
     """Benchmarks of a run's checkpoints (`steps`: each N, "latest" or "all"; 0 = the base
     student) into OUT/step<N>/ (default DIR/benchmarks/step<N>/, beside the run's own); with two
     or more steps also echoes the retention between the first and the last."""
@@ -175,7 +186,8 @@ def evaluate_workdir(workdir: str | Path, steps: Sequence[int | str], tasks: dic
         lora = evaluation.initial_lora(s, cfg) if n == 0 else evaluation.restore_lora(s, cfg, workdir, n)
         where = step_dir(root, n)
         result[n] = score_model(Model(s.student_cfg, s.student_params, s.tokenizer, lora), tasks, b,
-                                where if distributed.is_main() else None)
+                                where if distributed.is_main() else None, sampling=sampling,
+                                progress=progress)
         if echo is not None and distributed.is_main():
             echo(f"step {n} ({where}):\n{runner.format_table(result[n])}")
     if echo is not None and distributed.is_main() and len(wanted) > 1:

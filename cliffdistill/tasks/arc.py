@@ -51,8 +51,13 @@ def parse_row(row: dict[str, Any], doc_id: int, where: str) -> ChoiceDoc:
     return ChoiceDoc(doc_id, TEMPLATE.format(question=stem), choices, gold)
 
 
-def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+    """ARC documents from (where, row) pairs: a file's lines or a hub split's rows."""
     if num_fewshot:
         raise ValueError("ARC is scored zero-shot here (the harness draws ARC shots at random "
                          "from the train split, which this loader does not read); use --num_fewshot 0")
-    return files.load_rows(path, parse_row, limit, "ARC jsonl file")
+    return files.parse_rows(rows, parse_row, limit)
+
+
+def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+    return docs(files.jsonl_rows(path, "ARC jsonl file"), num_fewshot, limit)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timed_out"
 
@@ -114,8 +114,13 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     return Outcome(False, FAILED, err_name, proc.returncode)
 
 
-def run_programs(sources: Sequence[str], limits: Limits = Limits(), workers: int = 4
-                 ) -> list[Outcome]:
-    """`run_program` on each source, `workers` at a time, results in input order."""
+def run_programs(sources: Sequence[str], limits: Limits = Limits(), workers: int = 4,
+                 progress: Callable[[int, int], Any] | None = None) -> list[Outcome]:
+    """`run_program` on each source, `workers` at a time, results in input order;
+    `progress(done, total)` after each program ends."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda s: run_program(s, limits), sources))
+        futures = [pool.submit(run_program, s, limits) for s in sources]
+        if progress is not None:
+            for done, _ in enumerate(concurrent.futures.as_completed(futures), start=1):
+                progress(done, len(futures))
+        return [f.result() for f in futures]

@@ -1,7 +1,7 @@
 """Reading benchmark files with errors that name the file, the line and the field.
 
-Every loader takes a path to the user's own copy (nothing is downloaded); `.gz` and `.bz2` are
-opened transparently.
+Every loader takes a path to the user's own copy (`.gz` and `.bz2` are opened transparently);
+`tasks.hub` feeds the same row parsers from the Hugging Face hub instead.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import gzip
 import io
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 Doc = TypeVar("Doc")
+Rows = Iterable[tuple[str, dict[str, Any]]]  # (where, row): "file:line" or a hub row's name
 
 
 def require_file(path: str | Path, what: str) -> Path:
@@ -50,18 +51,30 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, row
 
 
-def load_rows(path: str | Path, parse_row: Callable[[dict[str, Any], int, str], Doc],
-              limit: int | None, what: str) -> list[Doc]:
-    """The first `limit` rows (all when None) of a JSON-lines file, each turned into a document
-    by `parse_row(row, doc_id, "file:line")`: one loop for every jsonl task, so the 0-based
-    doc_id and the error location are the same everywhere."""
+def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", object) per row of a JSON-lines file; a missing file is refused now, not
+    at the first row."""
     p = require_file(path, what)
+    return ((f"{p}:{n}", row) for n, row in read_jsonl(p))
+
+
+def parse_rows(rows: Rows, parse_row: Callable[[dict[str, Any], int, str], Doc],
+               limit: int | None) -> list[Doc]:
+    """The first `limit` rows (all when None), each turned into a document by
+    `parse_row(row, doc_id, where)`: one loop for every row source (a jsonl file, a hub split),
+    so the 0-based doc_id and the error location are the same everywhere."""
     docs: list[Doc] = []
-    for n, row in read_jsonl(p):
+    for where, row in rows:
         if limit is not None and len(docs) >= limit:
             break
-        docs.append(parse_row(row, len(docs), f"{p}:{n}"))
+        docs.append(parse_row(row, len(docs), where))
     return docs
+
+
+def load_rows(path: str | Path, parse_row: Callable[[dict[str, Any], int, str], Doc],
+              limit: int | None, what: str) -> list[Doc]:
+    """`parse_rows` over a JSON-lines file."""
+    return parse_rows(jsonl_rows(path, what), parse_row, limit)
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:

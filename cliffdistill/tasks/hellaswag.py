@@ -64,11 +64,21 @@ def _text_tasks(p: Path, limit: int | None) -> list[ChoiceDoc]:
     return docs
 
 
-def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+def check_zero_shot(num_fewshot: int) -> None:
     if num_fewshot:
         raise ValueError("HellaSwag is scored zero-shot here (harness shots come at random from "
                          "the train split, not read by this loader); use --num_fewshot 0")
+
+
+def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+    """HellaSwag documents from (where, row) pairs: a jsonl file's lines or a hub split's rows."""
+    check_zero_shot(num_fewshot)
+    return files.parse_rows(rows, parse_row, limit)
+
+
+def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
     p = files.require_file(path, "HellaSwag file")
     if p.name.endswith((".txt", ".txt.bz2", ".txt.gz")):
+        check_zero_shot(num_fewshot)
         return _text_tasks(p, limit)
-    return files.load_rows(p, parse_row, limit, "HellaSwag file")
+    return docs(files.jsonl_rows(p, "HellaSwag file"), num_fewshot, limit)

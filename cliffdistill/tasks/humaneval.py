@@ -1,7 +1,7 @@
 """HumanEval (lm-eval `humaneval`; openai/human-eval's program assembly): the prompt is the
 problem's `prompt`, generation is cut at the first stop sequence, the program is
 prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", run by `executor`.
-pass@1 greedy; pass@k from n samples with the unbiased estimator.
+pass@1 greedy; pass@k from n samples (`runner.Sampling`) with the unbiased estimator.
 
 Data: `HumanEval.jsonl.gz` as released (or plain jsonl): {"task_id", "prompt",
 "canonical_solution", "test", "entry_point"} per line.
@@ -35,10 +35,15 @@ def parse_row(row: dict[str, Any], doc_id: int, where: str) -> Problem:
         "task_id", "prompt", "canonical_solution", "test", "entry_point")))
 
 
-def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[Problem]:
+def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None) -> list[Problem]:
+    """Problems from (where, row) pairs: a file's lines or a hub split's rows."""
     if num_fewshot:
         raise ValueError("HumanEval is zero-shot; use --num_fewshot 0")
-    return files.load_rows(path, parse_row, limit, "HumanEval jsonl(.gz) file")
+    return files.parse_rows(rows, parse_row, limit)
+
+
+def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[Problem]:
+    return docs(files.jsonl_rows(path, "HumanEval jsonl(.gz) file"), num_fewshot, limit)
 
 
 def truncate(completion: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:

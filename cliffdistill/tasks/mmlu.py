@@ -3,7 +3,8 @@ rows of the subject's dev split in file order, every prompt headed by the subjec
 description line. Scored by `acc` (the harness's metric; `acc_norm` is reported beside it).
 
 The data path is a folder in the original release layout: `dev/<subject>_dev.csv` and
-`test/<subject>_test.csv`, headerless CSV rows `question, A, B, C, D, answer letter`.
+`test/<subject>_test.csv`, headerless CSV rows `question, A, B, C, D, answer letter` (or the hub's
+`cais/mmlu` rows, `{question, subject, choices, answer index}`, through `tasks.hub`).
 Averages: per subject, per category and overall, each over documents (the harness's
 size-weighted group aggregation).
 """
@@ -11,7 +12,7 @@ size-weighted group aggregation).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -40,6 +41,7 @@ CATEGORIES = {
                    "prehistory", "professional_law", "world_religions"),
 }
 CATEGORY_OF = {s: c for c, subjects in CATEGORIES.items() for s in subjects}
+Row = tuple[str, tuple[str, ...], int]  # question, the four options, gold index
 
 
 def description(subject: str) -> str:
@@ -61,7 +63,7 @@ def render(subject: str, question: str, options: Sequence[str],
     return description(subject) + "".join(parts) + question_text(question, options)
 
 
-def read_rows(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
+def read_rows(path: Path) -> list[Row]:
     """(question, options, gold index) per CSV row; a bad row raises naming file and record."""
     rows = []
     for n, cells in files.read_csv(path):
@@ -76,6 +78,26 @@ def read_rows(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
     return rows
 
 
+def parse_hub_row(row: dict[str, Any], where: str) -> tuple[str, Row]:
+    """A `cais/mmlu` row -> (subject, row)."""
+    subject = files.field(row, "subject", str, where)
+    options = files.field(row, "choices", list, where)
+    if len(options) != len(LETTERS):
+        raise ValueError(f"{where}: {len(options)} choices, expected {len(LETTERS)} (A-D)")
+    gold = files.gold_index(files.field(row, "answer", int, where), len(LETTERS), where)
+    return subject, (files.field(row, "question", str, where), tuple(str(o) for o in options), gold)
+
+
+def by_subject(rows: files.Rows) -> dict[str, list[Row]]:
+    """Hub rows grouped by their `subject` column (row order kept within a subject), subjects
+    sorted as the release folder's file names are."""
+    out: dict[str, list[Row]] = {}
+    for where, row in rows:
+        subject, parsed = parse_hub_row(row, where)
+        out.setdefault(subject, []).append(parsed)
+    return dict(sorted(out.items()))
+
+
 def subjects_in(root: Path) -> list[str]:
     test = root / "test"
     if not test.is_dir():
@@ -87,26 +109,40 @@ def subjects_in(root: Path) -> list[str]:
     return found
 
 
+def check_shots(num_fewshot: int) -> None:
+    if not 0 <= num_fewshot <= 5:
+        raise ValueError(f"num_fewshot={num_fewshot}: MMLU's dev split has 5 rows per subject")
+
+
+def from_subjects(test: dict[str, Sequence[Row]], dev: dict[str, Sequence[Row]],
+                  num_fewshot: int, limit: int | None, dev_source: str) -> list[ChoiceDoc]:
+    """Every subject's test documents in the given subject order then row order (`limit`: per
+    subject), each headed by the first `num_fewshot` rows of its subject's dev rows."""
+    check_shots(num_fewshot)
+    docs = []
+    for subject, rows in test.items():
+        shots = list(dev.get(subject, ()))[:num_fewshot]
+        if len(shots) < num_fewshot:
+            raise ValueError(f"{dev_source}: {len(shots)} dev rows for {subject}, fewer than "
+                             f"num_fewshot={num_fewshot}")
+        docs += [ChoiceDoc(i, render(subject, q, o, shots), LETTERS, g, group=subject)
+                 for i, (q, o, g) in enumerate(rows[:limit])]
+    return docs
+
+
 def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None,
          subjects: Sequence[str] | None = None) -> list[ChoiceDoc]:
     """Every subject's test documents in subject then file order (`limit`: per subject)."""
     root = Path(path)
     chosen = list(subjects) if subjects else subjects_in(root)
-    if not 0 <= num_fewshot <= 5:
-        raise ValueError(f"num_fewshot={num_fewshot}: MMLU's dev split has 5 rows per subject")
-    docs = []
-    for subject in chosen:
-        test = files.require_file(root / "test" / f"{subject}_test.csv", f"MMLU {subject} test CSV")
-        shots = []
-        if num_fewshot:
-            dev = files.require_file(root / "dev" / f"{subject}_dev.csv", f"MMLU {subject} dev CSV")
-            shots = read_rows(dev)[:num_fewshot]
-            if len(shots) < num_fewshot:
-                raise ValueError(f"{dev}: {len(shots)} rows, fewer than num_fewshot={num_fewshot}")
-        rows = read_rows(test)[:limit]
-        docs += [ChoiceDoc(i, render(subject, q, o, shots), LETTERS, g, group=subject)
-                 for i, (q, o, g) in enumerate(rows)]
-    return docs
+    check_shots(num_fewshot)
+
+    def split(name: str) -> dict[str, list[Row]]:
+        return {s: read_rows(files.require_file(root / name / f"{s}_{name}.csv",
+                                                f"MMLU {s} {name} CSV")) for s in chosen}
+
+    return from_subjects(split("test"), split("dev") if num_fewshot else {}, num_fewshot, limit,
+                         str(root / "dev"))
 
 
 def group_means(records: Sequence[dict], metric: str = "acc") -> dict[str, dict[str, float]]:

@@ -1,11 +1,15 @@
 """Scores one model on benchmark tasks and writes OUT/<task>.jsonl + OUT/summary.json.
 
+A task's data is a local file/folder, or `hf` for its Hugging Face hub dataset (`tasks.hub`).
+
 Adding a multiple-choice benchmark = a module with `load(path, num_fewshot, limit)` returning
 `ChoiceDoc`s, plus one entry in `CHOICE_TASKS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -19,7 +23,7 @@ import transformers
 from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
-from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, humaneval, mmlu
+from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, hub, humaneval, mmlu
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
@@ -28,13 +32,26 @@ CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
 }
 CODE_TASKS = ("humaneval",)
 TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
+LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load}
 SUMMARY_FILE = "summary.json"
+# progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
+# (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
+Progress = Callable[[str, int, int], Any]
 
 
 def check_task(name: str) -> str:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return name
+
+
+def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None
+              ) -> list[Any]:
+    """The task's documents (HumanEval: problems) from its --data value: a local file or
+    folder, or `hf` (hub.HUB) for its hub dataset."""
+    if str(data) == hub.HUB:
+        return hub.load(name, num_fewshot, limit)
+    return LOADERS[check_task(name)](data, num_fewshot, limit)
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> Model:
@@ -58,8 +75,10 @@ def choice_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens: int,
-                         batch_size: int) -> list[str]:
-    """Greedy completions (decoded, not yet cut at the stop sequences), `batch_size` at a time."""
+                         batch_size: int, temperature: float, key: jax.Array,
+                         progress: Callable[[int, int], Any] | None = None) -> list[str]:
+    """Completions (decoded, not yet cut at the stop sequences), `batch_size` at a time. Prompt i
+    samples with row id i under `key`, so its completion does not depend on the batching."""
     tok = model.tokenizer
     eos = tuple(sorted({*(model.cfg.eos_token_ids or ()),
                         *([tok.eos_token_id] if tok.eos_token_id is not None else [])}))
@@ -67,12 +86,63 @@ def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens
     out = []
     for start in range(0, len(prompts), batch_size):
         ids = [list(tok.encode(p)) for p in prompts[start:start + batch_size]]
-        gen = sampling.generate(model.cfg, model.params, ids, jax.random.key(0), max_new_tokens,
-                                temperature=0.0, lora=model.lora, eos_ids=eos, pad_id=pad)
+        gen = sampling.generate(model.cfg, model.params, ids, key, max_new_tokens,
+                                temperature=temperature, lora=model.lora, eos_ids=eos, pad_id=pad,
+                                row_ids=np.arange(start, start + len(ids), dtype=np.int32))
         toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
         out += [tok.decode([int(t) for t in row[:int(n)]], skip_special_tokens=True)
                 for row, n in zip(toks, lens)]
+        if progress is not None:
+            progress(len(out), len(prompts))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How HumanEval completions are drawn from a model: `n_samples` per problem at
+    `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on creation, so
+    a meaningless combination is refused before any model is loaded."""
+
+    n_samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"--n_samples {self.n_samples}: at least one sample per problem")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
+        if self.n_samples > 1 and self.temperature == 0:
+            raise ValueError(f"--n_samples {self.n_samples} with --temperature 0: greedy samples "
+                             "are all identical, so pass@k would only repeat pass@1; pass "
+                             "--temperature > 0 (e.g. 0.8) or --n_samples 1")
+
+
+GREEDY = Sampling()
+
+
+def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how: Sampling, *,
+                       max_new_tokens: int, batch_size: int,
+                       progress: Callable[[int, int], Any] | None = None
+                       ) -> tuple[list[humaneval.Problem], list[str]]:
+    """`how.n_samples` completions per problem, cut at the stop sequences, problem-major (every
+    sample of problem 0 first: the (problem, completion) lists `score_completions` takes).
+    Sample s of problem i draws from fold_in(fold_in(key(seed), s), i): reproducible for a seed,
+    and independent of the batch size and of the number of samples."""
+    base = jax.random.key(how.seed)
+    prompts = [p.prompt for p in problems]
+    total = how.n_samples * len(prompts)
+    per_sample = []
+    for s in range(how.n_samples):
+        done = s * len(prompts)
+        step = None if progress is None else (lambda n, _, done=done: progress(done + n, total))
+        per_sample.append(generate_completions(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            temperature=how.temperature, key=jax.random.fold_in(base, s), progress=step))
+    chosen = [p for p in problems for _ in range(how.n_samples)]
+    completions = [humaneval.truncate(per_sample[s][i])
+                   for i in range(len(problems)) for s in range(how.n_samples)]
+    return chosen, completions
 
 
 PASS_AT = (1, 10, 100)
@@ -99,13 +169,19 @@ def pass_at_k_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def stage(progress: Progress | None, name: str) -> Callable[[int, int], Any] | None:
+    """The (done, total) callback of one stage of a Progress."""
+    return None if progress is None else functools.partial(progress, name)
+
+
 def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
-                      limits: executor.Limits = executor.Limits(), workers: int = 4
+                      limits: executor.Limits = executor.Limits(), workers: int = 4,
+                      progress: Progress | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Executor verdicts for (already truncated) completions, `problems[i]` being the problem of
     `completions[i]` (a problem may repeat: several samples), and the pass@k summary."""
     outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
-                                     limits, workers)
+                                     limits, workers, progress=stage(progress, "executed"))
     records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
                 "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
     return records, pass_at_k_summary(records)
@@ -132,33 +208,37 @@ def read_samples(path: str | Path, problems: Sequence[humaneval.Problem]
     return chosen, completions
 
 
-def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = None
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = None,
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """--samples: HumanEval verdicts and pass@k of given completions, no model involved."""
     t0 = time.perf_counter()
-    problems, completions = read_samples(samples, humaneval.load(data, 0, limit))
-    records, summary = score_completions(problems, completions)
+    problems, completions = read_samples(samples, load_docs("humaneval", data, 0, limit))
+    records, summary = score_completions(problems, completions, progress=progress)
     summary.update({"num_fewshot": 0, "seconds": time.perf_counter() - t0})
     return records, summary
 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-             progress: Callable[[int, int], Any] | None = None
+             sampling: Sampling = GREEDY, progress: Progress | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(per-document records, summary) of one task on one model."""
+    """(per-document records, summary) of one task on one model; `sampling` applies to the code
+    tasks (one record per sample), the choice tasks being scored by log-likelihood."""
     check_task(name)
     t0 = time.perf_counter()
     if name in CODE_TASKS:
-        problems = humaneval.load(data, num_fewshot, limit)
-        raw = generate_completions(model, [p.prompt for p in problems],
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
-        records, summary = score_completions(problems, [humaneval.truncate(c) for c in raw])
+        problems, completions = sample_completions(
+            model, load_docs(name, data, num_fewshot, limit), sampling,
+            max_new_tokens=max_new_tokens, batch_size=batch_size,
+            progress=stage(progress, "generated"))
+        records, summary = score_completions(problems, completions, progress=progress)
+        summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     else:
-        docs = CHOICE_TASKS[name](data, num_fewshot, limit)
+        docs = load_docs(name, data, num_fewshot, limit)
         if not docs:
             raise ValueError(f"{data}: no {name} documents")
-        records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size, progress=progress)
+        records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size,
+                                            progress=stage(progress, "scored"))
         summary = {**choice_summary(records), "docs_per_s": docs_per_s}
         if name == "mmlu":
             summary.update(mmlu.group_means(records))
@@ -188,8 +268,8 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
-    """--data values ("TASK=PATH", or a bare PATH when one task is asked for) -> {task: path};
-    every asked task must have one."""
+    """--data values ("TASK=PATH" or "TASK=hf", or a bare PATH when one task is asked for) ->
+    {task: path}; every asked task must have one."""
     out: dict[str, str] = {}
     for v in values:
         name, sep, path = v.partition("=")
@@ -198,22 +278,28 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
                 raise ValueError(f"--data {v!r}: with several tasks write --data TASK=PATH")
             name, path = tasks[0], v
         out[check_task(name)] = path
+        if path == hub.HUB:
+            hub.source(name)  # a task without a hub dataset is refused before any compute
     missing = [t for t in tasks if t not in out]
     if missing:
-        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH (the datasets are "
-                         "not bundled; see docs/EVALUATION.md)")
+        raise ValueError(f"no data file for {missing}; pass --data TASK=PATH, or --data TASK=hf "
+                         "when online (the datasets are not bundled; see docs/EVALUATION.md)")
     return out
 
 
 def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
                    num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
-                   max_new_tokens: int = 512, echo: Callable[[str], Any] | None = print
-                   ) -> dict[str, dict[str, Any]]:
-    """Every task on one model; writes OUT/ and echoes the results table."""
+                   max_new_tokens: int = 512, sampling: Sampling = GREEDY,
+                   progress: Callable[[str], Progress] | None = None,
+                   echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
+    """Every task on one model; writes OUT/ and echoes the results table. `progress(task)`
+    gives the task's Progress (the CLI: tqdm bars)."""
     results = {}
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens)
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 sampling=sampling,
+                                 progress=None if progress is None else progress(name))
     return report(out, results, echo)
 
 
