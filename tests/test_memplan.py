@@ -271,7 +271,7 @@ def test_param_bytes_match_the_loaded_shards(tiny_pair):
 @pytest.mark.parametrize("preset", ["mixtral_8x7b", "qwen25_72b", "qwen3_30b_a3b", "llama33_70b"])
 @pytest.mark.parametrize("mesh", [dict(tensor=8), dict(tensor=4, expert=2), dict(tensor=1)])
 def test_one_layers_weights_follow_the_sharding_rules(preset, mesh):
-    """The layer slice the scan materialises (`_layer_weights_bytes`) is the per-device share of
+    """The layer slice the scan materialises (`layer_weights_bytes`) is the per-device share of
     the stacked layer params under the loader's sharding rules, norms aside: expert weights split
     over `expert` and each expert's F over `tensor`, Qwen2's q/k/v biases counted."""
     m, shape = model_config.preset(preset), planner.MeshShape(**mesh)
@@ -287,7 +287,7 @@ def test_one_layers_weights_follow_the_sharding_rules(preset, mesh):
             for ax in (() if part is None else (part,) if isinstance(part, str) else part):
                 n //= shape.as_dict()[ax]
         per_device += n
-    assert planner._layer_weights_bytes(m, shape, 2) == per_device // m.num_layers
+    assert planner.layer_weights_bytes(m, shape, 2) == per_device // m.num_layers
 
 
 def test_refusal_names_the_largest_term(tmp_path):

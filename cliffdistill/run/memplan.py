@@ -153,7 +153,7 @@ def lora_on_mlp(mcfg: ModelConfig, lcfg: Any) -> bool:
     return bool(set(conf.target_names(mcfg)) & {"gate_proj", "up_proj", "down_proj"})
 
 
-def _layer_weights_bytes(m: ModelConfig, mesh: MeshShape, a: int) -> int:
+def layer_weights_bytes(m: ModelConfig, mesh: MeshShape, a: int) -> int:
     """One layer's weights as the layer scan materialises them: the slice of the stacked [L, ...]
     params (with fsdp, all-gathered over fsdp; still split over tensor/expert)."""
     D = m.hidden_size
@@ -225,7 +225,7 @@ def forward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: MeshShape, a: int,
     attn = ATTN_FWD_COPIES * _attn_block(m, b, T, T, mesh) + N * (hq + hkv) * m.head_dim * a
     copies = MLP_FWD_COPIES + (MLP_FWD_LORA_COPIES if lora_mlp else 0)
     mlp = copies * tokens * _ffn(m, mesh) * a + _moe_extra(m, N, a, platform)
-    return max(attn, mlp) + _layer_weights_bytes(m, mesh, a)
+    return max(attn, mlp) + layer_weights_bytes(m, mesh, a)
 
 
 def backward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: MeshShape, a: int, *,
@@ -238,7 +238,7 @@ def backward_layer_bytes(m: ModelConfig, b: int, T: int, mesh: MeshShape, a: int
     return int(ATTN_BWD_COPIES * _attn_block(m, b, T, T, mesh)
                + mlp_copies * tokens * _ffn(m, mesh) * a
                + RESID_BWD_COPIES * N * m.hidden_size * a
-               + _moe_extra(m, N, a, platform, passes=2) + _layer_weights_bytes(m, mesh, a))
+               + _moe_extra(m, N, a, platform, passes=2) + layer_weights_bytes(m, mesh, a))
 
 
 def kv_cache_bytes(m: ModelConfig, b: int, S: int, mesh: MeshShape, a: int) -> int:
@@ -264,7 +264,7 @@ def rollout_bytes(m: ModelConfig, b: int, P: int, G: int, mesh: MeshShape, a: in
     prefill = (prompt_kv + b * P * m.hidden_size * a
                + forward_layer_bytes(m, b, P, mesh, a, lora_mlp=lora_mlp, platform=platform))
     decode = (cache + cache // m.num_layers + 4 * b * m.vocab_size * 4
-              + ATTN_FWD_COPIES * _attn_block(m, b, 1, S, mesh) + _layer_weights_bytes(m, mesh, a)
+              + ATTN_FWD_COPIES * _attn_block(m, b, 1, S, mesh) + layer_weights_bytes(m, mesh, a)
               + _moe_extra(m, b, a, platform))
     pad = prompt_kv + cache
     if _unembed_sharded(m, mesh):  # the gathered head stays for the decode loop's logits; the
