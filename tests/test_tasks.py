@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliffdistill.tasks import arc, executor, hellaswag, humaneval, mmlu, multiple_choice, runner
+from cliffdistill.tasks import (arc, executor, gsm8k, hellaswag, humaneval, mmlu, multiple_choice,
+                                runner)
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -651,3 +652,93 @@ def test_cli_refuses_meaningless_sampling(tmp_path):
     choice = _cli("--tasks", "arc_challenge", "--data", str(DATA / "arc.jsonl"), "--n_samples",
                   "2", "--temperature", "1", *common)
     assert choice.returncode != 0 and "pass --tasks humaneval" in choice.stderr
+
+
+# ----------------------------------------------------------------------------- GSM8K
+
+# Invented rows in the release format (written to tmp_path; no dataset is committed).
+GSM8K_TRAIN = [{"question": f"Tom has {i} apples and buys {i + 2}. How many apples?",
+                "answer": f"He has {i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2}.\n"
+                          f"#### {2 * i + 2}"} for i in range(1, 9)]
+GSM8K_TEST = [{"question": "A shelf holds 1,200 books; 34 are sold. How many are left?",
+               "answer": "1200 - 34 = <<1200-34=1166>>1166\n#### 1,166"},
+              {"question": "Each box costs $5. What do 3 boxes cost?",
+               "answer": "3 * 5 = <<3*5=15>>15\n#### 15"},
+              {"question": "Half of 9 is?", "answer": "9 / 2 = 4.5\n#### 4.5"}]
+# (completion, its document): strict hit; flexible only ($, comma, final period); a wrong strict
+# number beside a right last number; nothing numeric
+GSM8K_COMPLETIONS = [(" 1200 - 34 = 1166\n#### 1,166", 0), (" So it costs $15.", 1),
+                     (" #### 4\nor 4.5", 2), (" I do not know", 0)]
+
+
+def _gsm8k_dir(tmp_path: Path) -> Path:
+    for name, rows in (("train", GSM8K_TRAIN), ("test", GSM8K_TEST)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def _lm_eval_gsm8k(folder: Path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml")
+    config = {k: v for k, v in config.items() if k not in ("tag", "group")}
+    config.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {
+        "train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}})
+    task = ConfigurableTask(config=config)
+    task.set_fewshot_seed(1234)
+    return task
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_gsm8k_prompts_and_stops_match_lm_eval(tmp_path, shots):
+    task = _lm_eval_gsm8k(_gsm8k_dir(tmp_path))
+    ours = gsm8k.load(tmp_path, shots)
+    refs = list(task.eval_docs)
+    assert len(ours) == len(refs) == len(GSM8K_TEST)
+    for doc, ref in zip(ours, refs):  # in document order: the sampler's draws follow it
+        ctx = task.fewshot_context(ref, shots)
+        assert doc.prompt == ctx
+        (request,) = [task.construct_requests(ref, ctx, metadata=("gsm8k", 0, 1))]
+        assert request.args[0] == ctx and tuple(request.args[1]["until"]) == gsm8k.STOP_SEQUENCES
+    assert gsm8k.load(tmp_path, shots, limit=2) == ours[:2]  # --limit keeps the first shots
+
+
+def test_gsm8k_scores_match_lm_eval_filters_and_exact_match(tmp_path):
+    task = _lm_eval_gsm8k(_gsm8k_dir(tmp_path))
+    refs, ours = list(task.eval_docs), gsm8k.load(tmp_path, 0)
+    seen = set()
+    for completion, i in GSM8K_COMPLETIONS:
+        inst = task.construct_requests(refs[i], task.fewshot_context(refs[i], 0),
+                                       metadata=("gsm8k", i, 1))
+        inst.resps = [completion]
+        want = {}
+        for f in task._filters:  # lm-eval's own "strict-match" and "flexible-extract"
+            f.apply([inst])
+            want[f.name] = task.process_results(refs[i], [inst.filtered_resps[f.name]])["exact_match"]
+        got = gsm8k.score(ours[i], completion)
+        assert (got["exact_match"], got["exact_match_flexible"]) == (
+            want["strict-match"], want["flexible-extract"]), completion
+        seen.add((got["exact_match"], got["exact_match_flexible"]))
+    assert seen == {(1.0, 1.0), (0.0, 1.0), (0.0, 0.0)}  # the cases differ: the test can fail
+    assert gsm8k.truncate(" 7\n\nQuestion: next") == " 7\n\n"
+
+
+def test_gsm8k_end_to_end_and_bad_files(tiny_model, tmp_path):
+    folder = _gsm8k_dir(tmp_path)
+    calls, progress = _progress_calls()
+    records, summary = runner.run_task("gsm8k", folder, tiny_model["ours"], num_fewshot=1,
+                                       max_new_tokens=6, batch_size=2, progress=progress)
+    assert _last_per_stage(calls) == {"generated": (3, 3)}
+    assert summary["n"] == 3 and summary["exact_match"] == np.mean([r["exact_match"] for r in records])
+    assert [r["gold"] for r in records] == ["1166", "15", "4.5"]
+    assert "exact_match_flexible" in runner.format_table({"gsm8k": summary})
+    with pytest.raises(ValueError, match=r"greedily"):
+        runner.run_task("gsm8k", folder, tiny_model["ours"],
+                        sampling=runner.Sampling(n_samples=2, temperature=1.0))
+    with pytest.raises(ValueError, match=r"--num_fewshot 9 needs that many train rows"):
+        gsm8k.load(folder, 9)
+    (folder / "test.jsonl").write_text('{"question": "q?"}\n')
+    with pytest.raises(ValueError, match=r"test\.jsonl:1: missing field 'answer'"):
+        gsm8k.load(folder)

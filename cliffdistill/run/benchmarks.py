@@ -125,8 +125,9 @@ def steps_written(root: str | Path) -> list[int]:
 
 
 def metric_of(record: dict[str, Any]) -> str:
-    """The per-document score a retention table compares: `acc` (multiple choice), `passed`."""
-    return "acc" if "acc" in record else "passed"
+    """The per-document score a retention table compares: `acc` (multiple choice),
+    `exact_match` (GSM8K), `passed` (HumanEval)."""
+    return next(m for m in ("acc", "exact_match", "passed") if m in record)
 
 
 def paired(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], where: str

@@ -23,7 +23,8 @@ import transformers
 from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
-from cliffdistill.tasks import arc, choice_jsonl, executor, files, hellaswag, hub, humaneval, mmlu
+from cliffdistill.tasks import (arc, choice_jsonl, executor, files, gsm8k, hellaswag, hub,
+                                humaneval, mmlu)
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
@@ -31,8 +32,10 @@ CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
     "choice_jsonl": choice_jsonl.load,
 }
 CODE_TASKS = ("humaneval",)
-TASKS = tuple(CHOICE_TASKS) + CODE_TASKS
-LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load}
+ANSWER_TASKS = ("gsm8k",)  # greedy generation, the answer extracted and compared (exact match)
+TASKS = tuple(CHOICE_TASKS) + CODE_TASKS + ANSWER_TASKS
+LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load,
+                                                "gsm8k": gsm8k.load}
 SUMMARY_FILE = "summary.json"
 # progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
 # (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
@@ -65,9 +68,14 @@ def load_model(path: str | Path, dtype: str = "float32") -> Model:
 
 def choice_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """n, acc / acc_norm with 95% Wilson intervals."""
+    return proportions(records, ("acc", "acc_norm"))
+
+
+def proportions(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """n and each 0/1 metric's mean with its 95% Wilson interval."""
     n = len(records)
     out: dict[str, Any] = {"n": n}
-    for metric in ("acc", "acc_norm"):
+    for metric in metrics:
         k = int(sum(r[metric] for r in records))
         low, high = stats.wilson_interval(k, n)
         out.update({metric: k / n, f"{metric}_ci": [low, high]})
@@ -233,6 +241,17 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
             progress=stage(progress, "generated"))
         records, summary = score_completions(problems, completions, progress=progress)
         summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
+    elif name in ANSWER_TASKS:
+        if sampling != GREEDY:
+            raise ValueError(f"{name} is scored greedily (the harness's protocol); drop "
+                             "--n_samples / --temperature")
+        problems = load_docs(name, data, num_fewshot, limit)
+        raw = generate_completions(model, [p.prompt for p in problems],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   temperature=0.0, key=jax.random.key(0),
+                                   progress=stage(progress, "generated"))
+        records = [gsm8k.score(p, gsm8k.truncate(c)) for p, c in zip(problems, raw)]
+        summary = proportions(records, ("exact_match", "exact_match_flexible"))
     else:
         docs = load_docs(name, data, num_fewshot, limit)
         if not docs:
@@ -257,12 +276,13 @@ def write_results(out: str | Path, results: dict[str, tuple[list[dict], dict]]) 
 
 
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
-    rows = [f"{'task':<16} {'n':>6} {'shots':>5}  {'metric':<9} {'value':>7}  95% CI"]
+    rows = [f"{'task':<16} {'n':>6} {'shots':>5}  {'metric':<20} {'value':>7}  95% CI"]
     for name, s in summaries.items():
-        for metric in ("acc", "acc_norm", *(f"pass@{k}" for k in PASS_AT)):
+        for metric in ("acc", "acc_norm", "exact_match", "exact_match_flexible",
+                       *(f"pass@{k}" for k in PASS_AT)):
             if metric in s:
                 low, high = s[f"{metric}_ci"]
-                rows.append(f"{name:<16} {s['n']:>6} {s['num_fewshot']:>5}  {metric:<9} "
+                rows.append(f"{name:<16} {s['n']:>6} {s['num_fewshot']:>5}  {metric:<20} "
                             f"{s[metric]:>7.4f}  [{low:.4f}, {high:.4f}]")
     return "\n".join(rows)
 
