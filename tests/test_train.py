@@ -420,9 +420,12 @@ def test_error_vocab_mismatch(tiny_pair, tmp_path):
     hf = json.loads((bad / "config.json").read_text())
     hf["vocab_size"] += 1
     (bad / "config.json").write_text(json.dumps(hf))
+    from cliffdistill.data import toy_tokenizer  # a different tokenizer: different merges
+    size = len(toy_tokenizer.SPECIAL_TOKENS) + 97 + 20
+    toy_tokenizer.save_tokenizer(toy_tokenizer.train_tokenizer(["zz qq 12 + 34 = 46"] * 20, size), bad)
     cfg = tiny_run_config(tiny_pair)
     cfg.teacher.path = str(bad)
-    _expect(cfg, "teacher/student vocab mismatch")
+    _expect(cfg, "teacher/student tokenizer mismatch")  # (same tokenizer, padded: tests/test_vocab.py)
 
 
 def test_error_dpo_samples_must_divide_the_batch(tiny_pair):
