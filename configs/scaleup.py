@@ -13,9 +13,9 @@ Pairs (student <- teacher, the preset names the memory planner knows them by):
 
 The study's settings (as configs/qwen_size.py): LoRA rank 32, rollout batch 64 x 512 new tokens.
 `mesh` is the smallest H100 (80 GB) mesh the planner finds for the pair as configured; the
-other platforms' meshes and the memory tables are in docs/SCALING.md. Mistral's and Mixtral's
-chat templates have no system role: a system prompt or passage goes into the first user turn
-(`prompts.fold_system`).
+other platforms' meshes and the memory tables are in docs/SCALING.md. Where a chat template has
+no system role (some Mistral template versions), a system prompt or passage goes into the first
+user turn (`prompts.fold_system`).
 """
 
 import ml_collections

@@ -366,6 +366,15 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 _LLAMA3_ROPE = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                            original_max_position_embeddings=8192)
 
+# What the presets of one family share (each preset adds its sizes).
+_LLAMA3 = dict(model_type="llama", vocab_size=128256, num_kv_heads=8, head_dim=128,
+               rms_norm_eps=1e-5, rope_theta=5e5, rope_scaling=_LLAMA3_ROPE,
+               max_position_embeddings=131072, bos_token_id=128000,
+               eos_token_ids=(128001, 128008, 128009))
+_QWEN25 = dict(model_type="qwen2", vocab_size=152064, num_kv_heads=8, head_dim=128,
+               rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+               eos_token_ids=(151645,), pad_token_id=151643)
+
 PRESETS: dict[str, ModelConfig] = {
     # Qwen/Qwen3-4B-Instruct-2507 (tied embeddings).
     "qwen3_4b": ModelConfig(
@@ -380,34 +389,20 @@ PRESETS: dict[str, ModelConfig] = {
         max_position_embeddings=262144, num_experts=128, num_experts_per_tok=8,
         moe_intermediate_size=768, norm_topk_prob=True, eos_token_ids=(151645,),
         pad_token_id=151643),
-    # meta-llama/Llama-3.1-8B-Instruct.
-    "llama31_8b": ModelConfig(
-        model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
-        num_kv_heads=8, head_dim=128, intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=5e5,
-        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
-        eos_token_ids=(128001, 128008, 128009)),
-    # meta-llama/Llama-3.3-70B-Instruct (Llama-3.1-70B-Instruct has the same architecture).
-    "llama33_70b": ModelConfig(
-        model_type="llama", vocab_size=128256, hidden_size=8192, num_layers=80, num_heads=64,
-        num_kv_heads=8, head_dim=128, intermediate_size=28672, rms_norm_eps=1e-5, rope_theta=5e5,
-        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
-        eos_token_ids=(128001, 128008, 128009)),
-    # meta-llama/Llama-3.1-405B-Instruct.
-    "llama31_405b": ModelConfig(
-        model_type="llama", vocab_size=128256, hidden_size=16384, num_layers=126, num_heads=128,
-        num_kv_heads=8, head_dim=128, intermediate_size=53248, rms_norm_eps=1e-5, rope_theta=5e5,
-        rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072, bos_token_id=128000,
-        eos_token_ids=(128001, 128008, 128009)),
+    # meta-llama/Llama-3.1-8B-Instruct, Llama-3.3-70B-Instruct (Llama-3.1-70B-Instruct has the
+    # same architecture) and Llama-3.1-405B-Instruct.
+    "llama31_8b": ModelConfig(**_LLAMA3, hidden_size=4096, num_layers=32, num_heads=32,
+                              intermediate_size=14336),
+    "llama33_70b": ModelConfig(**_LLAMA3, hidden_size=8192, num_layers=80, num_heads=64,
+                               intermediate_size=28672),
+    "llama31_405b": ModelConfig(**_LLAMA3, hidden_size=16384, num_layers=126, num_heads=128,
+                                intermediate_size=53248),
     # Qwen/Qwen2.5-32B-Instruct and Qwen/Qwen2.5-72B-Instruct: q/k/v biases, the embedding
     # padded to 152,064 rows for 151,665 tokens (config field `vocab_size` cuts the logits).
-    "qwen25_32b": ModelConfig(
-        model_type="qwen2", vocab_size=152064, hidden_size=5120, num_layers=64, num_heads=40,
-        num_kv_heads=8, head_dim=128, intermediate_size=27648, rms_norm_eps=1e-6, rope_theta=1e6,
-        max_position_embeddings=32768, eos_token_ids=(151645,), pad_token_id=151643),
-    "qwen25_72b": ModelConfig(
-        model_type="qwen2", vocab_size=152064, hidden_size=8192, num_layers=80, num_heads=64,
-        num_kv_heads=8, head_dim=128, intermediate_size=29568, rms_norm_eps=1e-6, rope_theta=1e6,
-        max_position_embeddings=32768, eos_token_ids=(151645,), pad_token_id=151643),
+    "qwen25_32b": ModelConfig(**_QWEN25, hidden_size=5120, num_layers=64, num_heads=40,
+                              intermediate_size=27648),
+    "qwen25_72b": ModelConfig(**_QWEN25, hidden_size=8192, num_layers=80, num_heads=64,
+                              intermediate_size=29568),
     # mistralai/Mistral-7B-Instruct-v0.2 (no sliding window; the Mixtral tokenizer, 32,000).
     "mistral_7b": ModelConfig(
         model_type="mistral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
