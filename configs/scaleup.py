@@ -10,6 +10,12 @@ Pairs (student <- teacher, the preset names the memory planner knows them by):
   mixtral   Mistral-7B-Instruct-v0.2 <- Mixtral-8x7B-Instruct-v0.1  (mistral_7b <- mixtral_8x7b)
   qwen25    Qwen2.5-32B-Instruct <- Qwen2.5-72B-Instruct            (qwen25_32b <- qwen25_72b)
   llama405  Llama-3.1-70B-Instruct <- Llama-3.1-405B-Instruct       (llama33_70b <- llama31_405b)
+  gemma3    gemma-3-1b-it <- gemma-3-27b-it (its language model)     (gemma3_1b <- gemma3_27b)
+
+The Gemma 3 pair shares a tokenizer but not an embedding size (262,144 vs 262,208 rows, the
+27B's extra rows are image tokens): `vocab_size` is set to the 1B's 262,144 rows, so logits,
+losses and sampling cover only ids both models have; the run refuses it, naming the field, if
+the tokenizer has more ids.
 
 The study's settings (as configs/qwen_size.py): LoRA rank 32, rollout batch 64 x 512 new tokens.
 `mesh` is the smallest H100 (80 GB) mesh the planner finds for the pair as configured; the
@@ -31,6 +37,8 @@ PAIRS = {
     "llama405": dict(student="/models/Llama-3.1-70B-Instruct",
                      teacher="/models/Llama-3.1-405B-Instruct",
                      mesh=dict(data=1, fsdp=4, tensor=8, expert=1)),
+    "gemma3": dict(student="/models/gemma-3-1b-it", teacher="/models/gemma-3-27b-it",
+                   mesh=dict(data=1, fsdp=1, tensor=1, expert=1), vocab_size=262144),
 }
 
 
@@ -47,4 +55,5 @@ def get_config(pair: str = "mixtral") -> ml_collections.ConfigDict:
     c.off_policy.update(max_new_tokens=512, gen_batch_size=64)
     c.eval.update(every=25, max_new_tokens=1024, batch_size=128)
     c.mesh.update(p["mesh"])
+    c.vocab_size = p.get("vocab_size", 0)
     return c

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = ("configs/base.py", "configs/qwen_size.py", "configs/llama_size.py",
                "configs/llama_context.py", "configs/toy.py:size", "configs/toy.py:context",
                "configs/toy.py:retrieval", "configs/scaleup.py:mixtral",
-               "configs/scaleup.py:qwen25", "configs/scaleup.py:llama405")
+               "configs/scaleup.py:qwen25", "configs/scaleup.py:llama405",
+               "configs/scaleup.py:gemma3")
 SWEEP_CONFIGS = ("configs/sweeps/study.py:qwen_size", "configs/sweeps/study.py:llama_size",
                  "configs/sweeps/study.py:llama_context", "configs/sweeps/study.py:toy",
                  "configs/sweeps/toy_quick.py", "configs/sweeps/toy_full.py")

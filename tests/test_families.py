@@ -1,7 +1,9 @@
-"""Qwen2, Mistral and Mixtral against HF transformers (PyTorch, CPU, fp32), beyond their sliding
-windows: logits (full, blocked and left-padded), greedy generation through the KV cache, save_hf ->
-HF reload, LoRA vs PEFT; plus the per-component pieces (window mask, layer selection, router) and
-the refusals of options we do not implement."""
+"""Qwen2, Mistral, Mixtral, Gemma 2 and Gemma 3 against HF transformers (PyTorch, CPU, fp32),
+beyond their sliding windows: logits (full, blocked and left-padded), greedy generation through the
+KV cache, save_hf -> HF reload, LoRA vs PEFT, a multimodal Gemma 3 checkpoint's language model;
+plus the per-component pieces (window mask, layer selection, router, Gemma's norm, embedding
+scale, GeGLU, soft-capped attention, per-layer RoPE) and the refusals of options we do not
+implement."""
 
 import json
 
@@ -16,9 +18,10 @@ from cliffdistill import models
 from cliffdistill.engine import sampling
 from cliffdistill.models import transformer
 from cliffdistill.run import export
-from tests.hf_models import WINDOW, hf_config, hf_logits, make_hf_model, save_hf_model
+from tests.hf_models import (GEMMA, WINDOW, hf_config, hf_logits, make_hf_model, save_hf_model,
+                              uncap_for_peaks)
 
-WINDOWED = ("qwen2", "mistral", "mixtral")
+WINDOWED = ("qwen2", "mistral", "mixtral", "gemma2", "gemma3_text")
 VOCAB = 97
 
 
@@ -60,6 +63,7 @@ def _peaked(family: str, path):
     hf = make_hf_model(family)
     with torch.no_grad():
         hf.model.embed_tokens.weight.mul_(40.0)
+    uncap_for_peaks(hf)
     hf.generation_config.eos_token_id = None  # every row runs the full length
     hf.save_pretrained(path)
     return hf
@@ -83,7 +87,8 @@ def test_greedy_generation_matches_hf(family, tmp_path):
     np.testing.assert_array_equal(np.asarray(out.tokens)[:, :n], ref[:, toks.shape[1]:].numpy())
 
 
-@pytest.mark.parametrize("family,tied", [("qwen2", True), ("mistral", False), ("mixtral", False)])
+@pytest.mark.parametrize("family,tied", [("qwen2", True), ("mistral", False), ("mixtral", False),
+                                         ("gemma2", True), ("gemma3_text", False)])
 def test_save_hf_reloads_identically_in_transformers(family, tied, tmp_path):
     cfg = models.from_hf_config(hf_config(family, tied).to_dict())
     params = models.init_params(cfg, jax.random.key(3))
@@ -203,3 +208,181 @@ def test_unsupported_options_are_refused_by_name(tmp_path, family, change, match
     with pytest.raises(ValueError, match=match) as err:
         models.load_hf(tmp_path)
     assert "config.json" in str(err.value)
+
+
+# --------------------------------------------------------------------------- Gemma
+
+
+@pytest.mark.parametrize("family,changes", [
+    ("gemma2", [{"attn_logit_softcapping": None}, {"final_logit_softcapping": None},
+                {"query_pre_attn_scalar": None}]),
+    ("gemma3_text", [{"rope_local_theta": None}, {"rope_scaling": None},
+                     {"query_pre_attn_scalar": None}]),
+])
+def test_gemma_features_each_change_the_logits(family, changes, tmp_path):
+    """The parity tests have teeth: dropping any one Gemma feature moves the logits well past
+    their 1e-4 tolerance."""
+    hf = save_hf_model(family, tmp_path)
+    cfg, params = models.load_hf(tmp_path, dtype=jnp.float32)
+    tokens, mask = _padded_tokens(5)
+    ref = hf_logits(hf, tokens, mask)[mask]
+    np.testing.assert_allclose(np.asarray(models.apply(cfg, params, tokens, mask=mask))[mask], ref,
+                               atol=1e-4, rtol=0)
+    for change in changes:
+        moved = np.abs(np.asarray(models.apply(cfg.replace(**change), params, tokens, mask=mask))[mask]
+                       - ref).max()
+        assert moved > 1e-3, (change, moved)
+
+
+def test_gemma_norm_embedding_and_gelu_match_hf_in_bf16():
+    from transformers.activations import ACT2FN
+    from transformers.models.gemma2 import modeling_gemma2 as g2
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 64).to(torch.bfloat16)
+    norm = g2.Gemma2RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(0.3 * torch.randn(64))
+    w = jnp.asarray(norm.weight.detach().numpy(), jnp.float32)
+    xj = jnp.asarray(x.float().numpy(), jnp.bfloat16)
+    ours = transformer.rms_norm(xj, w, 1e-6, gemma=True)
+    ref = norm(x).detach().float().numpy()
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), ref)  # same ops, same roundings
+    llama_order = transformer.rms_norm(xj, (1.0 + w).astype(jnp.bfloat16), 1e-6)
+    assert np.any(np.asarray(llama_order, np.float32) != ref)  # cast-then-scale differs in bf16
+
+    emb = g2.Gemma2TextScaledWordEmbedding(11, 3072, 0, embed_scale=3072 ** 0.5).to(torch.bfloat16)
+    ids = torch.arange(11)[None]
+    cfg = models.preset("gemma2_2b").replace(hidden_size=3072, vocab_size=11)
+    got = transformer.embed(cfg, {"embed": jnp.asarray(emb.weight.detach().float().numpy(),
+                                                       jnp.bfloat16)}, jnp.arange(11)[None])
+    np.testing.assert_array_equal(np.asarray(got, np.float32), emb(ids).detach().float().numpy())
+
+    z = torch.linspace(-6, 6, 101)
+    np.testing.assert_allclose(np.asarray(transformer.activation(cfg, jnp.asarray(z.numpy()))),
+                               ACT2FN["gelu_pytorch_tanh"](z).numpy(), atol=1e-6, rtol=0)
+
+
+def test_capped_attention_matches_numpy():
+    rng = np.random.default_rng(0)
+    B, T, Hq, Hkv, hd, scale, cap = 2, 6, 4, 2, 8, 0.3, 1.5
+    q, k, v = (rng.standard_normal((B, T, h, hd)).astype(np.float32) for h in (Hq, Hkv, Hkv))
+    allowed = np.tril(np.ones((T, T), bool))[None, None] & (rng.random((B, 1, 1, T)) > 0.2)
+    allowed[..., 0] = True  # every query sees at least one key
+    got = np.asarray(transformer._capped_attention(q, k, v, jnp.asarray(allowed), scale, cap))
+    kk, vv = np.repeat(k, Hq // Hkv, axis=2), np.repeat(v, Hq // Hkv, axis=2)  # GQA
+    s = np.einsum("bqhd,bshd->bhqs", q, kk) * scale
+    s = np.where(allowed, cap * np.tanh(s / cap), -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, np.einsum("bhqs,bshd->bqhd", p, vv), atol=1e-5, rtol=0)
+
+
+def test_gemma3_rope_tables_per_layer_type_match_hf():
+    from transformers.models.gemma3 import modeling_gemma3 as g3
+
+    hf = hf_config("gemma3_text")
+    cfg = models.from_hf_config(hf.to_dict())
+    tables = np.asarray(transformer._layer_inv_freqs(cfg))  # [L, hd/2]
+    rot = g3.Gemma3RotaryEmbedding(hf)
+    for layer, kind in enumerate(hf.layer_types):
+        np.testing.assert_allclose(tables[layer], getattr(rot, f"{kind}_inv_freq").numpy(),
+                                   rtol=1e-6, atol=0)
+    assert not np.allclose(tables[0], tables[1])
+    assert transformer._layer_inv_freqs(models.from_hf_config(hf_config("gemma2").to_dict())) is None
+
+
+def test_gemma_layer_patterns_and_legacy_layout_follow_transformers():
+    base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=7,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=WINDOW,
+                max_position_embeddings=256, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    g2 = transformers.Gemma2Config(**base)  # no layer_types: transformers' default alternation
+    d2 = {k: v for k, v in g2.to_dict().items() if k != "layer_types"}
+    assert models.from_hf_config(d2).layer_types == tuple(g2.layer_types)
+    # Gemma 3's published config.json layout: rope_theta / rope_local_base_freq / rope_scaling /
+    # sliding_window_pattern, as transformers 5 converts it.
+    legacy = dict(base, model_type="gemma3_text", rope_theta=1e6, rope_local_base_freq=1e4,
+                  rope_scaling={"rope_type": "linear", "factor": 8.0}, sliding_window_pattern=3)
+    hf3 = transformers.Gemma3TextConfig(**{k: v for k, v in legacy.items() if k != "model_type"})
+    ours = models.from_hf_config(legacy)
+    assert ours == models.from_hf_config(hf3.to_dict())
+    assert ours.layer_types == tuple(hf3.layer_types) and ours.rope_local_theta == 1e4
+    assert ours.rope_scaling == models.config.RopeScaling(factor=8.0, rope_type="linear")
+
+
+def test_multimodal_gemma3_loads_its_language_model(tmp_path, caplog):
+    torch.manual_seed(0)
+    text = hf_config("gemma3_text", tied=True)
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=32, patch_size=8)
+    mm = transformers.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                   mm_tokens_per_image=4, image_token_index=96, boi_token_index=94,
+                                   eoi_token_index=95)
+    hf = transformers.Gemma3ForConditionalGeneration(mm).float().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        cfg, params = models.load_hf(tmp_path, dtype=jnp.float32)
+    assert cfg.model_type == "gemma3_text" and "multimodal" in caplog.text
+    tokens, mask = _padded_tokens(6)
+    tokens = np.minimum(tokens, 90)  # no image-token ids
+    np.testing.assert_allclose(np.asarray(models.apply(cfg, params, tokens, mask=mask))[mask],
+                               hf_logits(hf, tokens, mask)[mask], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family,change,match", [
+    ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ("gemma2", {"hidden_activation": "gelu"}, "hidden_activation='gelu'"),
+    ("llama", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ("gemma3_text", {"rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e4},
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10.0}}},
+     "sliding_attention"),
+    ("llama", {"rope_local_base_freq": 10.0}, "rope_local_base_freq"),
+])
+def test_unsupported_gemma_options_are_refused_by_name(tmp_path, family, change, match):
+    save_hf_model(family, tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf.update(change)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=match):
+        models.load_hf(tmp_path)
+
+
+def test_cudnn_cannot_softcap():
+    with pytest.raises(ValueError, match="attention_impl='cudnn' cannot soft-cap"):
+        models.preset("gemma2_2b").replace(attention_impl="cudnn")
+    assert transformer.attention_impl(models.preset("gemma2_2b"), jnp.bfloat16) == "xla"
+
+
+def test_chunked_scoring_and_jsd_apply_the_final_cap(tmp_path):
+    """The chunked log-softmax paths (scoring, every loss) see the same capped logits as `apply`
+    (itself checked against HF above)."""
+    from cliffdistill.engine import losses, scoring
+
+    save_hf_model("gemma2", tmp_path)
+    cfg, params = models.load_hf(tmp_path, dtype=jnp.float32)
+    prompt, pmask = _padded_tokens(7, (2, 6), pad=2)
+    comp = np.random.default_rng(8).integers(3, VOCAB, (2, 5))
+    lp = scoring.score(cfg, params, prompt, pmask, comp, np.ones_like(comp, bool), vocab_chunk=10)
+    full = models.apply(cfg, params, np.concatenate([prompt, comp], 1),
+                        mask=np.concatenate([pmask, np.ones_like(comp, bool)], 1))
+    ref = np.take_along_axis(np.asarray(jax.nn.log_softmax(full[:, 5:-1])), comp[..., None], -1)[..., 0]
+    np.testing.assert_allclose(lp, ref, atol=1e-5, rtol=0)
+    uncapped = scoring.score(cfg.replace(final_logit_softcapping=None), params, prompt, pmask, comp,
+                             np.ones_like(comp, bool), vocab_chunk=10)
+    assert np.abs(np.asarray(uncapped) - ref).max() > 1e-2
+
+    rng = np.random.default_rng(9)
+    hs, ht = (rng.standard_normal((2, 4, 8)).astype(np.float32) for _ in range(2))
+    ws, wt = (rng.standard_normal((8, 23)).astype(np.float32) for _ in range(2))
+    mask = np.ones((2, 4), bool)
+    cap = lambda x, c: c * np.tanh(x / c)  # noqa: E731
+    dense = losses.generalized_jsd(cap(hs @ ws, 2.0), cap(ht @ wt, 3.0), mask, 0.5)
+    chunked = losses.generalized_jsd_chunked(hs, ws, ht, wt, mask, 0.5, 8, student_softcap=2.0,
+                                             teacher_softcap=3.0)
+    np.testing.assert_allclose(chunked, dense, rtol=1e-5)

@@ -11,7 +11,7 @@ import torch
 from cliffdistill import models
 from cliffdistill.engine import sampling, scoring
 from cliffdistill.models import sharding, transformer
-from tests.hf_models import FAMILIES, make_hf_model
+from tests.hf_models import FAMILIES, make_hf_model, uncap_for_peaks
 
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12, 13, 14, 15, 16, 17, 18], [20, 21, 22]]
 
@@ -22,7 +22,7 @@ def peaked_hf_model(family, seed=0):
     hf = make_hf_model(family, seed=seed)
     with torch.no_grad():
         hf.lm_head.weight.mul_(25.0)
-    return hf
+    return uncap_for_peaks(hf)
 
 
 def ours(hf):

@@ -332,12 +332,16 @@ def generalized_jsd(
 
 
 def _chunk_logits(
-    hidden: jax.Array, unembed: jax.Array, start: jax.Array, chunk: int, temperature: jax.Array
+    hidden: jax.Array, unembed: jax.Array, start: jax.Array, chunk: int, temperature: jax.Array,
+    softcap: float | None = None,
 ) -> jax.Array:
-    """hidden [B, T, D] @ unembed[:, start:start+chunk] -> [B, T, chunk] float32 logits."""
+    """hidden [B, T, D] @ unembed[:, start:start+chunk] -> [B, T, chunk] float32 logits, soft-capped
+    as cap * tanh(x / cap) when the model caps its logits (Gemma 2), then divided by temperature."""
     w = lax.dynamic_slice_in_dim(unembed, start, chunk, axis=1)  # [D, chunk]
-    x = jnp.einsum("btd,dc->btc", hidden, w, preferred_element_type=_F32)
-    return x.astype(_F32) / temperature
+    x = jnp.einsum("btd,dc->btc", hidden, w, preferred_element_type=_F32).astype(_F32)
+    if softcap is not None:
+        x = softcap * jnp.tanh(x / softcap)
+    return x / temperature
 
 
 def generalized_jsd_chunked(
@@ -350,9 +354,12 @@ def generalized_jsd_chunked(
     chunk_size: int,
     temperature: ArrayLike = 1.0,
     seq_weights: ArrayLike | None = None,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
 ) -> jax.Array:
     """:func:`generalized_jsd` of ``student_hidden @ student_unembed`` vs ``teacher_hidden @
     teacher_unembed`` without materialising ``[B, T, V]`` logits (forward or backward).
+    ``student_softcap`` / ``teacher_softcap``: each model's final-logit cap (Gemma 2), or None.
 
     student_hidden [B, T, Ds], student_unembed [Ds, V], teacher_hidden [B, T, Dt],
     teacher_unembed [Dt, V], mask [B, T], beta scalar (float or traced), chunk_size static int;
@@ -402,8 +409,9 @@ def generalized_jsd_chunked(
         (m_s, z_s), (m_t, z_t) = carry
         start, valid = chunk_view(i)
         out = []
-        for h, w, m, z in ((h_s, w_s, m_s, z_s), (h_t, w_t, m_t, z_t)):
-            x = jnp.where(valid, _chunk_logits(h, w, start, chunk, temp), -jnp.inf)
+        for h, w, cap, m, z in ((h_s, w_s, student_softcap, m_s, z_s),
+                                (h_t, w_t, teacher_softcap, m_t, z_t)):
+            x = jnp.where(valid, _chunk_logits(h, w, start, chunk, temp, cap), -jnp.inf)
             m_new = lax.stop_gradient(jnp.maximum(m, jnp.max(x, axis=-1)))
             z = z * lax.stop_gradient(jnp.exp(m - m_new)) + jnp.sum(jnp.exp(x - m_new[..., None]), axis=-1)
             out.append((m_new, z))
@@ -423,8 +431,10 @@ def generalized_jsd_chunked(
         start, valid = chunk_view(i)
         # Invalid (overlap) columns get log-prob 0 *before* any arithmetic and are zeroed after,
         # so no inf/nan appears in the value or the backward pass.
-        logp_s = jnp.where(valid, _chunk_logits(h_s, w_s, start, chunk, temp) - lse_s[..., None], 0.0)
-        logp_t = jnp.where(valid, _chunk_logits(h_t, w_t, start, chunk, temp) - lse_t[..., None], 0.0)
+        logp_s = jnp.where(valid, _chunk_logits(h_s, w_s, start, chunk, temp, student_softcap)
+                           - lse_s[..., None], 0.0)
+        logp_t = jnp.where(valid, _chunk_logits(h_t, w_t, start, chunk, temp, teacher_softcap)
+                           - lse_t[..., None], 0.0)
         p_s = jnp.where(valid, jnp.exp(logp_s), 0.0)
         p_t = jnp.where(valid, jnp.exp(logp_t), 0.0)
         log_m = jnp.logaddexp(log_b + logp_t, log_1mb + logp_s)

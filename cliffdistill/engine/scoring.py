@@ -43,8 +43,9 @@ def completion_hidden(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_m
 
 
 def chunked_token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array,
-                           vocab_chunk: int) -> jax.Array:
-    """log softmax(h @ w)[targets] without materialising the logits. h [B,T,D], w [D,V] -> [B,T] fp32."""
+                           vocab_chunk: int, softcap: float | None = None) -> jax.Array:
+    """log softmax(h @ w)[targets] without materialising the logits. h [B,T,D], w [D,V] -> [B,T] fp32.
+    `softcap`: the model's final-logit cap (Gemma 2), applied to each chunk's logits."""
     V = w.shape[1]
     chunk = min(vocab_chunk, V)
     n = math.ceil(V / chunk)
@@ -56,7 +57,8 @@ def chunked_token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array,
     def body(carry, xs):
         m, s, tgt = carry
         wc, start = xs
-        logits = jnp.einsum("btd,dv->btv", h, wc, preferred_element_type=jnp.float32)
+        logits = transformer.softcap(
+            jnp.einsum("btd,dv->btv", h, wc, preferred_element_type=jnp.float32), softcap)
         ids = start + jnp.arange(chunk)
         logits = jnp.where(ids < V, logits, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
@@ -76,7 +78,8 @@ def chunked_token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array,
 def score_hidden(cfg: ModelConfig, params: Any, h: jax.Array, completion: jax.Array,
                  completion_mask: jax.Array, vocab_chunk: int = 16384) -> jax.Array:
     """Log-probs [B, G] of completion tokens from `completion_hidden`; 0 where ~completion_mask."""
-    lp = chunked_token_logprobs(h, transformer.unembed_matrix(cfg, params), completion, vocab_chunk)
+    lp = chunked_token_logprobs(h, transformer.unembed_matrix(cfg, params), completion, vocab_chunk,
+                                cfg.final_logit_softcapping)
     return jnp.where(completion_mask, lp, 0.0)
 
 

@@ -131,6 +131,9 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
     B' rejected partners -- and valid [B'] (False for a tied pair)."""
     lora = LoraParams(layers=lora_layers, scale=spec.scale)
     w = transformer.unembed_matrix(spec.student, base)
+    cap_s, cap_t = spec.student.final_logit_softcapping, spec.teacher.final_logit_softcapping
+    token_lp = lambda h, tokens: scoring.chunked_token_logprobs(  # noqa: E731
+        h, w, tokens, spec.vocab_chunk, cap_s)
     hidden = functools.partial(scoring.completion_hidden, spec.student, base, remat=spec.remat,
                                moe_impl=spec.moe_impl)
     total = jnp.zeros((), jnp.float32)
@@ -143,7 +146,7 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
                                                    plan["confidence_temperature"])
                  if spec.confidence_weighted else None)  # [B]
         if spec.on_loss == "sampled_rkl":
-            lp = scoring.chunked_token_logprobs(h, w, b["completion"], spec.vocab_chunk)
+            lp = token_lp(h, b["completion"])
             l_on = losses.sampled_reverse_kl(lp, b["lp_old"], b["lp_teacher"], b["loss_mask"],
                                              plan["kl_discount"], seq_weights=seq_w)
             aux.update({f"is/{k}": v for k, v in losses.sampled_reverse_kl_stats(
@@ -152,7 +155,7 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         else:
             l_on = losses.generalized_jsd_chunked(
                 h, w, b["teacher_h"], teacher_unembed, b["loss_mask"], plan["jsd_beta"],
-                spec.vocab_chunk, seq_weights=seq_w)
+                spec.vocab_chunk, seq_weights=seq_w, student_softcap=cap_s, teacher_softcap=cap_t)
         if seq_w is not None:
             aux["confidence/weight_max"] = jnp.max(seq_w)
         aux["loss/on"] = l_on
@@ -162,12 +165,13 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         b = batch["off"]
         h = hidden(b["prompt"], b["prompt_mask"], b["completion"], lora, shift=spec.shift_off)
         if spec.off_loss == "nll":
-            lp = scoring.chunked_token_logprobs(h, w, b["completion"], spec.vocab_chunk)
+            lp = token_lp(h, b["completion"])
             mask = b["loss_mask"]
             l_off = -jnp.sum(jnp.where(mask, lp, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
         else:
             l_off = losses.generalized_jsd_chunked(h, w, b["teacher_h"], teacher_unembed,
-                                                   b["loss_mask"], 0.0, spec.vocab_chunk)
+                                                   b["loss_mask"], 0.0, spec.vocab_chunk,
+                                                   student_softcap=cap_s, teacher_softcap=cap_t)
         aux["loss/off"] = l_off
         total = total + plan["off_weight"] * l_off
         anchor_batch = (b, h)
@@ -175,10 +179,8 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         # Reference = pi_0, the same base weights with the adapters off (no second model copy).
         b = batch["dpo"]
         args = (b["prompt"], b["prompt_mask"], b["completion"])
-        lp = scoring.chunked_token_logprobs(hidden(*args, lora), w, b["completion"],
-                                            spec.vocab_chunk)  # [2B', G]
-        ref = jax.lax.stop_gradient(scoring.chunked_token_logprobs(
-            hidden(*args, None), w, b["completion"], spec.vocab_chunk))
+        lp = token_lp(hidden(*args, lora), b["completion"])  # [2B', G]
+        ref = jax.lax.stop_gradient(token_lp(hidden(*args, None), b["completion"]))
         n, m = b["valid"].shape[0], b["loss_mask"]
         l_dpo = losses.dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], m[:n], m[n:], plan["dpo_beta"],
                                 valid=b["valid"])
@@ -193,7 +195,8 @@ def loss_terms(spec: UpdateSpec, lora_layers: Any, base: Any, teacher_unembed: j
         else:
             h0 = jax.lax.stop_gradient(hidden(b["prompt"], b["prompt_mask"], b["completion"], None,
                                               shift=spec.shift_off if spec.has_off else True))
-        l_anchor = losses.generalized_jsd_chunked(h, w, h0, w, b["loss_mask"], 1.0, spec.vocab_chunk)
+        l_anchor = losses.generalized_jsd_chunked(h, w, h0, w, b["loss_mask"], 1.0, spec.vocab_chunk,
+                                                  student_softcap=cap_s, teacher_softcap=cap_s)
         aux["loss/anchor"] = l_anchor
         total = total + plan["anchor_beta"] * l_anchor
     aux["loss/total"] = total

@@ -1,5 +1,5 @@
-"""Model configuration: one frozen dataclass for Llama 3.x, Qwen2/2.5, Qwen3, Qwen3-MoE, Mistral
-and Mixtral.
+"""Model configuration: one frozen dataclass for Llama 3.x, Qwen2/2.5, Qwen3, Qwen3-MoE, Mistral,
+Mixtral, Gemma 2 and Gemma 3 (text, and the language model of a multimodal Gemma 3 checkpoint).
 
 `ModelConfig` is hashable so it can be a *static* argument of jitted functions: two runs with the
 same architecture share compiled code. It is built from an HF `config.json` (both the legacy
@@ -15,21 +15,42 @@ import math
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma2",
+                         "gemma3_text")
+GEMMA_TYPES = ("gemma2", "gemma3_text")
+# A multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration): its `text_config` is loaded as
+# a gemma3_text model and the vision tower is ignored (hf_io logs it).
+MULTIMODAL_TEXT_TYPES = {"gemma3": "gemma3_text"}
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 FULL_WINDOW = 1 << 30  # the per-layer window of a full-attention layer (longer than any sequence)
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Llama 3.1 frequency-dependent RoPE scaling (`rope_type: llama3`)."""
+    """RoPE frequency scaling: Llama 3.1's frequency-dependent `llama3` (all fields) or `linear`
+    (every inverse frequency divided by `factor`: Gemma 3's global layers; the llama3 fields 0)."""
 
     factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
+    low_freq_factor: float = 0.0
+    high_freq_factor: float = 0.0
+    original_max_position_embeddings: int = 0
+    rope_type: str = "llama3"
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ("llama3", "linear"):
+            raise ValueError(f"rope_type={self.rope_type!r}; expected 'llama3' or 'linear'")
+        if self.factor <= 0:
+            raise ValueError(f"rope scaling factor={self.factor} must be > 0")
+
+    def to_hf(self) -> dict[str, Any]:
+        if self.rope_type == "linear":
+            return dict(rope_type="linear", factor=self.factor)
+        return dict(rope_type="llama3", factor=self.factor, low_freq_factor=self.low_freq_factor,
+                    high_freq_factor=self.high_freq_factor,
+                    original_max_position_embeddings=self.original_max_position_embeddings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +68,15 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768
+    hidden_act: str = "silu"  # of the gated MLP: act(x @ gate) * (x @ up); one of ACTIVATIONS
+    # Gemma: attention scores scaled by query_pre_attn_scalar**-0.5 instead of head_dim**-0.5
+    # (None = head_dim); scores and final logits soft-capped as cap * tanh(x / cap) (None = off).
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    # Gemma 3: the RoPE base of the sliding layers (no scaling there); full-attention layers use
+    # rope_theta and rope_scaling. None = one RoPE table for every layer.
+    rope_local_theta: float | None = None
     # Sliding-window attention: a query at slot i sees slots j with i - sliding_window < j <= i on
     # the layers whose `layer_types[l]` is "sliding_attention". No windowed layer is spelled
     # sliding_window=None, layer_types=() (normalised by `from_hf_config`).
@@ -90,6 +120,17 @@ class ModelConfig:
             )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+        if self.attention_impl == "cudnn" and self.attn_logit_softcapping is not None:
+            raise ValueError("attention_impl='cudnn' cannot soft-cap attention scores "
+                             f"(attn_logit_softcapping={self.attn_logit_softcapping}); use 'auto' "
+                             "or 'xla' (soft-capped layers run XLA attention)")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; supported: {ACTIVATIONS}")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+                     "rope_local_theta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be > 0 (or None)")
         if self.moe_capacity_factor <= 0:
             raise ValueError(f"moe_capacity_factor={self.moe_capacity_factor} must be > 0")
         if self.layer_types and len(self.layer_types) != self.num_layers:
@@ -120,8 +161,25 @@ class ModelConfig:
 
     @property
     def qk_norm(self) -> bool:
-        """Qwen3 normalises q and k per head before RoPE; Llama does not."""
-        return self.model_type in ("qwen3", "qwen3_moe")
+        """Qwen3 and Gemma 3 normalise q and k per head before RoPE; Llama does not."""
+        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+
+    @property
+    def is_gemma(self) -> bool:
+        """Gemma's blocks: (1 + w) RMSNorms in fp32, embeddings scaled by sqrt(hidden_size), and a
+        norm after attention and after the MLP as well as before each (`post_attn_norm`,
+        `post_mlp_norm`)."""
+        return self.model_type in GEMMA_TYPES
+
+    @property
+    def attn_scale(self) -> float:
+        """The factor of q . k in attention scores."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def per_layer_rope(self) -> bool:
+        """Sliding and full layers use different RoPE tables (Gemma 3)."""
+        return self.rope_local_theta is not None and self.has_sliding_layers
 
     @property
     def has_sliding_layers(self) -> bool:
@@ -146,32 +204,55 @@ class ModelConfig:
 # --------------------------------------------------------------------------- HF config.json
 
 
-def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
-    """Reads RoPE settings from either HF layout; unknown scaling types are refused."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or None
-    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
-    if scaling is None and params.get("rope_type", "default") != "default":
-        scaling = params
-    if scaling is None:
-        return float(theta), None
+def _scaling_from_hf(scaling: dict[str, Any] | None, source: str) -> RopeScaling | None:
+    """One RoPE scaling dict (rope_scaling, or a rope_parameters entry) -> RopeScaling | None."""
+    if not scaling:
+        return None
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
-        return float(theta), None
-    if rope_type != "llama3":
+        return None
+    if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"{source}: rope scaling type {rope_type!r} is not supported "
             f"(supported: {SUPPORTED_ROPE_TYPES}); field rope_scaling/rope_parameters"
         )
     try:
-        return float(theta), RopeScaling(
+        if rope_type == "linear":
+            return RopeScaling(factor=float(scaling["factor"]), rope_type="linear")
+        return RopeScaling(
             factor=float(scaling["factor"]),
             low_freq_factor=float(scaling["low_freq_factor"]),
             high_freq_factor=float(scaling["high_freq_factor"]),
             original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
         )
     except KeyError as e:
-        raise ValueError(f"{source}: llama3 rope scaling is missing field {e.args[0]!r}") from None
+        raise ValueError(f"{source}: {rope_type} rope scaling is missing field {e.args[0]!r}") from None
+
+
+def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None, float | None]:
+    """(rope_theta, scaling, local theta) from either HF layout; unknown scaling types are refused.
+
+    Layouts: legacy `rope_theta` + `rope_scaling` (+ Gemma 3's `rope_local_base_freq`), or
+    transformers 5's `rope_parameters` -- one dict, or (Gemma 3) one per layer type.
+    """
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:  # per layer type
+        full = params.get("full_attention") or {}
+        local = params.get("sliding_attention") or {}
+        if _scaling_from_hf(local, source) is not None:
+            raise ValueError(f"{source}: rope scaling on sliding_attention layers is not supported "
+                             f"(rope_parameters.sliding_attention={local})")
+        theta = full.get("rope_theta", hf.get("rope_theta", 10000.0))
+        local_theta = local.get("rope_theta", hf.get("rope_local_base_freq"))
+        return (float(theta), _scaling_from_hf(full, source),
+                None if local_theta is None else float(local_theta))
+    scaling = hf.get("rope_scaling") or None
+    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = params
+    local_theta = hf.get("rope_local_base_freq")
+    return (float(theta), _scaling_from_hf(scaling, source),
+            None if local_theta is None else float(local_theta))
 
 
 def _as_tuple(x: Any) -> tuple[int, ...]:
@@ -196,6 +277,13 @@ def _windows_from_hf(hf: dict[str, Any], model_type: str, num_layers: int, sourc
         first = int(hf.get("max_window_layers", 28))
         types = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
                                           for i in range(num_layers)]
+    elif model_type in GEMMA_TYPES:
+        # transformers' defaults: Gemma 2 alternates sliding/full from layer 0; Gemma 3 makes every
+        # `sliding_window_pattern`-th layer (default 6) full.
+        pattern = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+        window = hf.get("sliding_window", 4096)
+        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else
+                                          "full_attention" for i in range(num_layers)]
     else:
         if hf.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported for "
@@ -237,25 +325,79 @@ def _moe_from_hf(hf: dict[str, Any], model_type: str, source: str) -> dict[str, 
     return {}
 
 
+def text_config(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """The language model's config of a multimodal checkpoint (its `text_config`), else `hf`."""
+    model_type = hf.get("model_type")
+    if model_type not in MULTIMODAL_TEXT_TYPES:
+        return hf
+    text = dict(hf.get("text_config") or {})
+    if not text:
+        raise ValueError(f"{source}: model_type={model_type!r} has no text_config")
+    text.setdefault("model_type", MULTIMODAL_TEXT_TYPES[model_type])
+    if text["model_type"] != MULTIMODAL_TEXT_TYPES[model_type]:
+        raise ValueError(f"{source}: text_config.model_type={text['model_type']!r}; expected "
+                         f"{MULTIMODAL_TEXT_TYPES[model_type]!r}")
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"):
+        if k not in text and hf.get(k) is not None:
+            text[k] = hf[k]
+    return text
+
+
+def _gemma_from_hf(hf: dict[str, Any], model_type: str, source: str) -> dict[str, Any]:
+    """The Gemma-only fields of `ModelConfig` (empty for other families)."""
+    if model_type not in GEMMA_TYPES:
+        return {}
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(f"{source}: use_bidirectional_attention=true is not supported "
+                         "(a causal language model is required); set it to false")
+    # transformers' defaults for a field the file omits (an explicit null turns a cap off).
+    caps = (50.0, 30.0) if model_type == "gemma2" else (None, None)
+    opt = lambda k, d: None if hf.get(k, d) is None else float(hf.get(k, d))  # noqa: E731
+    return dict(query_pre_attn_scalar=opt("query_pre_attn_scalar", 256),
+                attn_logit_softcapping=opt("attn_logit_softcapping", caps[0]),
+                final_logit_softcapping=opt("final_logit_softcapping", caps[1]))
+
+
+def _hidden_act(hf: dict[str, Any], model_type: str, source: str) -> str:
+    """Gemma names its MLP activation `hidden_activation` (older files: `hidden_act`)."""
+    if model_type in GEMMA_TYPES:
+        field = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
+        act, allowed = hf.get(field) or "gelu_pytorch_tanh", ("gelu_pytorch_tanh",)
+    else:
+        field, act, allowed = "hidden_act", hf.get("hidden_act", "silu"), ("silu",)
+    if act not in allowed:
+        raise ValueError(f"{source}: {field}={act!r} is not supported for "
+                         f"model_type={model_type!r}; supported: {allowed}")
+    return act
+
+
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
-    """Builds a `ModelConfig` from a parsed HF `config.json` dict; `source` names it in errors."""
+    """Builds a `ModelConfig` from a parsed HF `config.json` dict; `source` names it in errors.
+    A multimodal checkpoint's language model is read from its `text_config`."""
+    hf = text_config(hf, source)
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"{source}: model_type={model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+            f"{source}: model_type={model_type!r} is not supported; supported: "
+            f"{SUPPORTED_MODEL_TYPES + tuple(MULTIMODAL_TEXT_TYPES)}"
         )
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported for "
-                         f"model_type={model_type!r}; supported: 'silu'")
+    hidden_act = _hidden_act(hf, model_type, source)
+    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor={hf['partial_rotary_factor']} is not "
+                         "supported (RoPE over the whole head only)")
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in required if k not in hf]
     if missing:
         raise ValueError(f"{source}: missing required field(s) {missing}")
     num_heads = int(hf["num_attention_heads"])
     num_layers = int(hf["num_hidden_layers"])
-    theta, scaling = _rope_from_hf(hf, source)
+    theta, scaling, local_theta = _rope_from_hf(hf, source)
+    if local_theta is not None and model_type != "gemma3_text":
+        raise ValueError(f"{source}: a separate sliding-layer RoPE base (rope_local_base_freq / "
+                         f"rope_parameters.sliding_attention) is not supported for "
+                         f"model_type={model_type!r}")
     window, layer_types = _windows_from_hf(hf, model_type, num_layers, source)
     return ModelConfig(
         model_type=model_type,
@@ -269,14 +411,18 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type in GEMMA_TYPES)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+        hidden_act=hidden_act,
+        # transformers' Gemma 3 default local base when a file names none.
+        rope_local_theta=(local_theta or 10000.0) if model_type == "gemma3_text" else None,
         sliding_window=window,
         layer_types=layer_types,
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=_as_tuple(hf.get("eos_token_id")),
         pad_token_id=hf.get("pad_token_id"),
         **_moe_from_hf(hf, model_type, source),
+        **_gemma_from_hf(hf, model_type, source),
     )
 
 
@@ -294,7 +440,8 @@ def load_hf_config(path: str | Path) -> ModelConfig:
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "mixtral": "MixtralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                  "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 
 
 def _windows_to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -311,6 +458,9 @@ def _windows_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         return dict(use_sliding_window=True, sliding_window=cfg.sliding_window,
                     max_window_layers=cfg.layer_types.index("sliding_attention"),
                     layer_types=list(cfg.layer_types))
+    if cfg.is_gemma:  # layer_types written out: no pattern default is relied on
+        return dict(sliding_window=cfg.sliding_window,
+                    layer_types=list(cfg.layer_types or ("full_attention",) * cfg.num_layers))
     if cfg.has_sliding_layers:
         raise ValueError(f"model_type={cfg.model_type!r} has no sliding-window layers; "
                          f"layer_types={cfg.layer_types} cannot be written")
@@ -333,7 +483,7 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_word_embeddings,
         max_position_embeddings=cfg.max_position_embeddings,
-        hidden_act="silu",
+        hidden_act=cfg.hidden_act,
         attention_bias=False,
         torch_dtype=dtype,
         bos_token_id=cfg.bos_token_id,
@@ -344,8 +494,16 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     if cfg.model_type == "llama":
         hf["mlp_bias"] = False
     if cfg.rope_scaling is not None:
-        hf["rope_scaling"] = dict(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
+        hf["rope_scaling"] = cfg.rope_scaling.to_hf()
     hf.update(_windows_to_hf(cfg))
+    if cfg.is_gemma:
+        scalar = cfg.query_pre_attn_scalar or cfg.head_dim  # an int in transformers' configs
+        hf.update(hidden_activation=cfg.hidden_act,
+                  query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
+                  attn_logit_softcapping=cfg.attn_logit_softcapping,
+                  final_logit_softcapping=cfg.final_logit_softcapping)
+    if cfg.model_type == "gemma3_text":
+        hf["rope_local_base_freq"] = cfg.rope_local_theta or cfg.rope_theta
     if cfg.model_type == "mixtral":
         hf.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
                   intermediate_size=cfg.moe_intermediate_size, router_jitter_noise=0.0)
@@ -375,6 +533,20 @@ _QWEN25 = dict(model_type="qwen2", vocab_size=152064, num_kv_heads=8, head_dim=1
                rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
                eos_token_ids=(151645,), pad_token_id=151643)
 
+def _every(n_layers: int, period: int) -> tuple[str, ...]:
+    """Gemma's layer pattern: every `period`-th layer full attention, the others sliding."""
+    return tuple("sliding_attention" if (i + 1) % period else "full_attention"
+                 for i in range(n_layers))
+
+
+_GEMMA2 = dict(model_type="gemma2", vocab_size=256000, rms_norm_eps=1e-6, rope_theta=10000.0,
+               tie_word_embeddings=True, max_position_embeddings=8192, hidden_act="gelu_pytorch_tanh",
+               attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+               bos_token_id=2, eos_token_ids=(1, 107), pad_token_id=0)
+_GEMMA3 = dict(model_type="gemma3_text", rms_norm_eps=1e-6, rope_theta=1e6, rope_local_theta=1e4,
+               tie_word_embeddings=True, hidden_act="gelu_pytorch_tanh", bos_token_id=2,
+               eos_token_ids=(1, 106), pad_token_id=0)
+
 PRESETS: dict[str, ModelConfig] = {
     # Qwen/Qwen3-4B-Instruct-2507 (tied embeddings).
     "qwen3_4b": ModelConfig(
@@ -403,6 +575,24 @@ PRESETS: dict[str, ModelConfig] = {
                               intermediate_size=27648),
     "qwen25_72b": ModelConfig(**_QWEN25, hidden_size=8192, num_layers=80, num_heads=64,
                               intermediate_size=29568),
+    # google/gemma-2-2b-it and google/gemma-2-27b-it: sliding (4,096) and full layers alternate.
+    "gemma2_2b": ModelConfig(**_GEMMA2, hidden_size=2304, num_layers=26, num_heads=8,
+                             num_kv_heads=4, head_dim=256, intermediate_size=9216,
+                             query_pre_attn_scalar=256.0, layer_types=_every(26, 2)),
+    "gemma2_27b": ModelConfig(**_GEMMA2, hidden_size=4608, num_layers=46, num_heads=32,
+                              num_kv_heads=16, head_dim=128, intermediate_size=36864,
+                              query_pre_attn_scalar=144.0, layer_types=_every(46, 2)),
+    # google/gemma-3-1b-it and the language model of google/gemma-3-27b-it: five sliding layers
+    # per full one; the 27B's embedding has 64 more rows (image tokens) than the 1B's.
+    "gemma3_1b": ModelConfig(**_GEMMA3, vocab_size=262144, hidden_size=1152, num_layers=26,
+                             num_heads=4, num_kv_heads=1, head_dim=256, intermediate_size=6912,
+                             query_pre_attn_scalar=256.0, sliding_window=512,
+                             layer_types=_every(26, 6), max_position_embeddings=32768),
+    "gemma3_27b": ModelConfig(**_GEMMA3, vocab_size=262208, hidden_size=5376, num_layers=62,
+                              num_heads=32, num_kv_heads=16, head_dim=128, intermediate_size=21504,
+                              query_pre_attn_scalar=168.0, sliding_window=1024,
+                              layer_types=_every(62, 6), max_position_embeddings=131072,
+                              rope_scaling=RopeScaling(factor=8.0, rope_type="linear")),
     # mistralai/Mistral-7B-Instruct-v0.2 (no sliding window; the Mixtral tokenizer, 32,000).
     "mistral_7b": ModelConfig(
         model_type="mistral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
@@ -423,13 +613,18 @@ def preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
-def rope_inv_freq(cfg: ModelConfig) -> "list[float]":
-    """Inverse RoPE frequencies [hd/2], with Llama 3.1 scaling applied when configured."""
+def rope_inv_freq(cfg: ModelConfig, layer_type: str = "full_attention") -> "list[float]":
+    """Inverse RoPE frequencies [hd/2] of a layer of `layer_type`: a Gemma 3 sliding layer uses
+    `rope_local_theta` unscaled; every other layer `rope_theta` with `rope_scaling` applied."""
     dim = cfg.head_dim
-    inv = [1.0 / (cfg.rope_theta ** (2 * i / dim)) for i in range(dim // 2)]
-    s = cfg.rope_scaling
+    local = layer_type == "sliding_attention" and cfg.rope_local_theta is not None
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv = [1.0 / (theta ** (2 * i / dim)) for i in range(dim // 2)]
+    s = None if local else cfg.rope_scaling
     if s is None:
         return inv
+    if s.rope_type == "linear":
+        return [f / s.factor for f in inv]
     low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
     out = []

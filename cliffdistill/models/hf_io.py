@@ -9,6 +9,7 @@ slice is read straight from the memory-mapped safetensors files with
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +24,8 @@ from safetensors.numpy import save_file
 from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig, load_hf_config, to_hf_config
 from cliffdistill.models.transformer import param_shapes
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -52,29 +55,48 @@ _EXPERT_KEYS = {
 }
 # Per-family renames of the tables above (a new family with other checkpoint names adds a row).
 # Mixtral checkpoints (and transformers 5's save_pretrained) keep the original names.
-_FAMILY_LAYER_KEYS = {"mixtral": {"router": ("block_sparse_moe.gate.weight", True)}}
+# Gemma's `post_attention_layernorm` normalises the attention *output*; its pre-MLP norm is
+# `pre_feedforward_layernorm` (Llama's post_attention_layernorm plays that role).
+_GEMMA_NORMS = {"mlp_norm": ("pre_feedforward_layernorm.weight", False),
+                "post_attn_norm": ("post_attention_layernorm.weight", False),
+                "post_mlp_norm": ("post_feedforward_layernorm.weight", False)}
+_FAMILY_LAYER_KEYS = {"mixtral": {"router": ("block_sparse_moe.gate.weight", True)},
+                      "gemma2": _GEMMA_NORMS, "gemma3_text": _GEMMA_NORMS}
 _FAMILY_EXPERT_KEYS = {"mixtral": {"gate_proj": "block_sparse_moe.experts.{e}.w1.weight",
                                    "up_proj": "block_sparse_moe.experts.{e}.w3.weight",
                                    "down_proj": "block_sparse_moe.experts.{e}.w2.weight"}}
+# Under the decoder's prefix (see TEXT_PREFIXES); lm_head sits outside it.
 _TOP_KEYS = {
-    "embed": ("model.embed_tokens.weight", False),
-    "final_norm": ("model.norm.weight", False),
-    "lm_head": ("lm_head.weight", True),
+    "embed": ("embed_tokens.weight", False),
+    "final_norm": ("norm.weight", False),
 }
+LM_HEAD = "lm_head.weight"
+# Where the decoder's tensors live: a causal LM's `model.`, or the language model inside a
+# multimodal checkpoint (transformers 5's layout, then the published Gemma 3 files' layout).
+TEXT_PREFIXES = ("model.", "model.language_model.", "language_model.model.")
 
 
-def _leaf_sources(cfg: ModelConfig, path: tuple[str, ...]) -> tuple[Callable[..., str], bool, int]:
+def text_prefix(names: Any) -> str:
+    """The prefix of TEXT_PREFIXES whose embedding is among the tensor `names` ("model." if none:
+    the missing-tensor check then names what is absent)."""
+    return next((p for p in TEXT_PREFIXES if p + "embed_tokens.weight" in names), "model.")
+
+
+def _leaf_sources(cfg: ModelConfig, path: tuple[str, ...], prefix: str = "model."
+                  ) -> tuple[Callable[..., str], bool, int]:
     """For a param leaf: (key(i, e) -> HF tensor name, transpose?, number of stacked leading axes)."""
+    if path[0] == "lm_head":
+        return (lambda: LM_HEAD), True, 0
     if path[0] != "layers":
         name, t = _TOP_KEYS[path[0]]
-        return (lambda: name), t, 0
+        return (lambda: prefix + name), t, 0
     leaf = path[1]
     expert_keys = {**_EXPERT_KEYS, **_FAMILY_EXPERT_KEYS.get(cfg.model_type, {})}
     if cfg.is_moe and leaf in expert_keys:
-        fmt = "model.layers.{i}." + expert_keys[leaf]
+        fmt = prefix + "layers.{i}." + expert_keys[leaf]
         return (lambda i, e: fmt.format(i=i, e=e)), True, 2
     sub, t = {**LAYER_KEYS, **_FAMILY_LAYER_KEYS.get(cfg.model_type, {})}[leaf]
-    return (lambda i: f"model.layers.{i}.{sub}"), t, 1
+    return (lambda i: f"{prefix}layers.{i}.{sub}"), t, 1
 
 
 def _tree_paths(tree: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -82,11 +104,12 @@ def _tree_paths(tree: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
         yield tuple(p.key for p in path), leaf
 
 
-def expected_tensors(cfg: ModelConfig, dtype: Any = jnp.float32) -> dict[str, tuple[int, ...]]:
+def expected_tensors(cfg: ModelConfig, dtype: Any = jnp.float32, prefix: str = "model."
+                     ) -> dict[str, tuple[int, ...]]:
     """Every HF tensor name this config needs, with its HF shape."""
     out = {}
     for path, shp in _tree_paths(param_shapes(cfg, dtype)):
-        key, transpose, stacked = _leaf_sources(cfg, path)
+        key, transpose, stacked = _leaf_sources(cfg, path, prefix)
         inner = tuple(shp.shape[stacked:])
         hf_shape = inner[::-1] if transpose else inner
         for idx in np.ndindex(*shp.shape[:stacked]):
@@ -119,6 +142,7 @@ class _Shards:
             handle = self._open(SINGLE_FILE)
             weight_map = {k: SINGLE_FILE for k in handle.keys()}
         self.weight_map: dict[str, str] = weight_map
+        self.prefix = text_prefix(weight_map)
 
     def _open(self, file: str) -> Any:
         if file not in self._handles:
@@ -137,7 +161,7 @@ class _Shards:
 
 
 def _check_tensors(cfg: ModelConfig, shards: _Shards) -> None:
-    expected = expected_tensors(cfg)
+    expected = expected_tensors(cfg, prefix=shards.prefix)
     missing = [k for k in expected if k not in shards.weight_map]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -153,7 +177,7 @@ def _check_tensors(cfg: ModelConfig, shards: _Shards) -> None:
 def _reader(cfg: ModelConfig, shards: _Shards, path: tuple[str, ...], dtype: Any
             ) -> Callable[[tuple[slice, ...]], np.ndarray]:
     """Callback for make_array_from_callback: reads just the requested index of one leaf."""
-    key, transpose, stacked = _leaf_sources(cfg, path)
+    key, transpose, stacked = _leaf_sources(cfg, path, shards.prefix)
 
     def read(index: tuple[slice, ...], full_shape: tuple[int, ...]) -> np.ndarray:
         lead, inner = index[:stacked], index[stacked:]
@@ -181,6 +205,9 @@ def load_hf(path: str | Path, dtype: Any = jnp.bfloat16, mesh: Mesh | None = Non
     root = Path(path)
     cfg = load_hf_config(root)
     shards = _Shards(root)
+    if shards.prefix != "model.":
+        log.warning("%s: a multimodal checkpoint; loading its language model (%s*) as %s, the "
+                    "other towers are ignored", root, shards.prefix, cfg.model_type)
     _check_tensors(cfg, shards)
     shapes = param_shapes(cfg, dtype)
     np_dtype = np.dtype(jnp.dtype(dtype))

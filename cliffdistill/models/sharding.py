@@ -41,6 +41,8 @@ DEFAULT_RULES: dict[str, Any] = {
 _DENSE_AXES = {
     "attn_norm": ("layers", "norm"),
     "mlp_norm": ("layers", "norm"),
+    "post_attn_norm": ("layers", "norm"),
+    "post_mlp_norm": ("layers", "norm"),
     "q_proj": ("layers", "embed", "heads"),
     "k_proj": ("layers", "embed", "kv_heads"),
     "v_proj": ("layers", "embed", "kv_heads"),
@@ -69,6 +71,8 @@ def param_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
         layers.update(_MOE_AXES)
     if not cfg.qk_norm:
         del layers["q_norm"], layers["k_norm"]
+    if not cfg.is_gemma:
+        del layers["post_attn_norm"], layers["post_mlp_norm"]
     if not cfg.qkv_bias:
         del layers["q_bias"], layers["k_bias"], layers["v_bias"]
     tree: dict[str, Any] = {"embed": ("vocab", "embed"), "final_norm": ("norm",), "layers": layers}

@@ -1,6 +1,7 @@
-"""One decoder for Llama 3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 and Qwen3-MoE, as pure functions
-over a param pytree. Families differ only by config fields (q/k norms, q/k/v biases, MoE, per-layer
-sliding windows), which switch blocks of the one layer function.
+"""One decoder for Llama 3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3, Qwen3-MoE, Gemma 2 and Gemma 3, as
+pure functions over a param pytree. Families differ only by config fields (q/k norms, q/k/v biases,
+MoE, per-layer sliding windows and RoPE tables, Gemma's norms, scaled embeddings, GeGLU and
+soft-capping), which switch blocks of the one layer function.
 
 Layers are stacked on a leading axis and run with `lax.scan`, so compile time does not grow with
 depth. Three entry points share one layer function:
@@ -49,18 +50,21 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype: Any = jnp.float32) -> P
     def normal(shape):
         return (0.02 * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
 
-    ones = lambda shape: jnp.ones(shape, dtype)  # noqa: E731
+    # A Gemma norm scales by (1 + w): its identity weight is 0, as HF initialises it.
+    unit = lambda shape: (jnp.zeros if cfg.is_gemma else jnp.ones)(shape, dtype)  # noqa: E731
     layers: Params = {
-        "attn_norm": ones((L, D)),
-        "mlp_norm": ones((L, D)),
+        "attn_norm": unit((L, D)),
+        "mlp_norm": unit((L, D)),
         "q_proj": normal((L, D, q_out)),
         "k_proj": normal((L, D, kv_out)),
         "v_proj": normal((L, D, kv_out)),
         "o_proj": normal((L, q_out, D)),
     }
+    if cfg.is_gemma:
+        layers.update(post_attn_norm=unit((L, D)), post_mlp_norm=unit((L, D)))
     if cfg.qk_norm:
-        layers["q_norm"] = ones((L, hd))
-        layers["k_norm"] = ones((L, hd))
+        layers["q_norm"] = unit((L, hd))
+        layers["k_norm"] = unit((L, hd))
     if cfg.qkv_bias:
         layers.update(q_bias=normal((L, q_out)), k_bias=normal((L, kv_out)),
                       v_bias=normal((L, kv_out)))
@@ -72,7 +76,7 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype: Any = jnp.float32) -> P
         F = cfg.intermediate_size
         layers.update(gate_proj=normal((L, D, F)), up_proj=normal((L, D, F)),
                       down_proj=normal((L, F, D)))
-    params: Params = {"embed": normal((cfg.vocab_size, D)), "final_norm": ones((D,)), "layers": layers}
+    params: Params = {"embed": normal((cfg.vocab_size, D)), "final_norm": unit((D,)), "layers": layers}
     if not cfg.tie_word_embeddings:
         params["lm_head"] = normal((D, cfg.vocab_size))
     return params
@@ -85,11 +89,32 @@ def count_params(tree: Any) -> int:
 # --------------------------------------------------------------------------- building blocks
 
 
-def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm in fp32, cast back to the activation dtype before the weight (as HF does)."""
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, gemma: bool = False) -> jax.Array:
+    """RMSNorm in fp32. Llama/Qwen/Mistral (as HF): cast back to the activation dtype, then times
+    w. Gemma (`gemma=True`, as HF): times (1 + w) in fp32, then cast -- the two differ in bf16."""
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    if gemma:
+        return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w * y.astype(x.dtype)
+
+
+def _norm(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
+    return rms_norm(x, w, cfg.rms_norm_eps, cfg.is_gemma)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma's soft-capping cap * tanh(x / cap) (identity when cap is None)."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def embed(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+    """Token embeddings [..., D]; Gemma scales them by sqrt(D) rounded to the weight dtype (HF
+    multiplies by the scale cast to the embedding dtype: 55.4256 is 55.5 in bf16)."""
+    x = params["embed"][tokens]
+    if cfg.is_gemma:
+        x = x * jnp.asarray(cfg.hidden_size ** 0.5, x.dtype)
+    return x
 
 
 def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -169,6 +194,8 @@ def attention_impl(cfg: ModelConfig, dtype: Any) -> str:
     """
     if cfg.attention_impl != "auto":
         return cfg.attention_impl
+    if cfg.attn_logit_softcapping is not None:  # no fused kernel soft-caps scores
+        return "xla"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
 
@@ -178,6 +205,35 @@ def window_mask(q_slots: jax.Array, k_slots: jax.Array, window: jax.Array) -> ja
     `sliding_window_overlay` and causal mask). q_slots [Tq], k_slots [Tk]; window scalar."""
     diff = q_slots[:, None] - k_slots[None, :]
     return (diff >= 0) & (diff < window)
+
+
+def _capped_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float,
+                      cap: float) -> jax.Array:
+    """Attention with soft-capped scores (Gemma 2), as HF's eager path computes it: scores
+    q.k * scale in fp32, cap * tanh(scores / cap), then the mask, softmax in fp32 cast to the
+    activation dtype. q [B, Tq, Hq, hd], k/v [B, Tk, Hkv, hd], allowed [B|1, 1, Tq, Tk] (causality
+    included) -> [B, Tq, Hq, hd]. Materialises [B, H, Tq, Tk] scores (query blocks bound them)."""
+    B, Tq, Hq, hd = q.shape
+    Hkv = k.shape[2]
+    qg = q.reshape(B, Tq, Hkv, Hq // Hkv, hd)
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(allowed[:, :, None], softcap(s, cap), _MASK_BIAS)  # [B, Hkv, g, Tq, Tk]
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", p, v).reshape(B, Tq, Hq, hd)
+
+
+def _attend(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array | None,
+            causal: bool, impl: str) -> jax.Array:
+    """`jax.nn.dot_product_attention` with the config's score scale, or the soft-capped XLA path.
+    `causal` adds the causal mask on top of `allowed` ([B|1, 1, Tq, Tk] or None)."""
+    if cfg.attn_logit_softcapping is None:
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=cfg.attn_scale,
+                                            is_causal=causal, implementation=impl)
+    if causal:
+        T = q.shape[1]
+        tril = window_mask(jnp.arange(T), jnp.arange(T), T)[None, None]
+        allowed = tril if allowed is None else allowed & tril
+    return _capped_attention(q, k, v, allowed, cfg.attn_scale, cfg.attn_logit_softcapping)
 
 
 def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
@@ -200,8 +256,7 @@ def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
         if window is not None:
             in_window = window_mask(jnp.arange(T), jnp.arange(T), window)[None, None]  # [1, 1, T, T]
             keys_ok = in_window if keys_ok is None else keys_ok & in_window
-        return jax.nn.dot_product_attention(q, k, v, mask=keys_ok, is_causal=True,
-                                            implementation=impl)
+        return _attend(cfg, q, k, v, keys_ok, True, impl)
 
     # The largest power of two dividing both attention_block and T: blocks tile T exactly.
     blk = min(cfg.attention_block & -cfg.attention_block, T & -T)
@@ -211,14 +266,15 @@ def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
         allowed = window_mask(start + jnp.arange(blk), jnp.arange(T),
                               T if window is None else window)[None, None]
         allowed = allowed if keys_ok is None else allowed & keys_ok  # [B|1, 1, blk, T]
-        return jax.nn.dot_product_attention(q_blk, k, v, mask=allowed, implementation="xla")
+        return _attend(cfg, q_blk, k, v, allowed, False, "xla")
 
     q_blocks = jnp.moveaxis(q.reshape(B, T // blk, blk, *q.shape[2:]), 1, 0)  # [n, B, blk, Hq, hd]
     out = jax.lax.map(lambda a: jax.checkpoint(attend)(*a), (q_blocks, jnp.arange(T // blk) * blk))
     return jnp.moveaxis(out, 0, 1).reshape(q.shape)
 
 
-def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache) -> jax.Array:
+def _decode_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
+                      cache: LayerCache) -> jax.Array:
     """One new token per row against its cache window plus itself.
 
     q [B, 1, Hq, hd], k/v [B, 1, Hkv, hd] (this token), cache window [B, W, ...] -> [B, 1, Hq, hd].
@@ -230,11 +286,11 @@ def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCach
     B, _, Hq, hd = q.shape
     Hkv = k.shape[2]
     q = q.reshape(B, 1, Hkv, Hq // Hkv, hd)
-    inv_sqrt = 1.0 / np.sqrt(hd)
+    scores = lambda s: softcap(s * cfg.attn_scale, cfg.attn_logit_softcapping)  # noqa: E731
     s_cache = jnp.einsum("btkgd,bskd->bkgts", q, cache.k, preferred_element_type=jnp.float32)
-    s_cache = jnp.where(cache.valid[:, None, None, None, :], s_cache * inv_sqrt, _MASK_BIAS)
+    s_cache = jnp.where(cache.valid[:, None, None, None, :], scores(s_cache), _MASK_BIAS)
     s_self = jnp.einsum("btkgd,btkd->bkgt", q, k, preferred_element_type=jnp.float32)[..., None]
-    p = jax.nn.softmax(jnp.concatenate([s_cache, s_self * inv_sqrt], axis=-1), axis=-1)
+    p = jax.nn.softmax(jnp.concatenate([s_cache, scores(s_self)], axis=-1), axis=-1)
     p_cache, p_self = p[..., :-1].astype(v.dtype), p[..., -1:].astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", p_cache, cache.v)
     out = out + jnp.einsum("bkgts,btkd->btkgd", p_self, v)
@@ -257,21 +313,27 @@ def _attention(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, positions
     k = _proj(x, lp["k_proj"], get("k_proj"), scale, lp.get("k_bias")).reshape(B, T, Hkv, hd)
     v = _proj(x, lp["v_proj"], get("v_proj"), scale, lp.get("v_bias")).reshape(B, T, Hkv, hd)
     if cfg.qk_norm:
-        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
-        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+        q = _norm(cfg, q, lp["q_norm"])
+        k = _norm(cfg, k, lp["k_norm"])
     q = rope(q, positions, inv_freq)
     k = rope(k, positions, inv_freq)
     if cache is None:
         out = causal_attention(cfg, q, k, v, mask, window)
     else:
-        out = _decode_attention(q, k, v, cache)
+        out = _decode_attention(cfg, q, k, v, cache)
     out = out.reshape(B, T, Hq * hd)
     return _proj(out, lp["o_proj"], get("o_proj"), scale), (k, v)
 
 
-def _dense_mlp(lp: Params, ll: Params, x: jax.Array, scale: float) -> jax.Array:
+def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """The gated MLP's activation: SiLU, or Gemma's GeGLU gelu with the tanh approximation
+    (`gelu_pytorch_tanh`)."""
+    return jax.nn.silu(x) if cfg.hidden_act == "silu" else jax.nn.gelu(x, approximate=True)
+
+
+def _dense_mlp(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: float) -> jax.Array:
     get = lambda name: ll.get(name) if ll else None  # noqa: E731
-    h = jax.nn.silu(_proj(x, lp["gate_proj"], get("gate_proj"), scale)) * _proj(
+    h = activation(cfg, _proj(x, lp["gate_proj"], get("gate_proj"), scale)) * _proj(
         x, lp["up_proj"], get("up_proj"), scale)
     return _proj(h, lp["down_proj"], get("down_proj"), scale)
 
@@ -299,7 +361,7 @@ def _moe_dense(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: fl
     def expert(e):
         le = {k: {ab: w[e] for ab, w in ll[k].items()} for k in names if ll and k in ll}
         pe = {k: lp[k][e] for k in names}
-        return _dense_mlp(pe, le, xf, scale)  # [N, D]
+        return _dense_mlp(cfg, pe, le, xf, scale)  # [N, D]
 
     outs = jax.lax.map(expert, jnp.arange(cfg.num_experts))  # [E, N, D]
     return jnp.einsum("ne,end->nd", combine, outs).reshape(B, T, D)
@@ -329,7 +391,7 @@ def _moe_ragged(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: f
     get = lambda name: ll.get(name) if ll else None  # noqa: E731
     g = _ragged_proj(xs, lp["gate_proj"], get("gate_proj"), group_sizes, scale)
     u = _ragged_proj(xs, lp["up_proj"], get("up_proj"), group_sizes, scale)
-    y = _ragged_proj(jax.nn.silu(g) * u, lp["down_proj"], get("down_proj"), group_sizes, scale)
+    y = _ragged_proj(activation(cfg, g) * u, lp["down_proj"], get("down_proj"), group_sizes, scale)
     y = y * top_w.reshape(N * K)[order][:, None]
     return jnp.zeros_like(xf).at[token].add(y).reshape(B, T, D)
 
@@ -389,7 +451,7 @@ def _moe_grouped(cfg: ModelConfig, lp: Params, ll: Params, x: jax.Array, scale: 
         xs = x_pad[slot_token].reshape(E, C, D)
         g = _grouped_proj(xs, lp["gate_proj"], get("gate_proj"), scale)
         u = _grouped_proj(xs, lp["up_proj"], get("up_proj"), scale)
-        y = _grouped_proj(jax.nn.silu(g) * u, lp["down_proj"], get("down_proj"), scale)
+        y = _grouped_proj(activation(cfg, g) * u, lp["down_proj"], get("down_proj"), scale)
         y = y.reshape(E * C, D) * slot_w[:, None]
         return jnp.zeros((N + 1, D), y.dtype).at[slot_token].add(y)
 
@@ -422,14 +484,18 @@ def _layer(cfg: ModelConfig, x: jax.Array, lp: Params, ll: Params, positions: ja
            mask: jax.Array | None, cache: LayerCache | None, scale: float, moe_impl: str,
            inv_freq: jax.Array, window: jax.Array | None = None
            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    h, kv = _attention(cfg, lp, ll, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps), positions, mask,
-                       cache, scale, inv_freq, window)
+    h, kv = _attention(cfg, lp, ll, _norm(cfg, x, lp["attn_norm"]), positions, mask, cache, scale,
+                       inv_freq, window)
+    if cfg.is_gemma:  # Gemma also normalises each block's output before the residual add
+        h = _norm(cfg, h, lp["post_attn_norm"])
     x = x + h
-    y = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+    y = _norm(cfg, x, lp["mlp_norm"])
     if cfg.is_moe:
         y = _MOE_PATHS[resolve_moe_impl(moe_impl)](cfg, lp, ll, y, scale)
     else:
-        y = _dense_mlp(lp, ll, y, scale)
+        y = _dense_mlp(cfg, lp, ll, y, scale)
+    if cfg.is_gemma:
+        y = _norm(cfg, y, lp["post_mlp_norm"])
     x = sharding.constrain(x + y, ("batch", None, None))
     return x, kv
 
@@ -443,6 +509,16 @@ def _scan_layers(cfg: ModelConfig, body, x, xs):
 
 def _inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.asarray(np.asarray(rope_inv_freq(cfg), np.float32))
+
+
+def _layer_inv_freqs(cfg: ModelConfig) -> jax.Array | None:
+    """Per-layer RoPE tables [L, hd/2], scanned with the layer params, when sliding and full
+    layers use different bases (Gemma 3: local base unscaled, global base with its scaling);
+    None when one table serves every layer (it is then a constant of the layer body)."""
+    if not cfg.per_layer_rope:
+        return None
+    types = cfg.layer_types
+    return jnp.asarray(np.asarray([rope_inv_freq(cfg, t) for t in types], np.float32))
 
 
 def _layer_windows(cfg: ModelConfig) -> jax.Array | None:
@@ -508,17 +584,18 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: Lo
         positions = (default_positions(mask) if mask is not None
                      else jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
     layers_lora, scale = _lora_parts(lora)
-    x = params["embed"][tokens]
+    x = embed(cfg, params, tokens)
     x = sharding.constrain(x, ("batch", None, None))
     inv_freq = _inv_freq(cfg)
 
     def body(x, layer):
-        lp, ll, window = layer
-        return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv_freq, window)
+        lp, ll, window, layer_inv = layer
+        inv = inv_freq if layer_inv is None else layer_inv
+        return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv, window)
 
     x, kv = _scan_layers(cfg, _checkpoint_layer(body, remat), x,
-                         (params["layers"], layers_lora, _layer_windows(cfg)))
-    h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+                         (params["layers"], layers_lora, _layer_windows(cfg), _layer_inv_freqs(cfg)))
+    h = _norm(cfg, x, params["final_norm"])
     return (h, kv) if return_kv else h
 
 
@@ -531,9 +608,11 @@ def unembed_matrix(cfg: ModelConfig, params: Params) -> jax.Array:
 
 
 def unembed(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
-    """Logits in fp32: h [..., D] -> [..., V]."""
-    return jnp.einsum("...d,dv->...v", h, unembed_matrix(cfg, params),
-                      preferred_element_type=jnp.float32)
+    """Logits in fp32: h [..., D] -> [..., V] (soft-capped when the config says so). The chunked
+    log-softmax paths (scoring, losses) apply the same `cfg.final_logit_softcapping` per chunk."""
+    logits = jnp.einsum("...d,dv->...v", h, unembed_matrix(cfg, params),
+                        preferred_element_type=jnp.float32)
+    return softcap(logits, cfg.final_logit_softcapping)
 
 
 def apply(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: LoraParams | None = None,
@@ -612,24 +691,24 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
     L, B, S, Hkv, hd = cache.k.shape
     W = S if window is None else window
     layers_lora, scale = _lora_parts(lora)
-    x = params["embed"][token[:, None]]  # [B, 1, D]
+    x = embed(cfg, params, token[:, None])  # [B, 1, D]
     inv_freq = _inv_freq(cfg)
     positions = position[:, None]
     valid = cache.valid[:, :W]
     slots = jnp.arange(W)
 
     def body(x, layer):
-        lp, ll, l, window = layer
+        lp, ll, l, window, layer_inv = layer
         k_l = jax.lax.dynamic_slice(cache.k, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]  # [B, W, Hkv, hd]
         v_l = jax.lax.dynamic_slice(cache.v, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]
         # The new token sits at slot cache.index: keep slots j > index - window.
         seen = valid if window is None else valid & window_mask(cache.index[None], slots, window)
         return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, seen), scale,
-                      moe_impl, inv_freq)
+                      moe_impl, inv_freq if layer_inv is None else layer_inv)
 
     x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L),
-                                                    _layer_windows(cfg)))
-    h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
+                                                    _layer_windows(cfg), _layer_inv_freqs(cfg)))
+    h = _norm(cfg, x[:, 0], params["final_norm"])
     return unembed(cfg, params, h), k_new, v_new
 
 
