@@ -386,3 +386,38 @@ def test_chunked_scoring_and_jsd_apply_the_final_cap(tmp_path):
     chunked = losses.generalized_jsd_chunked(hs, ws, ht, wt, mask, 0.5, 8, student_softcap=2.0,
                                              teacher_softcap=3.0)
     np.testing.assert_allclose(chunked, dense, rtol=1e-5)
+
+
+@pytest.mark.parametrize("on_policy", ["sampled_rkl", "jsd"])
+def test_a_gemma2_pair_trains_with_its_caps_everywhere(tiny_pair, tmp_path, on_policy):
+    """A Gemma 2 student and teacher (strong caps) through the trainer: the update's chunked
+    log-probs of the sampled tokens equal the sampler's (importance ratio 1 at step 0, LoRA B = 0),
+    which fails if any path skips the final-logit cap."""
+    import shutil
+
+    from cliffdistill.run import assembly, loop
+    from tests.tiny import tiny_model_config, tiny_run_config
+
+    tok_dir = tiny_pair["student"]
+    for name, layers, hidden, key in (("student", 2, 32, 1), ("teacher", 3, 48, 2)):
+        base = models.load_hf_config(tiny_pair[name])
+        cfg = tiny_model_config(base.vocab_size, base.eos_token_ids[0], base.pad_token_id, layers,
+                                hidden, model_type="gemma2").replace(
+            hidden_act="gelu_pytorch_tanh", query_pre_attn_scalar=8.0, attn_logit_softcapping=0.5,
+            final_logit_softcapping=1.0, sliding_window=4,
+            layer_types=models.config._every(layers, 2))
+        models.save_hf(cfg, models.init_params(cfg, jax.random.key(key)), tmp_path / name)
+        for f in tok_dir.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy(f, tmp_path / name / f.name)
+    run = tiny_run_config(tiny_pair, "on_policy_gkd", steps=2)
+    run.student.path, run.teacher.path = str(tmp_path / "student"), str(tmp_path / "teacher")
+    run.loss.on_policy = on_policy
+    s = assembly.make_setup(run)
+    assert s.student_cfg.final_logit_softcapping == 1.0 and s.teacher_cfg.model_type == "gemma2"
+    loop.run(run, tmp_path / "run", setup_obj=s, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss/total"]) for r in rows)
+    if on_policy == "sampled_rkl":
+        first = rows[0]
+        assert abs(first["is/ratio_max"] - 1) < 1e-4 and abs(first["is/ratio_min"] - 1) < 1e-4
