@@ -34,7 +34,7 @@ def toy_configs(layers: int) -> dict[str, mconfig.ModelConfig]:
     gemma = mconfig.ModelConfig(
         model_type="gemma3_text", **common, hidden_act="gelu_pytorch_tanh", rope_theta=1e6,
         rope_local_theta=1e4, rope_scaling=mconfig.RopeScaling(factor=8.0, rope_type="linear"),
-        query_pre_attn_scalar=16.0, sliding_window=16, layer_types=mconfig._every(layers, 6),
+        query_pre_attn_scalar=16.0, sliding_window=16, layer_types=mconfig.gemma_layer_types(layers, 6),
         tie_word_embeddings=True)
     llama = mconfig.ModelConfig(model_type="llama", **common)
     return {"gemma3_text": gemma, "llama": llama}

@@ -269,7 +269,7 @@ def test_capped_attention_matches_numpy():
     q, k, v = (rng.standard_normal((B, T, h, hd)).astype(np.float32) for h in (Hq, Hkv, Hkv))
     allowed = np.tril(np.ones((T, T), bool))[None, None] & (rng.random((B, 1, 1, T)) > 0.2)
     allowed[..., 0] = True  # every query sees at least one key
-    got = np.asarray(transformer._capped_attention(q, k, v, jnp.asarray(allowed), scale, cap))
+    got = np.asarray(transformer.capped_attention(q, k, v, jnp.asarray(allowed), scale, cap))
     kk, vv = np.repeat(k, Hq // Hkv, axis=2), np.repeat(v, Hq // Hkv, axis=2)  # GQA
     s = np.einsum("bqhd,bshd->bhqs", q, kk) * scale
     s = np.where(allowed, cap * np.tanh(s / cap), -np.inf)
@@ -283,13 +283,13 @@ def test_gemma3_rope_tables_per_layer_type_match_hf():
 
     hf = hf_config("gemma3_text")
     cfg = models.from_hf_config(hf.to_dict())
-    tables = np.asarray(transformer._layer_inv_freqs(cfg))  # [L, hd/2]
+    tables = np.asarray(transformer.layer_inv_freqs(cfg))  # [L, hd/2]
     rot = g3.Gemma3RotaryEmbedding(hf)
     for layer, kind in enumerate(hf.layer_types):
         np.testing.assert_allclose(tables[layer], getattr(rot, f"{kind}_inv_freq").numpy(),
                                    rtol=1e-6, atol=0)
     assert not np.allclose(tables[0], tables[1])
-    assert transformer._layer_inv_freqs(models.from_hf_config(hf_config("gemma2").to_dict())) is None
+    assert transformer.layer_inv_freqs(models.from_hf_config(hf_config("gemma2").to_dict())) is None
 
 
 def test_gemma_layer_patterns_and_legacy_layout_follow_transformers():
@@ -405,7 +405,7 @@ def test_a_gemma2_pair_trains_with_its_caps_everywhere(tiny_pair, tmp_path, on_p
                                 hidden, model_type="gemma2").replace(
             hidden_act="gelu_pytorch_tanh", query_pre_attn_scalar=8.0, attn_logit_softcapping=0.5,
             final_logit_softcapping=1.0, sliding_window=4,
-            layer_types=models.config._every(layers, 2))
+            layer_types=models.config.gemma_layer_types(layers, 2))
         models.save_hf(cfg, models.init_params(cfg, jax.random.key(key)), tmp_path / name)
         for f in tok_dir.iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):

@@ -533,7 +533,7 @@ _QWEN25 = dict(model_type="qwen2", vocab_size=152064, num_kv_heads=8, head_dim=1
                rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
                eos_token_ids=(151645,), pad_token_id=151643)
 
-def _every(n_layers: int, period: int) -> tuple[str, ...]:
+def gemma_layer_types(n_layers: int, period: int) -> tuple[str, ...]:
     """Gemma's layer pattern: every `period`-th layer full attention, the others sliding."""
     return tuple("sliding_attention" if (i + 1) % period else "full_attention"
                  for i in range(n_layers))
@@ -578,20 +578,20 @@ PRESETS: dict[str, ModelConfig] = {
     # google/gemma-2-2b-it and google/gemma-2-27b-it: sliding (4,096) and full layers alternate.
     "gemma2_2b": ModelConfig(**_GEMMA2, hidden_size=2304, num_layers=26, num_heads=8,
                              num_kv_heads=4, head_dim=256, intermediate_size=9216,
-                             query_pre_attn_scalar=256.0, layer_types=_every(26, 2)),
+                             query_pre_attn_scalar=256.0, layer_types=gemma_layer_types(26, 2)),
     "gemma2_27b": ModelConfig(**_GEMMA2, hidden_size=4608, num_layers=46, num_heads=32,
                               num_kv_heads=16, head_dim=128, intermediate_size=36864,
-                              query_pre_attn_scalar=144.0, layer_types=_every(46, 2)),
+                              query_pre_attn_scalar=144.0, layer_types=gemma_layer_types(46, 2)),
     # google/gemma-3-1b-it and the language model of google/gemma-3-27b-it: five sliding layers
     # per full one; the 27B's embedding has 64 more rows (image tokens) than the 1B's.
     "gemma3_1b": ModelConfig(**_GEMMA3, vocab_size=262144, hidden_size=1152, num_layers=26,
                              num_heads=4, num_kv_heads=1, head_dim=256, intermediate_size=6912,
                              query_pre_attn_scalar=256.0, sliding_window=512,
-                             layer_types=_every(26, 6), max_position_embeddings=32768),
+                             layer_types=gemma_layer_types(26, 6), max_position_embeddings=32768),
     "gemma3_27b": ModelConfig(**_GEMMA3, vocab_size=262208, hidden_size=5376, num_layers=62,
                               num_heads=32, num_kv_heads=16, head_dim=128, intermediate_size=21504,
                               query_pre_attn_scalar=168.0, sliding_window=1024,
-                              layer_types=_every(62, 6), max_position_embeddings=131072,
+                              layer_types=gemma_layer_types(62, 6), max_position_embeddings=131072,
                               rope_scaling=RopeScaling(factor=8.0, rope_type="linear")),
     # mistralai/Mistral-7B-Instruct-v0.2 (no sliding window; the Mixtral tokenizer, 32,000).
     "mistral_7b": ModelConfig(

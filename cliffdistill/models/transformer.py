@@ -207,7 +207,7 @@ def window_mask(q_slots: jax.Array, k_slots: jax.Array, window: jax.Array) -> ja
     return (diff >= 0) & (diff < window)
 
 
-def _capped_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float,
+def capped_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float,
                       cap: float) -> jax.Array:
     """Attention with soft-capped scores (Gemma 2), as HF's eager path computes it: scores
     q.k * scale in fp32, cap * tanh(scores / cap), then the mask, softmax in fp32 cast to the
@@ -233,7 +233,7 @@ def _attend(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, allowed:
         T = q.shape[1]
         tril = window_mask(jnp.arange(T), jnp.arange(T), T)[None, None]
         allowed = tril if allowed is None else allowed & tril
-    return _capped_attention(q, k, v, allowed, cfg.attn_scale, cfg.attn_logit_softcapping)
+    return capped_attention(q, k, v, allowed, cfg.attn_scale, cfg.attn_logit_softcapping)
 
 
 def causal_attention(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
@@ -511,7 +511,7 @@ def _inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.asarray(np.asarray(rope_inv_freq(cfg), np.float32))
 
 
-def _layer_inv_freqs(cfg: ModelConfig) -> jax.Array | None:
+def layer_inv_freqs(cfg: ModelConfig) -> jax.Array | None:
     """Per-layer RoPE tables [L, hd/2], scanned with the layer params, when sliding and full
     layers use different bases (Gemma 3: local base unscaled, global base with its scaling);
     None when one table serves every layer (it is then a constant of the layer body)."""
@@ -594,7 +594,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, lora: Lo
         return _layer(cfg, x, lp, ll, positions, mask, None, scale, moe_impl, inv, window)
 
     x, kv = _scan_layers(cfg, _checkpoint_layer(body, remat), x,
-                         (params["layers"], layers_lora, _layer_windows(cfg), _layer_inv_freqs(cfg)))
+                         (params["layers"], layers_lora, _layer_windows(cfg), layer_inv_freqs(cfg)))
     h = _norm(cfg, x, params["final_norm"])
     return (h, kv) if return_kv else h
 
@@ -707,7 +707,7 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
                       moe_impl, inv_freq if layer_inv is None else layer_inv)
 
     x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L),
-                                                    _layer_windows(cfg), _layer_inv_freqs(cfg)))
+                                                    _layer_windows(cfg), layer_inv_freqs(cfg)))
     h = _norm(cfg, x[:, 0], params["final_norm"])
     return unembed(cfg, params, h), k_new, v_new
 
