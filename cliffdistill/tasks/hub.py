@@ -34,6 +34,7 @@ SOURCES = {
     "humaneval": Source("openai/openai_humaneval", None, "test"),
 }
 MMLU_SHOTS_SPLIT = "dev"  # cais/mmlu's 5 rows per subject, the few-shot pool
+FEWSHOT_SPLITS = {"arc_challenge": "train", "arc_easy": "train", "hellaswag": "train"}  # pools
 ROW_TASKS: dict[str, Callable[..., list[Any]]] = {
     "arc_challenge": arc.docs, "arc_easy": arc.docs, "hellaswag": hellaswag.docs,
     "humaneval": humaneval.docs,
@@ -69,4 +70,8 @@ def load(task: str, num_fewshot: int = 0, limit: int | None = None) -> list[Any]
         dev = mmlu.by_subject(rows(task, shots)) if num_fewshot else {}
         return mmlu.from_subjects(mmlu.by_subject(rows(task, src)), dev, num_fewshot, limit,
                                   shots.describe())
+    if task in FEWSHOT_SPLITS:
+        pool = dataclasses.replace(src, split=FEWSHOT_SPLITS[task])
+        return ROW_TASKS[task](rows(task, src), num_fewshot, limit,
+                               rows(task, pool) if num_fewshot else None, pool.describe())
     return ROW_TASKS[task](rows(task, src), num_fewshot, limit)

@@ -36,6 +36,7 @@ ANSWER_TASKS = ("gsm8k",)  # greedy generation, the answer extracted and compare
 TASKS = tuple(CHOICE_TASKS) + CODE_TASKS + ANSWER_TASKS
 LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load,
                                                 "gsm8k": gsm8k.load}
+FEWSHOT_FILE_TASKS = ("arc_easy", "arc_challenge", "hellaswag")  # take --fewshot_data TASK=PATH
 SUMMARY_FILE = "summary.json"
 # progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
 # (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
@@ -48,13 +49,29 @@ def check_task(name: str) -> str:
     return name
 
 
-def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None
-              ) -> list[Any]:
+def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None,
+              fewshot_data: str | Path | None = None) -> list[Any]:
     """The task's documents (HumanEval: problems) from its --data value: a local file or
-    folder, or `hf` (hub.HUB) for its hub dataset."""
+    folder, or `hf` (hub.HUB) for its hub dataset (shots: its train split). `fewshot_data`: the
+    few-shot pool file of a FEWSHOT_FILE_TASKS task (default: its loader's naming rule)."""
+    if fewshot_data is not None:
+        check_fewshot_data(name, str(data))
+        return LOADERS[name](data, num_fewshot, limit, train=fewshot_data)
     if str(data) == hub.HUB:
         return hub.load(name, num_fewshot, limit)
     return LOADERS[check_task(name)](data, num_fewshot, limit)
+
+
+def check_fewshot_data(name: str, data: str) -> str:
+    """A task that may take --fewshot_data, with local --data; else ValueError saying why."""
+    if check_task(name) not in FEWSHOT_FILE_TASKS:
+        raise ValueError(f"--fewshot_data {name}=...: only {', '.join(FEWSHOT_FILE_TASKS)} take "
+                         "a few-shot pool file (gsm8k: train.jsonl beside test.jsonl; mmlu: "
+                         "its dev/ folder)")
+    if data == hub.HUB:
+        raise ValueError(f"--fewshot_data {name}=... with --data {name}={hub.HUB}: the hub route "
+                         "draws shots from the dataset's train split; drop one of them")
+    return name
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> Model:
@@ -228,10 +245,12 @@ def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-             sampling: Sampling = GREEDY, progress: Progress | None = None
+             sampling: Sampling = GREEDY, progress: Progress | None = None,
+             fewshot_data: str | Path | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-document records, summary) of one task on one model; `sampling` applies to the code
-    tasks (one record per sample), the choice tasks being scored by log-likelihood."""
+    tasks (one record per sample), the choice tasks being scored by log-likelihood;
+    `fewshot_data`: the few-shot pool file (`load_docs`)."""
     check_task(name)
     t0 = time.perf_counter()
     if name in CODE_TASKS:
@@ -253,7 +272,7 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
         records = [gsm8k.score(p, gsm8k.truncate(c)) for p, c in zip(problems, raw)]
         summary = proportions(records, ("exact_match", "exact_match_flexible"))
     else:
-        docs = load_docs(name, data, num_fewshot, limit)
+        docs = load_docs(name, data, num_fewshot, limit, fewshot_data)
         if not docs:
             raise ValueError(f"{data}: no {name} documents")
         records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size,
@@ -307,19 +326,35 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def parse_fewshot_data(values: Sequence[str], data: dict[str, str]) -> dict[str, str]:
+    """--fewshot_data values ("TASK=PATH") -> {task: path}, each task one of the asked tasks
+    (a key of `data`), with local data, that takes a pool file (`check_fewshot_data`)."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--fewshot_data {v!r}: write --fewshot_data TASK=PATH")
+        if name not in data:
+            raise ValueError(f"--fewshot_data {v!r}: {name} is not among --tasks")
+        out[check_fewshot_data(name, data[name])] = path
+    return out
+
+
 def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
                    num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
                    max_new_tokens: int = 512, sampling: Sampling = GREEDY,
                    progress: Callable[[str], Progress] | None = None,
-                   echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
+                   echo: Callable[[str], Any] | None = print,
+                   fewshot_data: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Every task on one model; writes OUT/ and echoes the results table. `progress(task)`
-    gives the task's Progress (the CLI: tqdm bars)."""
+    gives the task's Progress (the CLI: tqdm bars); `fewshot_data`: {task: pool file}."""
     results = {}
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens,
                                  sampling=sampling,
-                                 progress=None if progress is None else progress(name))
+                                 progress=None if progress is None else progress(name),
+                                 fewshot_data=(fewshot_data or {}).get(name))
     return report(out, results, echo)
 
 
