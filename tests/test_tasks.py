@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliffdistill.tasks import (arc, executor, fewshot, gsm8k, hellaswag, humaneval, mmlu,
+from cliffdistill.tasks import (arc, executor, fewshot, gsm8k, hellaswag, humaneval, mbpp, mmlu,
                                 multiple_choice, runner)
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
@@ -888,3 +888,115 @@ def test_hub_shots_come_from_the_train_split(task, monkeypatch, tmp_path):
     assert runner.load_docs(task, "hf", 5) == runner.load_docs(task, test, 5)
     assert runner.load_docs(task, "hf", 0) == runner.load_docs(task, test, 0)
     assert calls == [source, pool, source]  # zero-shot reads no train split
+
+
+# ----------------------------------------------------------------------------- MBPP
+
+# Invented rows in the release format (written to tmp_path). Task ids 5 and 600 lie outside the
+# test split (11-510) and are skipped, as the harness's `test` split does not hold them.
+MBPP_ROWS = [
+    {"task_id": 5, "text": "Write a function to negate a number.",
+     "code": "def neg(x):\r\n  return -x",
+     "test_list": ["assert neg(1) == -1", "assert neg(0) == 0", "assert neg(-2) == 2"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 11, "text": "Write a function to add two numbers.",
+     "code": "def add(a, b):\r\n  return a + b",
+     "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 12, "text": "Write a python function to reverse a string.",
+     "code": "def rev(s):\n    return s[::-1]",
+     "test_list": ["assert rev('ab') == 'ba'", "assert rev('') == ''", "assert rev('x') == 'x'",
+                   "assert rev('abc') == 'cba'"],
+     "test_setup_code": "import os", "challenge_test_list": ["assert rev('aa') == 'aa'"]},
+    {"task_id": 600, "text": "Write a function to double.", "code": "def dbl(x):\n  return 2 * x",
+     "test_list": ["assert dbl(1) == 2", "assert dbl(0) == 0", "assert dbl(3) == 6"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 510, "text": "Write a function to find the maximum of a list.",
+     "code": "def biggest(xs):\n  return max(xs)",
+     "test_list": ["assert biggest([1, 3, 2]) == 3", "assert biggest([5]) == 5",
+                   "assert biggest([-1, -4]) == -1"],
+     "test_setup_code": "", "challenge_test_list": []},
+]
+MBPP_TEST = [r for r in MBPP_ROWS if 11 <= r["task_id"] <= 510]
+CODE_EVAL_CALLS: list[tuple] = []  # (references, predictions) lm-eval's metric hands code_eval
+
+
+def _lm_eval_mbpp(test_file: Path, monkeypatch):
+    """lm-eval's `mbpp` task on `test_file`; its utils.py loads HF `code_eval` at import (a hub
+    download), replaced by a recorder of what the harness passes it (code_eval itself, which
+    runs `prediction + "\\n" + reference`, is not installed here)."""
+    import types
+
+    class Recorder:
+        def compute(self, references, predictions, k):
+            CODE_EVAL_CALLS.append((list(references), [list(p) for p in predictions]))
+            return {"pass@1": 0.0}, {}
+
+    fake = types.ModuleType("evaluate")
+    fake.load = lambda name: Recorder()
+    monkeypatch.setitem(sys.modules, "evaluate", fake)
+    return _lm_eval_yaml_task("mbpp/mbpp.yaml", {"test": str(test_file)})
+
+
+@pytest.mark.parametrize("shots", [0, 1, 3])
+def test_mbpp_prompts_stops_and_references_match_lm_eval(shots, tmp_path, monkeypatch):
+    ours = mbpp.load(_write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS), shots)
+    task = _lm_eval_mbpp(_write_jsonl(tmp_path / "mbpp_test.jsonl", MBPP_TEST), monkeypatch)
+    refs = list(task.eval_docs)
+    assert [p.task_id for p in ours] == [str(r["task_id"]) for r in refs] == ["11", "12", "510"]
+    for p, ref in zip(ours, refs):
+        ctx = task.fewshot_context(ref, shots)
+        assert p.prompt == ctx and ctx.count("[DONE]") == shots
+        request = task.construct_requests(ref, ctx, metadata=("mbpp", 0, 1))
+        assert request.args[0] == ctx and tuple(request.args[1]["until"]) == mbpp.STOP_SEQUENCES
+        CODE_EVAL_CALLS.clear()
+        task.process_results(ref, [p.code])
+        ((references, predictions),) = CODE_EVAL_CALLS
+        assert (references, predictions) == ([mbpp.reference(p)], [[p.code]])
+        assert mbpp.program(p, p.code) == predictions[0][0] + "\n" + references[0]
+    assert mbpp.load(tmp_path / "mbpp.jsonl", shots, limit=2) == ours[:2]
+
+
+def test_mbpp_programs_pass_and_fail_in_the_executor(tmp_path):
+    problems = mbpp.load(_write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS))
+    good = executor.run_programs([mbpp.program(p, p.code) for p in problems], FAST)
+    assert [o.status for o in good] == [executor.PASSED] * 3
+    wrong = executor.run_program(mbpp.program(problems[0], "def add(a, b):\n  return a - b"), FAST)
+    assert (wrong.passed, wrong.error) == (False, "AssertionError")
+    # the 4th assert of test_list is not run (the harness's reference is the first three)
+    only3 = "def rev(s):\n    return s[::-1] if len(s) < 3 else s"
+    assert executor.run_program(mbpp.program(problems[1], only3), FAST).passed
+    assert mbpp.truncate("def f():\n  return 1\n[DONE]\n\nYou are") == "def f():\n  return 1\n"
+    records, summary = runner.score_completions(problems * 2, [p.code for p in problems]
+                                                + ["pass"] * 3, FAST, task="mbpp")
+    assert [r["task_id"] for r in records] == ["11", "12", "510"] * 2
+    assert summary["pass@1"] == 0.5 and summary["n"] == 3
+
+
+def test_mbpp_refusals_and_hub(tmp_path, monkeypatch):
+    f = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    with pytest.raises(ValueError, match=r"--num_fewshot 4: MBPP's few-shot examples are the "
+                       r"harness's 3 fixed ones"):
+        mbpp.load(f, 4)
+    _write_jsonl(f, [{**MBPP_TEST[0], "test_list": ["assert True"]}])
+    with pytest.raises(ValueError, match=r"mbpp\.jsonl:1: field 'test_list' has 1 entries"):
+        mbpp.load(f)
+    _write_jsonl(f, [{k: v for k, v in MBPP_TEST[0].items() if k != "text"}])
+    with pytest.raises(ValueError, match=r"mbpp\.jsonl:1: missing field 'text'"):
+        mbpp.load(f)
+    source = ("google-research-datasets/mbpp", "full", "test")
+    calls = _fake_hub(monkeypatch, {source: MBPP_TEST})
+    local = mbpp.load(_write_jsonl(tmp_path / "all.jsonl", MBPP_ROWS), 3)
+    assert runner.load_docs("mbpp", "hf", 3) == local and calls == [source]
+    assert runner.parse_data(["mbpp=x.jsonl"], ["mbpp"]) == {"mbpp": "x.jsonl"}
+
+
+def test_mbpp_greedy_end_to_end(tiny_model, tmp_path):
+    f = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    calls, progress = _progress_calls()
+    records, summary = runner.run_task("mbpp", f, tiny_model["ours"], num_fewshot=1,
+                                       max_new_tokens=6, batch_size=2, progress=progress)
+    assert _last_per_stage(calls) == {"generated": (3, 3), "executed": (3, 3)}
+    assert [r["task_id"] for r in records] == ["11", "12", "510"]
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 3
+    assert all("[DONE]" not in r["completion"] for r in records)

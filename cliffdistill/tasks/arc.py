@@ -66,7 +66,8 @@ def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None,
 def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None,
          train: str | Path | None = None) -> list[ChoiceDoc]:
     """`path`: the test file; the few-shot pool (read only when num_fewshot > 0) is `train`, or
-    the file beside it named by `fewshot.train_beside` (arc_easy_test.jsonl -> arc_easy_train.jsonl)."""
+    the file beside it named by `fewshot.train_beside` (arc_easy_test.jsonl ->
+    arc_easy_train.jsonl)."""
     test = files.require_file(path, "ARC jsonl file")
     pool, source = fewshot.local_pool(
         num_fewshot, train, lambda: fewshot.train_beside(test),

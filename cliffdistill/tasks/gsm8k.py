@@ -48,9 +48,9 @@ def question_text(question: str) -> str:
 def docs(test_rows: files.Rows, train_rows: files.Rows | None, num_fewshot: int = 0,
          limit: int | None = None) -> list[Problem]:
     """Problems from (where, row) pairs; document i's shots are the i-th draw of k train rows
-    from one Random(fewshot.FEWSHOT_SEED) (`fewshot.draws`; gsm8k.yaml's fewshot_split "train" differs
-    from its test_split, so no eval-doc exclusion), so `limit` does not change the shots of the
-    first documents."""
+    from one Random(fewshot.FEWSHOT_SEED) (`fewshot.draws`; gsm8k.yaml's fewshot_split "train"
+    differs from its test_split, so no eval-doc exclusion), so `limit` does not change the shots
+    of the first documents."""
     test = files.parse_rows(test_rows, _row, limit)
     train = files.parse_rows(train_rows, _row, None) if num_fewshot and train_rows else []
     picks = fewshot.draws(len(train), num_fewshot, [None] * len(test),

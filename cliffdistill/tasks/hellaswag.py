@@ -25,7 +25,7 @@ from cliffdistill.tasks import fewshot, files
 from cliffdistill.tasks.multiple_choice import ChoiceDoc
 
 LINES_PER_TASK = 6
-TRAIN_FILE = "hellaswag_train.jsonl"  # the few-shot pool beside the eval file (rowanz/hellaswag's name)
+TRAIN_FILE = "hellaswag_train.jsonl"  # the few-shot pool beside the eval file (rowanz's name)
 EXCLUDES_EVAL_DOC = True  # hellaswag.yaml: fewshot_split None == test_split None
 
 

@@ -24,22 +24,35 @@ from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
 from cliffdistill.tasks import (arc, choice_jsonl, executor, files, gsm8k, hellaswag, hub,
-                                humaneval, mmlu)
+                                humaneval, mbpp, mmlu)
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
     "arc_easy": arc.load, "arc_challenge": arc.load, "hellaswag": hellaswag.load, "mmlu": mmlu.load,
     "choice_jsonl": choice_jsonl.load,
 }
-CODE_TASKS = ("humaneval",)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeTask:
+    """A generate-and-execute task: its problems' loader, the cut at its stop sequences and
+    the program that runs a (cut) completion against the problem's tests."""
+
+    load: Callable[..., list[Any]]
+    truncate: Callable[[str], str]
+    program: Callable[[Any, str], str]
+
+
+CODE_TASKS = {"humaneval": CodeTask(humaneval.load, humaneval.truncate, humaneval.program),
+              "mbpp": CodeTask(mbpp.load, mbpp.truncate, mbpp.program)}
 ANSWER_TASKS = ("gsm8k",)  # greedy generation, the answer extracted and compared (exact match)
-TASKS = tuple(CHOICE_TASKS) + CODE_TASKS + ANSWER_TASKS
-LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load,
-                                                "gsm8k": gsm8k.load}
+TASKS = tuple(CHOICE_TASKS) + tuple(CODE_TASKS) + ANSWER_TASKS
+LOADERS: dict[str, Callable[..., list[Any]]] = {
+    **CHOICE_TASKS, **{k: t.load for k, t in CODE_TASKS.items()}, "gsm8k": gsm8k.load}
 FEWSHOT_FILE_TASKS = ("arc_easy", "arc_challenge", "hellaswag")  # take --fewshot_data TASK=PATH
 SUMMARY_FILE = "summary.json"
 # progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
-# (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
+# (HumanEval, MBPP completions), "executed" (their programs run); each stage ends at (n, n)
 Progress = Callable[[str, int, int], Any]
 
 
@@ -51,7 +64,7 @@ def check_task(name: str) -> str:
 
 def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None,
               fewshot_data: str | Path | None = None) -> list[Any]:
-    """The task's documents (HumanEval: problems) from its --data value: a local file or
+    """The task's documents (HumanEval, MBPP: problems) from its --data value: a local file or
     folder, or `hf` (hub.HUB) for its hub dataset (shots: its train split). `fewshot_data`: the
     few-shot pool file of a FEWSHOT_FILE_TASKS task (default: its loader's naming rule)."""
     if fewshot_data is not None:
@@ -124,9 +137,9 @@ def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How HumanEval completions are drawn from a model: `n_samples` per problem at
-    `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on creation, so
-    a meaningless combination is refused before any model is loaded."""
+    """How code-task (HumanEval, MBPP) completions are drawn from a model: `n_samples` per
+    problem at `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on
+    creation, so a meaningless combination is refused before any model is loaded."""
 
     n_samples: int = 1
     temperature: float = 0.0
@@ -146,10 +159,10 @@ class Sampling:
 GREEDY = Sampling()
 
 
-def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how: Sampling, *,
+def sample_completions(model: Model, problems: Sequence[Any], how: Sampling, *,
                        max_new_tokens: int, batch_size: int,
-                       progress: Callable[[int, int], Any] | None = None
-                       ) -> tuple[list[humaneval.Problem], list[str]]:
+                       progress: Callable[[int, int], Any] | None = None,
+                       task: str = "humaneval") -> tuple[list[Any], list[str]]:
     """`how.n_samples` completions per problem, cut at the stop sequences, problem-major (every
     sample of problem 0 first: the (problem, completion) lists `score_completions` takes).
     Sample s of problem i draws from fold_in(fold_in(key(seed), s), i): reproducible for a seed,
@@ -165,7 +178,7 @@ def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how:
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
             temperature=how.temperature, key=jax.random.fold_in(base, s), progress=step))
     chosen = [p for p in problems for _ in range(how.n_samples)]
-    completions = [humaneval.truncate(per_sample[s][i])
+    completions = [CODE_TASKS[task].truncate(per_sample[s][i])
                    for i in range(len(problems)) for s in range(how.n_samples)]
     return chosen, completions
 
@@ -199,13 +212,14 @@ def stage(progress: Progress | None, name: str) -> Callable[[int, int], Any] | N
     return None if progress is None else functools.partial(progress, name)
 
 
-def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
+def score_completions(problems: Sequence[Any], completions: Sequence[str],
                       limits: executor.Limits = executor.Limits(), workers: int = 4,
-                      progress: Progress | None = None
+                      progress: Progress | None = None, task: str = "humaneval"
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Executor verdicts for (already truncated) completions, `problems[i]` being the problem of
     `completions[i]` (a problem may repeat: several samples), and the pass@k summary."""
-    outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
+    program = CODE_TASKS[task].program
+    outcomes = executor.run_programs([program(p, c) for p, c in zip(problems, completions)],
                                      limits, workers, progress=stage(progress, "executed"))
     records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
                 "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
@@ -257,8 +271,8 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
         problems, completions = sample_completions(
             model, load_docs(name, data, num_fewshot, limit), sampling,
             max_new_tokens=max_new_tokens, batch_size=batch_size,
-            progress=stage(progress, "generated"))
-        records, summary = score_completions(problems, completions, progress=progress)
+            progress=stage(progress, "generated"), task=name)
+        records, summary = score_completions(problems, completions, progress=progress, task=name)
         summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     elif name in ANSWER_TASKS:
         if sampling != GREEDY:
