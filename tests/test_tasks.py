@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliffdistill.tasks import (arc, executor, gsm8k, hellaswag, humaneval, mmlu, multiple_choice,
-                                runner)
+from cliffdistill.tasks import (arc, executor, fewshot, gsm8k, hellaswag, humaneval, mbpp, mmlu,
+                                multiple_choice, runner)
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -192,24 +192,34 @@ def _mmlu_as_hf(split: str, tmp: Path) -> Path:
     return out
 
 
-def _lm_eval_task(case: str, tmp: Path):
+def _lm_eval_yaml_task(yaml_file: str, data_files: dict[str, str] | None = None,
+                       one_file: str | None = None):
+    """lm-eval's own ConfigurableTask from its yaml under lm_eval/tasks, its dataset replaced
+    by local json files: `data_files` {split: path}, or `one_file` for every split the yaml
+    names; fewshot seed 1234, as the harness's evaluator sets it."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    yaml_file, split, _ = LM_EVAL_CASES[case]
-    config = load_yaml((Path(lm_eval.__file__).parent / "tasks" / yaml_file))
-    if case.startswith("mmlu"):
-        files = {"test": str(_mmlu_as_hf("test", tmp)), "dev": str(_mmlu_as_hf("dev", tmp))}
-    else:
-        one = str(DATA / ("arc.jsonl" if case == "arc_challenge" else "hellaswag.jsonl"))
-        files = {config[k]: one for k in ("training_split", "validation_split", "test_split")
-                 if config.get(k)}  # zero-shot: only `split` is read
+    config = load_yaml(Path(lm_eval.__file__).parent / "tasks" / yaml_file)
+    if one_file is not None:
+        data_files = {config[k]: one_file for k in ("training_split", "validation_split",
+                                                    "test_split") if config.get(k)}
     config = {k: v for k, v in config.items() if k not in ("tag", "group")}
-    config.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": files})
+    config.update(dataset_path="json", dataset_name=None,
+                  dataset_kwargs={"data_files": data_files})
     task = ConfigurableTask(config=config)
     task.set_fewshot_seed(1234)
     return task
+
+
+def _lm_eval_task(case: str, tmp: Path):
+    yaml_file, split, _ = LM_EVAL_CASES[case]
+    if case.startswith("mmlu"):
+        return _lm_eval_yaml_task(yaml_file, {"test": str(_mmlu_as_hf("test", tmp)),
+                                              "dev": str(_mmlu_as_hf("dev", tmp))})
+    one = str(DATA / ("arc.jsonl" if case == "arc_challenge" else "hellaswag.jsonl"))
+    return _lm_eval_yaml_task(yaml_file, one_file=one)  # zero-shot: only `split` is read
 
 
 @pytest.fixture(scope="module")
@@ -615,7 +625,7 @@ def test_cli_scores_an_hf_dir(tiny_model, tmp_path):
     res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
                "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
                "--num_fewshot", "1", "--out", str(out))
-    assert res.returncode == 1 and "ARC is scored zero-shot" in res.stderr  # shots refused for ARC
+    assert res.returncode == 1 and "arc.jsonl: the name has no 'test'" in res.stderr  # no pool
     res = _cli("--tasks", "arc_challenge,mmlu", "--model", str(tiny_model["path"]),
                "--data", f"arc_challenge={DATA / 'arc.jsonl'}", "--data", f"mmlu={DATA / 'mmlu'}",
                "--out", str(out))
@@ -678,17 +688,8 @@ def _gsm8k_dir(tmp_path: Path) -> Path:
 
 
 def _lm_eval_gsm8k(folder: Path):
-    lm_eval = pytest.importorskip("lm_eval")
-    from lm_eval.api.task import ConfigurableTask
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    config = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml")
-    config = {k: v for k, v in config.items() if k not in ("tag", "group")}
-    config.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {
-        "train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}})
-    task = ConfigurableTask(config=config)
-    task.set_fewshot_seed(1234)
-    return task
+    return _lm_eval_yaml_task("gsm8k/gsm8k.yaml", {"train": str(folder / "train.jsonl"),
+                                                   "test": str(folder / "test.jsonl")})
 
 
 @pytest.mark.parametrize("shots", [0, 5])
@@ -737,8 +738,265 @@ def test_gsm8k_end_to_end_and_bad_files(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"greedily"):
         runner.run_task("gsm8k", folder, tiny_model["ours"],
                         sampling=runner.Sampling(n_samples=2, temperature=1.0))
-    with pytest.raises(ValueError, match=r"--num_fewshot 9 needs that many train rows"):
+    with pytest.raises(ValueError, match=r"--num_fewshot 9 draws 9 rows per document from the "
+                       r"few-shot pool train\.jsonl.*which has 8"):
         gsm8k.load(folder, 9)
     (folder / "test.jsonl").write_text('{"question": "q?"}\n')
     with pytest.raises(ValueError, match=r"test\.jsonl:1: missing field 'answer'"):
         gsm8k.load(folder)
+
+
+# ----------------------------------------------------------------------------- ARC / HellaSwag shots
+
+# Invented rows in the hub formats (written to tmp_path; no dataset is committed). ARC mixes
+# letter and digit labels and 3-5 choices; HellaSwag has the WikiHow artifacts preprocess removes,
+# and one train row equal to a validation row (the harness's eval-doc exclusion drops it).
+def _arc_row(i: int) -> dict:
+    n = 3 + i % 3
+    labels = list("ABCDE"[:n]) if i % 2 else [str(j + 1) for j in range(n)]
+    return {"id": f"Inv-{i}", "question": f"Which number is {i} plus {i % 4}?",
+            "choices": {"text": [str(i + i % 4 + d - 1) for d in range(n)], "label": labels},
+            "answerKey": labels[1]}
+
+
+ARC_TRAIN = [_arc_row(i) for i in range(10, 19)]
+ARC_TEST = [_arc_row(i) for i in range(4)]
+
+
+def _hellaswag_row(i: int, split: str) -> dict:
+    ctx_a, ctx_b = f"A person picks up tool {i} [title] and looks at it.", "then they"
+    return {"ind": i, "activity_label": f"Task {i % 3}", "ctx_a": ctx_a, "ctx_b": ctx_b,
+            "ctx": f"{ctx_a} {ctx_b}", "endings": [f"put tool {i} down.", f"[step] use  tool {i}.",
+                                                   f"throw tool {i}.", f"sell tool {i}."],
+            "source_id": f"inv~{i}", "split": split, "split_type": "indomain",
+            "label": str(i % 4)}
+
+
+HELLASWAG_VAL = [_hellaswag_row(i, "val") for i in range(4)]
+HELLASWAG_TRAIN = [_hellaswag_row(i, "train") for i in range(20, 26)] + [dict(HELLASWAG_VAL[2])]
+
+FEWSHOT_TASKS = {  # task -> (lm-eval yaml, eval split, our eval file name, pool rows, eval rows)
+    "arc_easy": ("arc/arc_easy.yaml", "test", "arc_easy_test.jsonl", ARC_TRAIN, ARC_TEST),
+    "arc_challenge": ("arc/arc_challenge.yaml", "test", "ARC-Challenge-Test.jsonl", ARC_TRAIN,
+                      ARC_TEST),
+    "hellaswag": ("hellaswag/hellaswag.yaml", "validation", "hellaswag_val.jsonl",
+                  HELLASWAG_TRAIN, HELLASWAG_VAL),
+}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _fewshot_files(task: str, tmp: Path) -> tuple[Path, Path]:
+    """(eval file, train file) of a task, the train file named as our loader looks for it."""
+    _, _, name, pool, rows = FEWSHOT_TASKS[task]
+    test = _write_jsonl(tmp / name, rows)
+    train = test.with_name(hellaswag.TRAIN_FILE) if task == "hellaswag" else \
+        test.with_name(name.replace("test", "train").replace("Test", "Train"))
+    return test, _write_jsonl(train, pool)
+
+
+def _lm_eval_fewshot(task: str, test: Path, train: Path):
+    yaml_file, split, *_ = FEWSHOT_TASKS[task]
+    files = {"train": str(train), split: str(test)}
+    if split == "test":
+        files["validation"] = str(test)  # named by the yaml, never read
+    return _lm_eval_yaml_task(yaml_file, files)
+
+
+@pytest.mark.parametrize("shots", [0, 1, 5])
+@pytest.mark.parametrize("task", sorted(FEWSHOT_TASKS))
+def test_fewshot_contexts_match_lm_eval(task, shots, tmp_path, monkeypatch):
+    test, train = _fewshot_files(task, tmp_path)
+    ref_task = _lm_eval_fewshot(task, test, train)
+    refs = list(ref_task.eval_docs)
+    ours = runner.load_docs(task, test, shots)
+    assert len(ours) == len(refs) == len(FEWSHOT_TASKS[task][4])
+    contexts = []
+    for doc, ref in zip(ours, refs):  # in document order: the sampler's draws follow it
+        ctx = ref_task.fewshot_context(ref, shots)
+        contexts.append(ctx)
+        assert doc.context == ctx
+        assert list(doc.choices) == list(ref_task.doc_to_choice(ref))
+        assert doc.gold == int(ref_task.doc_to_target(ref))
+        assert [(ctx, c) for c in multiple_choice.continuations(doc)] == [
+            r.args for r in ref_task.construct_requests(ref, ctx, metadata=(task, 0, 1))]
+        assert doc.context.count(multiple_choice.FEWSHOT_DELIMITER) == shots
+    assert runner.load_docs(task, test, shots, limit=2) == ours[:2]  # --limit keeps the shots
+    assert runner.load_docs(task, test, shots, fewshot_data=train) == ours
+    if shots == 5:  # the draws differ per document, and the eval-doc rule changes them
+        assert len(set(contexts)) == len(contexts)
+        module = hellaswag if task == "hellaswag" else arc
+        monkeypatch.setattr(module, "EXCLUDES_EVAL_DOC", not module.EXCLUDES_EVAL_DOC)
+        flipped = runner.load_docs(task, test, shots)
+        assert [d.context for d in flipped] != contexts
+
+
+def test_hellaswag_text_eval_file_takes_jsonl_shots(tmp_path):
+    """The text format's contexts with the same draws as its jsonl twin (no source rows to
+    compare, so the train copy of a validation row is not dropped: lm-eval cannot read it)."""
+    test, train = _fewshot_files("hellaswag", tmp_path)
+    text = tmp_path / "hs.txt"
+    text.write_text("".join(f"{d.context}\n{d.gold}\n" + "".join(c + "\n" for c in d.choices)
+                            for d in hellaswag.load(test)))
+    got = hellaswag.load(text, 2, train=train)
+    draws = fewshot.draws(len(HELLASWAG_TRAIN), 2, [lambda j: False] * 4, "pool")
+    pool = hellaswag.load(train)
+    assert [d.context for d in got] == ["".join(fewshot.shot_text(pool[j]) for j in idx)
+                                        + d.context for idx, d in zip(draws, hellaswag.load(test))]
+
+
+def test_fewshot_pool_refusals(tmp_path):
+    test, train = _fewshot_files("arc_easy", tmp_path)
+    train.unlink()
+    with pytest.raises(FileNotFoundError, match=r"arc_easy_train\.jsonl: no such file: the "
+                       r"few-shot pool.*--num_fewshot 1.*--fewshot_data TASK=PATH"):
+        arc.load(test, 1)
+    assert arc.load(test, 0) == arc.load(test)  # zero-shot reads no pool
+    odd = _write_jsonl(tmp_path / "arc.jsonl", ARC_TEST)
+    with pytest.raises(ValueError, match=r"arc\.jsonl: the name has no 'test'"):
+        arc.load(odd, 1)
+    small = _write_jsonl(tmp_path / "few.jsonl", ARC_TRAIN[:2])
+    with pytest.raises(ValueError, match=r"--num_fewshot 3 draws 3 rows per document from the "
+                       r"few-shot pool .*few\.jsonl, which has 2"):
+        arc.load(odd, 3, train=small)
+    hs, hs_train = _fewshot_files("hellaswag", tmp_path)
+    small = _write_jsonl(tmp_path / "few.jsonl", HELLASWAG_TRAIN[:2])
+    with pytest.raises(ValueError, match=r"--num_fewshot 2 draws 3 rows"):  # eval-doc path: k+1
+        hellaswag.load(hs, 2, train=small)
+    hs_train.unlink()
+    with pytest.raises(FileNotFoundError, match=r"hellaswag_train\.jsonl: no such file"):
+        hellaswag.load(hs, 1)
+    with pytest.raises(ValueError, match=r"only arc_easy, arc_challenge, hellaswag take"):
+        runner.parse_fewshot_data(["mmlu=x"], {"mmlu": "dir"})
+    with pytest.raises(ValueError, match=r"the hub route draws shots from the dataset's train"):
+        runner.parse_fewshot_data(["arc_easy=x"], {"arc_easy": "hf"})
+    with pytest.raises(ValueError, match=r"arc_easy is not among --tasks"):
+        runner.parse_fewshot_data(["arc_easy=x"], {"hellaswag": "h.jsonl"})
+    assert runner.parse_fewshot_data(["arc_easy=t.jsonl"], {"arc_easy": "a.jsonl"}) == {
+        "arc_easy": "t.jsonl"}
+
+
+@pytest.mark.parametrize("task", ["arc_easy", "hellaswag"])
+def test_hub_shots_come_from_the_train_split(task, monkeypatch, tmp_path):
+    test, train = _fewshot_files(task, tmp_path)
+    source, _ = HUB_CASES[task]
+    pool = (source[0], source[1], "train")
+    calls = _fake_hub(monkeypatch, {source: _jsonl(test), pool: _jsonl(train)})
+    assert runner.load_docs(task, "hf", 5) == runner.load_docs(task, test, 5)
+    assert runner.load_docs(task, "hf", 0) == runner.load_docs(task, test, 0)
+    assert calls == [source, pool, source]  # zero-shot reads no train split
+
+
+# ----------------------------------------------------------------------------- MBPP
+
+# Invented rows in the release format (written to tmp_path). Task ids 5 and 600 lie outside the
+# test split (11-510) and are skipped, as the harness's `test` split does not hold them.
+MBPP_ROWS = [
+    {"task_id": 5, "text": "Write a function to negate a number.",
+     "code": "def neg(x):\r\n  return -x",
+     "test_list": ["assert neg(1) == -1", "assert neg(0) == 0", "assert neg(-2) == 2"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 11, "text": "Write a function to add two numbers.",
+     "code": "def add(a, b):\r\n  return a + b",
+     "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 12, "text": "Write a python function to reverse a string.",
+     "code": "def rev(s):\n    return s[::-1]",
+     "test_list": ["assert rev('ab') == 'ba'", "assert rev('') == ''", "assert rev('x') == 'x'",
+                   "assert rev('abc') == 'cba'"],
+     "test_setup_code": "import os", "challenge_test_list": ["assert rev('aa') == 'aa'"]},
+    {"task_id": 600, "text": "Write a function to double.", "code": "def dbl(x):\n  return 2 * x",
+     "test_list": ["assert dbl(1) == 2", "assert dbl(0) == 0", "assert dbl(3) == 6"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 510, "text": "Write a function to find the maximum of a list.",
+     "code": "def biggest(xs):\n  return max(xs)",
+     "test_list": ["assert biggest([1, 3, 2]) == 3", "assert biggest([5]) == 5",
+                   "assert biggest([-1, -4]) == -1"],
+     "test_setup_code": "", "challenge_test_list": []},
+]
+MBPP_TEST = [r for r in MBPP_ROWS if 11 <= r["task_id"] <= 510]
+CODE_EVAL_CALLS: list[tuple] = []  # (references, predictions) lm-eval's metric hands code_eval
+
+
+def _lm_eval_mbpp(test_file: Path, monkeypatch):
+    """lm-eval's `mbpp` task on `test_file`; its utils.py loads HF `code_eval` at import (a hub
+    download), replaced by a recorder of what the harness passes it (code_eval itself, which
+    runs `prediction + "\\n" + reference`, is not installed here)."""
+    import types
+
+    class Recorder:
+        def compute(self, references, predictions, k):
+            CODE_EVAL_CALLS.append((list(references), [list(p) for p in predictions]))
+            return {"pass@1": 0.0}, {}
+
+    fake = types.ModuleType("evaluate")
+    fake.load = lambda name: Recorder()
+    monkeypatch.setitem(sys.modules, "evaluate", fake)
+    return _lm_eval_yaml_task("mbpp/mbpp.yaml", {"test": str(test_file)})
+
+
+@pytest.mark.parametrize("shots", [0, 1, 3])
+def test_mbpp_prompts_stops_and_references_match_lm_eval(shots, tmp_path, monkeypatch):
+    ours = mbpp.load(_write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS), shots)
+    task = _lm_eval_mbpp(_write_jsonl(tmp_path / "mbpp_test.jsonl", MBPP_TEST), monkeypatch)
+    refs = list(task.eval_docs)
+    assert [p.task_id for p in ours] == [str(r["task_id"]) for r in refs] == ["11", "12", "510"]
+    for p, ref in zip(ours, refs):
+        ctx = task.fewshot_context(ref, shots)
+        assert p.prompt == ctx and ctx.count("[DONE]") == shots
+        request = task.construct_requests(ref, ctx, metadata=("mbpp", 0, 1))
+        assert request.args[0] == ctx and tuple(request.args[1]["until"]) == mbpp.STOP_SEQUENCES
+        CODE_EVAL_CALLS.clear()
+        task.process_results(ref, [p.code])
+        ((references, predictions),) = CODE_EVAL_CALLS
+        assert (references, predictions) == ([mbpp.reference(p)], [[p.code]])
+        assert mbpp.program(p, p.code) == predictions[0][0] + "\n" + references[0]
+    assert mbpp.load(tmp_path / "mbpp.jsonl", shots, limit=2) == ours[:2]
+
+
+def test_mbpp_programs_pass_and_fail_in_the_executor(tmp_path):
+    problems = mbpp.load(_write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS))
+    good = executor.run_programs([mbpp.program(p, p.code) for p in problems], FAST)
+    assert [o.status for o in good] == [executor.PASSED] * 3
+    wrong = executor.run_program(mbpp.program(problems[0], "def add(a, b):\n  return a - b"), FAST)
+    assert (wrong.passed, wrong.error) == (False, "AssertionError")
+    # the 4th assert of test_list is not run (the harness's reference is the first three)
+    only3 = "def rev(s):\n    return s[::-1] if len(s) < 3 else s"
+    assert executor.run_program(mbpp.program(problems[1], only3), FAST).passed
+    assert mbpp.truncate("def f():\n  return 1\n[DONE]\n\nYou are") == "def f():\n  return 1\n"
+    records, summary = runner.score_completions(problems * 2, [p.code for p in problems]
+                                                + ["pass"] * 3, FAST, task="mbpp")
+    assert [r["task_id"] for r in records] == ["11", "12", "510"] * 2
+    assert summary["pass@1"] == 0.5 and summary["n"] == 3
+
+
+def test_mbpp_refusals_and_hub(tmp_path, monkeypatch):
+    f = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    with pytest.raises(ValueError, match=r"--num_fewshot 4: MBPP's few-shot examples are the "
+                       r"harness's 3 fixed ones"):
+        mbpp.load(f, 4)
+    _write_jsonl(f, [{**MBPP_TEST[0], "test_list": ["assert True"]}])
+    with pytest.raises(ValueError, match=r"mbpp\.jsonl:1: field 'test_list' has 1 entries"):
+        mbpp.load(f)
+    _write_jsonl(f, [{k: v for k, v in MBPP_TEST[0].items() if k != "text"}])
+    with pytest.raises(ValueError, match=r"mbpp\.jsonl:1: missing field 'text'"):
+        mbpp.load(f)
+    source = ("google-research-datasets/mbpp", "full", "test")
+    calls = _fake_hub(monkeypatch, {source: MBPP_TEST})
+    local = mbpp.load(_write_jsonl(tmp_path / "all.jsonl", MBPP_ROWS), 3)
+    assert runner.load_docs("mbpp", "hf", 3) == local and calls == [source]
+    assert runner.parse_data(["mbpp=x.jsonl"], ["mbpp"]) == {"mbpp": "x.jsonl"}
+
+
+def test_mbpp_greedy_end_to_end(tiny_model, tmp_path):
+    f = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    calls, progress = _progress_calls()
+    records, summary = runner.run_task("mbpp", f, tiny_model["ours"], num_fewshot=1,
+                                       max_new_tokens=6, batch_size=2, progress=progress)
+    assert _last_per_stage(calls) == {"generated": (3, 3), "executed": (3, 3)}
+    assert [r["task_id"] for r in records] == ["11", "12", "510"]
+    assert summary["pass@1"] == sum(r["passed"] for r in records) / 3
+    assert all("[DONE]" not in r["completion"] for r in records)

@@ -16,15 +16,13 @@ Data: a folder holding the original release's `test.jsonl` (and `train.jsonl` fo
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from cliffdistill.tasks import files
+from cliffdistill.tasks import fewshot, files
 
 STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
-FEWSHOT_SEED = 1234
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
@@ -50,19 +48,16 @@ def question_text(question: str) -> str:
 def docs(test_rows: files.Rows, train_rows: files.Rows | None, num_fewshot: int = 0,
          limit: int | None = None) -> list[Problem]:
     """Problems from (where, row) pairs; document i's shots are the i-th draw of k train rows
-    from one Random(FEWSHOT_SEED), so `limit` does not change the shots of the first documents."""
-    if num_fewshot < 0:
-        raise ValueError(f"--num_fewshot {num_fewshot}: must be >= 0")
+    from one Random(fewshot.FEWSHOT_SEED) (`fewshot.draws`; gsm8k.yaml's fewshot_split "train"
+    differs from its test_split, so no eval-doc exclusion), so `limit` does not change the shots
+    of the first documents."""
     test = files.parse_rows(test_rows, _row, limit)
-    train = files.parse_rows(train_rows, _row, None) if num_fewshot else []
-    if num_fewshot > len(train):
-        raise ValueError(f"--num_fewshot {num_fewshot} needs that many train rows (train.jsonl "
-                         f"next to test.jsonl); found {len(train)}")
-    rnd = random.Random(FEWSHOT_SEED)
+    train = files.parse_rows(train_rows, _row, None) if num_fewshot and train_rows else []
+    picks = fewshot.draws(len(train), num_fewshot, [None] * len(test),
+                          "train.jsonl (next to test.jsonl)")
     out = []
-    for doc_id, (question, answer) in enumerate(test):
-        shots = rnd.sample(train, num_fewshot) if num_fewshot else []
-        context = "".join(f"{question_text(q)} {a}\n\n" for q, a in shots)
+    for doc_id, ((question, answer), idx) in enumerate(zip(test, picks)):
+        context = "".join(f"{question_text(q)} {a}\n\n" for q, a in (train[j] for j in idx))
         out.append(Problem(doc_id, question, answer, context + question_text(question)))
     return out
 

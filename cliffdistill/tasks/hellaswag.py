@@ -1,6 +1,10 @@
-"""HellaSwag (lm-eval `hellaswag`, validation split): zero-shot, context
+"""HellaSwag (lm-eval `hellaswag`, validation split): context
 preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()), choices = the four
-preprocessed endings, acc and acc_norm.
+preprocessed endings, acc and acc_norm. With k shots, each is its context + " " + its gold
+ending + "\\n\\n", drawn from the train split by the harness's seeded sampler on its eval-doc
+path (`fewshot`: hellaswag.yaml has no fewshot_split and no test_split, and the harness takes
+None == None as "shots from the eval split": k + 1 rows drawn, a row equal to the document's
+own dropped, the first k kept).
 
 Accepted files:
   * JSON lines with {"activity_label", "ctx_a", "ctx_b", "endings", "label"} (HF `Rowan/hellaswag`
@@ -17,10 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cliffdistill.tasks import files
+from cliffdistill.tasks import fewshot, files
 from cliffdistill.tasks.multiple_choice import ChoiceDoc
 
 LINES_PER_TASK = 6
+TRAIN_FILE = "hellaswag_train.jsonl"  # the few-shot pool beside the eval file (rowanz's name)
+EXCLUDES_EVAL_DOC = True  # hellaswag.yaml: fewshot_split None == test_split None
 
 
 def preprocess(text: str) -> str:
@@ -64,21 +70,25 @@ def _text_tasks(p: Path, limit: int | None) -> list[ChoiceDoc]:
     return docs
 
 
-def check_zero_shot(num_fewshot: int) -> None:
-    if num_fewshot:
-        raise ValueError("HellaSwag is scored zero-shot here (harness shots come at random from "
-                         "the train split, not read by this loader); use --num_fewshot 0")
+def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None,
+         train_rows: files.Rows | None = None, train_source: str = "(the train split)"
+         ) -> list[ChoiceDoc]:
+    """HellaSwag documents from (where, row) pairs (a jsonl file's lines or a hub split's rows),
+    each with `num_fewshot` shots drawn from `train_rows` (the harness's sampler, eval-doc path)."""
+    return fewshot.choice_task(rows, train_rows, parse_row, num_fewshot, limit,
+                               EXCLUDES_EVAL_DOC, train_source)
 
 
-def docs(rows: files.Rows, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
-    """HellaSwag documents from (where, row) pairs: a jsonl file's lines or a hub split's rows."""
-    check_zero_shot(num_fewshot)
-    return files.parse_rows(rows, parse_row, limit)
-
-
-def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None) -> list[ChoiceDoc]:
+def load(path: str | Path, num_fewshot: int = 0, limit: int | None = None,
+         train: str | Path | None = None) -> list[ChoiceDoc]:
+    """`path`: the validation file (jsonl or the text format); the few-shot pool (read only
+    when num_fewshot > 0) is `train`, or TRAIN_FILE in the same folder (jsonl rows)."""
     p = files.require_file(path, "HellaSwag file")
-    if p.name.endswith((".txt", ".txt.bz2", ".txt.gz")):
-        check_zero_shot(num_fewshot)
-        return _text_tasks(p, limit)
-    return docs(files.jsonl_rows(p, "HellaSwag file"), num_fewshot, limit)
+    pool, source = fewshot.local_pool(num_fewshot, train, lambda: p.with_name(TRAIN_FILE),
+                                      f"put HellaSwag's train split (jsonl rows) beside "
+                                      f"{p.name} as {TRAIN_FILE}")
+    if p.name.endswith((".txt", ".txt.bz2", ".txt.gz")):  # no source rows to compare: no clash
+        shots = fewshot.keyed(pool, parse_row, None) if pool is not None else []
+        return fewshot.choice_docs([(None, d) for d in _text_tasks(p, limit)], shots,
+                                   num_fewshot, EXCLUDES_EVAL_DOC, source)
+    return docs(files.jsonl_rows(p, "HellaSwag file"), num_fewshot, limit, pool, source)

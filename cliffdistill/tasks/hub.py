@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from cliffdistill.tasks import arc, hellaswag, humaneval, mmlu
+from cliffdistill.tasks import arc, hellaswag, humaneval, mbpp, mmlu
 
 HUB = "hf"  # the --data value that selects the hub (a local file named so: pass ./hf)
 
@@ -32,11 +32,13 @@ SOURCES = {
     "hellaswag": Source("Rowan/hellaswag", None, "validation"),
     "mmlu": Source("cais/mmlu", "all", "test"),
     "humaneval": Source("openai/openai_humaneval", None, "test"),
+    "mbpp": Source("google-research-datasets/mbpp", "full", "test"),
 }
 MMLU_SHOTS_SPLIT = "dev"  # cais/mmlu's 5 rows per subject, the few-shot pool
+FEWSHOT_SPLITS = {"arc_challenge": "train", "arc_easy": "train", "hellaswag": "train"}  # pools
 ROW_TASKS: dict[str, Callable[..., list[Any]]] = {
     "arc_challenge": arc.docs, "arc_easy": arc.docs, "hellaswag": hellaswag.docs,
-    "humaneval": humaneval.docs,
+    "humaneval": humaneval.docs, "mbpp": mbpp.docs,
 }
 
 
@@ -69,4 +71,8 @@ def load(task: str, num_fewshot: int = 0, limit: int | None = None) -> list[Any]
         dev = mmlu.by_subject(rows(task, shots)) if num_fewshot else {}
         return mmlu.from_subjects(mmlu.by_subject(rows(task, src)), dev, num_fewshot, limit,
                                   shots.describe())
+    if task in FEWSHOT_SPLITS:
+        pool = dataclasses.replace(src, split=FEWSHOT_SPLITS[task])
+        return ROW_TASKS[task](rows(task, src), num_fewshot, limit,
+                               rows(task, pool) if num_fewshot else None, pool.describe())
     return ROW_TASKS[task](rows(task, src), num_fewshot, limit)

@@ -24,21 +24,35 @@ from cliffdistill import stats
 from cliffdistill.engine import sampling
 from cliffdistill.models import hf_io
 from cliffdistill.tasks import (arc, choice_jsonl, executor, files, gsm8k, hellaswag, hub,
-                                humaneval, mmlu)
+                                humaneval, mbpp, mmlu)
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
 
 CHOICE_TASKS: dict[str, Callable[..., list[ChoiceDoc]]] = {
     "arc_easy": arc.load, "arc_challenge": arc.load, "hellaswag": hellaswag.load, "mmlu": mmlu.load,
     "choice_jsonl": choice_jsonl.load,
 }
-CODE_TASKS = ("humaneval",)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeTask:
+    """A generate-and-execute task: its problems' loader, the cut at its stop sequences and
+    the program that runs a (cut) completion against the problem's tests."""
+
+    load: Callable[..., list[Any]]
+    truncate: Callable[[str], str]
+    program: Callable[[Any, str], str]
+
+
+CODE_TASKS = {"humaneval": CodeTask(humaneval.load, humaneval.truncate, humaneval.program),
+              "mbpp": CodeTask(mbpp.load, mbpp.truncate, mbpp.program)}
 ANSWER_TASKS = ("gsm8k",)  # greedy generation, the answer extracted and compared (exact match)
-TASKS = tuple(CHOICE_TASKS) + CODE_TASKS + ANSWER_TASKS
-LOADERS: dict[str, Callable[..., list[Any]]] = {**CHOICE_TASKS, "humaneval": humaneval.load,
-                                                "gsm8k": gsm8k.load}
+TASKS = tuple(CHOICE_TASKS) + tuple(CODE_TASKS) + ANSWER_TASKS
+LOADERS: dict[str, Callable[..., list[Any]]] = {
+    **CHOICE_TASKS, **{k: t.load for k, t in CODE_TASKS.items()}, "gsm8k": gsm8k.load}
+FEWSHOT_FILE_TASKS = ("arc_easy", "arc_challenge", "hellaswag")  # take --fewshot_data TASK=PATH
 SUMMARY_FILE = "summary.json"
 # progress(stage, done, total): "scored" (choice tasks: continuations scored), "generated"
-# (HumanEval completions), "executed" (HumanEval programs run); each stage ends at (n, n)
+# (HumanEval, MBPP completions), "executed" (their programs run); each stage ends at (n, n)
 Progress = Callable[[str, int, int], Any]
 
 
@@ -48,13 +62,29 @@ def check_task(name: str) -> str:
     return name
 
 
-def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None
-              ) -> list[Any]:
-    """The task's documents (HumanEval: problems) from its --data value: a local file or
-    folder, or `hf` (hub.HUB) for its hub dataset."""
+def load_docs(name: str, data: str | Path, num_fewshot: int = 0, limit: int | None = None,
+              fewshot_data: str | Path | None = None) -> list[Any]:
+    """The task's documents (HumanEval, MBPP: problems) from its --data value: a local file or
+    folder, or `hf` (hub.HUB) for its hub dataset (shots: its train split). `fewshot_data`: the
+    few-shot pool file of a FEWSHOT_FILE_TASKS task (default: its loader's naming rule)."""
+    if fewshot_data is not None:
+        check_fewshot_data(name, str(data))
+        return LOADERS[name](data, num_fewshot, limit, train=fewshot_data)
     if str(data) == hub.HUB:
         return hub.load(name, num_fewshot, limit)
     return LOADERS[check_task(name)](data, num_fewshot, limit)
+
+
+def check_fewshot_data(name: str, data: str) -> str:
+    """A task that may take --fewshot_data, with local --data; else ValueError saying why."""
+    if check_task(name) not in FEWSHOT_FILE_TASKS:
+        raise ValueError(f"--fewshot_data {name}=...: only {', '.join(FEWSHOT_FILE_TASKS)} take "
+                         "a few-shot pool file (gsm8k: train.jsonl beside test.jsonl; mmlu: "
+                         "its dev/ folder)")
+    if data == hub.HUB:
+        raise ValueError(f"--fewshot_data {name}=... with --data {name}={hub.HUB}: the hub route "
+                         "draws shots from the dataset's train split; drop one of them")
+    return name
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> Model:
@@ -107,9 +137,9 @@ def generate_completions(model: Model, prompts: Sequence[str], *, max_new_tokens
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How HumanEval completions are drawn from a model: `n_samples` per problem at
-    `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on creation, so
-    a meaningless combination is refused before any model is loaded."""
+    """How code-task (HumanEval, MBPP) completions are drawn from a model: `n_samples` per
+    problem at `temperature` (0 = greedy), sample s keyed by fold_in(key(seed), s). Checked on
+    creation, so a meaningless combination is refused before any model is loaded."""
 
     n_samples: int = 1
     temperature: float = 0.0
@@ -129,10 +159,10 @@ class Sampling:
 GREEDY = Sampling()
 
 
-def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how: Sampling, *,
+def sample_completions(model: Model, problems: Sequence[Any], how: Sampling, *,
                        max_new_tokens: int, batch_size: int,
-                       progress: Callable[[int, int], Any] | None = None
-                       ) -> tuple[list[humaneval.Problem], list[str]]:
+                       progress: Callable[[int, int], Any] | None = None,
+                       task: str = "humaneval") -> tuple[list[Any], list[str]]:
     """`how.n_samples` completions per problem, cut at the stop sequences, problem-major (every
     sample of problem 0 first: the (problem, completion) lists `score_completions` takes).
     Sample s of problem i draws from fold_in(fold_in(key(seed), s), i): reproducible for a seed,
@@ -148,7 +178,7 @@ def sample_completions(model: Model, problems: Sequence[humaneval.Problem], how:
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
             temperature=how.temperature, key=jax.random.fold_in(base, s), progress=step))
     chosen = [p for p in problems for _ in range(how.n_samples)]
-    completions = [humaneval.truncate(per_sample[s][i])
+    completions = [CODE_TASKS[task].truncate(per_sample[s][i])
                    for i in range(len(problems)) for s in range(how.n_samples)]
     return chosen, completions
 
@@ -182,13 +212,14 @@ def stage(progress: Progress | None, name: str) -> Callable[[int, int], Any] | N
     return None if progress is None else functools.partial(progress, name)
 
 
-def score_completions(problems: Sequence[humaneval.Problem], completions: Sequence[str],
+def score_completions(problems: Sequence[Any], completions: Sequence[str],
                       limits: executor.Limits = executor.Limits(), workers: int = 4,
-                      progress: Progress | None = None
+                      progress: Progress | None = None, task: str = "humaneval"
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Executor verdicts for (already truncated) completions, `problems[i]` being the problem of
     `completions[i]` (a problem may repeat: several samples), and the pass@k summary."""
-    outcomes = executor.run_programs([humaneval.program(p, c) for p, c in zip(problems, completions)],
+    program = CODE_TASKS[task].program
+    outcomes = executor.run_programs([program(p, c) for p, c in zip(problems, completions)],
                                      limits, workers, progress=stage(progress, "executed"))
     records = [{"doc_id": p.doc_id, "task_id": p.task_id, "completion": c, "passed": o.passed,
                 "outcome": o.status, "error": o.error} for p, c, o in zip(problems, completions, outcomes)]
@@ -228,18 +259,20 @@ def score_samples(data: str | Path, samples: str | Path, *, limit: int | None = 
 
 def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512,
-             sampling: Sampling = GREEDY, progress: Progress | None = None
+             sampling: Sampling = GREEDY, progress: Progress | None = None,
+             fewshot_data: str | Path | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-document records, summary) of one task on one model; `sampling` applies to the code
-    tasks (one record per sample), the choice tasks being scored by log-likelihood."""
+    tasks (one record per sample), the choice tasks being scored by log-likelihood;
+    `fewshot_data`: the few-shot pool file (`load_docs`)."""
     check_task(name)
     t0 = time.perf_counter()
     if name in CODE_TASKS:
         problems, completions = sample_completions(
             model, load_docs(name, data, num_fewshot, limit), sampling,
             max_new_tokens=max_new_tokens, batch_size=batch_size,
-            progress=stage(progress, "generated"))
-        records, summary = score_completions(problems, completions, progress=progress)
+            progress=stage(progress, "generated"), task=name)
+        records, summary = score_completions(problems, completions, progress=progress, task=name)
         summary.update({"temperature": sampling.temperature, "seed": sampling.seed})
     elif name in ANSWER_TASKS:
         if sampling != GREEDY:
@@ -253,7 +286,7 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
         records = [gsm8k.score(p, gsm8k.truncate(c)) for p, c in zip(problems, raw)]
         summary = proportions(records, ("exact_match", "exact_match_flexible"))
     else:
-        docs = load_docs(name, data, num_fewshot, limit)
+        docs = load_docs(name, data, num_fewshot, limit, fewshot_data)
         if not docs:
             raise ValueError(f"{data}: no {name} documents")
         records, docs_per_s = evaluate_docs(model, docs, batch_size=batch_size,
@@ -307,19 +340,35 @@ def parse_data(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def parse_fewshot_data(values: Sequence[str], data: dict[str, str]) -> dict[str, str]:
+    """--fewshot_data values ("TASK=PATH") -> {task: path}, each task one of the asked tasks
+    (a key of `data`), with local data, that takes a pool file (`check_fewshot_data`)."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--fewshot_data {v!r}: write --fewshot_data TASK=PATH")
+        if name not in data:
+            raise ValueError(f"--fewshot_data {v!r}: {name} is not among --tasks")
+        out[check_fewshot_data(name, data[name])] = path
+    return out
+
+
 def evaluate_model(model: Model, tasks: Sequence[str], data: dict[str, str], out: str | Path, *,
                    num_fewshot: int = 0, limit: int | None = None, batch_size: int = 8,
                    max_new_tokens: int = 512, sampling: Sampling = GREEDY,
                    progress: Callable[[str], Progress] | None = None,
-                   echo: Callable[[str], Any] | None = print) -> dict[str, dict[str, Any]]:
+                   echo: Callable[[str], Any] | None = print,
+                   fewshot_data: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Every task on one model; writes OUT/ and echoes the results table. `progress(task)`
-    gives the task's Progress (the CLI: tqdm bars)."""
+    gives the task's Progress (the CLI: tqdm bars); `fewshot_data`: {task: pool file}."""
     results = {}
     for name in tasks:
         results[name] = run_task(name, data[name], model, num_fewshot=num_fewshot, limit=limit,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens,
                                  sampling=sampling,
-                                 progress=None if progress is None else progress(name))
+                                 progress=None if progress is None else progress(name),
+                                 fewshot_data=(fewshot_data or {}).get(name))
     return report(out, results, echo)
 
 
