@@ -37,6 +37,7 @@ import tqdm
 from absl import app, flags
 from absl import logging as absl_logging
 
+from cliffdistill.models import sharding
 from cliffdistill.run import benchmarks as run_benchmarks
 from cliffdistill.run import distributed, evaluation
 from cliffdistill.tasks import runner
@@ -81,6 +82,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "with --tasks humaneval/mb
 _SEED = flags.DEFINE_integer("seed", 0, "with --tasks humaneval/mbpp and a model: sampling seed "
                              "(the same seed gives the same completions)")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "weights dtype for --model (float32, bfloat16)")
+_MESH = flags.DEFINE_string("mesh", "", "with --model: shard it for log-likelihood tasks, e.g. "
+                            "data=2,fsdp=2,tensor=2 (each device reads its slice of the weights; "
+                            "--batch_size a multiple of data x fsdp); empty = one device")
 
 
 def progress_bars(task: str) -> runner.Progress:
@@ -144,7 +148,8 @@ def benchmarks() -> None:
     try:
         if _WORKDIR.value:
             return workdir_benchmarks(data, sampling)
-        runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value), tasks, data,
+        mesh = sharding.make_mesh(runner.parse_mesh(_MESH.value)) if _MESH.value else None
+        runner.evaluate_model(runner.load_model(_MODEL.value, _DTYPE.value, mesh), tasks, data,
                               _OUT.value, num_fewshot=_FEWSHOT.value, limit=_LIMIT.value,
                               batch_size=_BATCH.value or 8, max_new_tokens=_MAX_NEW.value or 512,
                               sampling=sampling, progress=task_progress(),

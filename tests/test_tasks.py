@@ -1000,3 +1000,25 @@ def test_mbpp_greedy_end_to_end(tiny_model, tmp_path):
     assert [r["task_id"] for r in records] == ["11", "12", "510"]
     assert summary["pass@1"] == sum(r["passed"] for r in records) / 3
     assert all("[DONE]" not in r["completion"] for r in records)
+
+
+def test_sharded_choice_scoring_equals_one_device(tiny_model):
+    """A model loaded on an 8-device mesh (each device reading its slice of the weights) scores
+    the same per-choice log-likelihoods as the one-device model; generation tasks are refused."""
+    from cliffdistill.models import sharding
+
+    mesh = sharding.make_mesh(runner.parse_mesh("data=2,fsdp=2,tensor=2"))
+    sharded = runner.load_model(tiny_model["path"], mesh=mesh)
+    q = sharded.params["layers"]["q_proj"]
+    assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape != q.shape
+    ref, _ = runner.run_task("arc_challenge", DATA / "arc.jsonl", tiny_model["ours"], batch_size=4)
+    got, _ = runner.run_task("arc_challenge", DATA / "arc.jsonl", sharded, batch_size=4)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b["loglikelihoods"], a["loglikelihoods"], atol=1e-4, rtol=0)
+        assert (a["pred"], a["pred_norm"]) == (b["pred"], b["pred_norm"])
+    with pytest.raises(ValueError, match="--batch_size 3 is not a multiple"):
+        runner.run_task("arc_challenge", DATA / "arc.jsonl", sharded, batch_size=3)
+    with pytest.raises(ValueError, match="--mesh: humaneval generates"):
+        runner.run_task("humaneval", DATA / "humaneval.jsonl", sharded)
+    with pytest.raises(ValueError, match="'tensor=x' is not AXIS=N"):
+        runner.parse_mesh("data=2,tensor=x")

@@ -8,20 +8,26 @@ the argmax of the sums divided by the choice's character length (the harness's `
 
 Scoring runs on the project's jitted scorer (`engine.scoring.score`): contexts are left-padded and
 continuations right-padded to power-of-two buckets, requests are grouped by bucket and every batch
-is filled to `batch_size`, so a task compiles a handful of programs.
+is filled to `batch_size`, so a task compiles a handful of programs. A model loaded on a mesh
+(`Model.mesh`) is scored sharded: params as `load_hf` placed them, each batch split over the
+mesh's data and fsdp axes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from cliffdistill.data.prompts import bucket_length, pad_left
 from cliffdistill.engine import scoring
+from cliffdistill.models import sharding
 from cliffdistill.models.config import ModelConfig
 from cliffdistill.models.lora import LoraParams
 
@@ -49,6 +55,7 @@ class Model:
     params: Any
     tokenizer: Any
     lora: LoraParams | None = None
+    mesh: Mesh | None = None  # params sharded on it (None: one device)
 
 
 def continuations(doc: ChoiceDoc) -> list[str]:
@@ -105,21 +112,39 @@ def score_pairs(model: Model, pairs: Sequence[tuple[list[int], list[int]]], *, b
     """Summed log p(cont | ctx) for every (ctx ids, cont ids) pair -> [N] float64."""
     out = np.zeros(len(pairs), np.float64)
     done = 0
+    place = _batch_placer(model.mesh, batch_size)
     for (P, G), idx in sorted(buckets(pairs).items()):
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
             rows = part + [part[-1]] * (batch_size - len(part))  # fixed shape: one compile
             prompt, prompt_mask = pad_left([pairs[i][0] for i in rows], pad_id, P)
             cont, cont_mask = _pad_right([pairs[i][1] for i in rows], pad_id, G)
-            lp = scoring.score(model.cfg, model.params, jnp.asarray(prompt),
-                               jnp.asarray(prompt_mask), jnp.asarray(cont),
-                               jnp.asarray(cont_mask), model.lora)  # [B, G], 0 on padding
+            with _on(model.mesh):
+                lp = scoring.score(model.cfg, model.params, *place(prompt, prompt_mask, cont,
+                                                                   cont_mask), model.lora)  # [B, G]
             sums = np.asarray(lp, np.float64).sum(axis=1)
             out[part] = sums[:len(part)]
             done += len(part)
             if progress is not None:
                 progress(done, len(pairs))
     return out
+
+
+def _batch_placer(mesh: Mesh | None, batch_size: int) -> Callable[..., list[jax.Array]]:
+    """Puts a batch's [B, ...] arrays on the mesh, rows split over data x fsdp (or on the
+    default device without a mesh). A batch size the split does not divide is refused."""
+    if mesh is None:
+        return lambda *arrays: [jnp.asarray(a) for a in arrays]
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % rows:
+        raise ValueError(f"--batch_size {batch_size} is not a multiple of the mesh's data x fsdp "
+                         f"= {rows} rows per batch; pass a multiple of {rows}")
+    shard = sharding.batch_sharding(mesh, 2)
+    return lambda *arrays: [jax.device_put(a, shard) for a in arrays]
+
+
+def _on(mesh: Mesh | None) -> Any:
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def choose(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import transformers
+from jax.sharding import Mesh
 
 from cliffdistill import stats
 from cliffdistill.engine import sampling
-from cliffdistill.models import hf_io
+from cliffdistill.models import hf_io, sharding
 from cliffdistill.tasks import (arc, choice_jsonl, executor, files, gsm8k, hellaswag, hub,
                                 humaneval, mbpp, mmlu)
 from cliffdistill.tasks.multiple_choice import ChoiceDoc, Model, evaluate_docs
@@ -87,13 +88,26 @@ def check_fewshot_data(name: str, data: str) -> str:
     return name
 
 
-def load_model(path: str | Path, dtype: str = "float32") -> Model:
-    """An HF checkpoint directory (base model or merged export) with its tokenizer."""
+def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = None) -> Model:
+    """An HF checkpoint directory (base model or merged export) with its tokenizer; with `mesh`,
+    each device reads only its slice of the params (log-likelihood tasks then score sharded)."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p}: no config.json; --model must be an HF checkpoint directory")
-    cfg, params = hf_io.load_hf(p, dtype=jnp.dtype(dtype))
-    return Model(cfg, params, transformers.AutoTokenizer.from_pretrained(p))
+    cfg, params = hf_io.load_hf(p, dtype=jnp.dtype(dtype), mesh=mesh)
+    return Model(cfg, params, transformers.AutoTokenizer.from_pretrained(p), mesh=mesh)
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """`data=2,fsdp=2,tensor=2` -> mesh axis sizes (axes left out are 1)."""
+    shape = {}
+    for part in filter(None, spec.split(",")):
+        name, _, size = part.partition("=")
+        if name not in sharding.MESH_AXES or not size.isdigit() or int(size) < 1:
+            raise ValueError(f"--mesh {spec!r}: {part!r} is not AXIS=N with AXIS one of "
+                             f"{sharding.MESH_AXES} and N >= 1")
+        shape[name] = int(size)
+    return shape
 
 
 def choice_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -266,6 +280,10 @@ def run_task(name: str, data: str | Path, model: Model, *, num_fewshot: int = 0,
     tasks (one record per sample), the choice tasks being scored by log-likelihood;
     `fewshot_data`: the few-shot pool file (`load_docs`)."""
     check_task(name)
+    if model.mesh is not None and (name in CODE_TASKS or name in ANSWER_TASKS):
+        raise ValueError(f"--mesh: {name} generates completions, which this command runs on one "
+                         "device only; score it without --mesh (log-likelihood tasks: arc_easy, "
+                         "arc_challenge, hellaswag, mmlu run sharded)")
     t0 = time.perf_counter()
     if name in CODE_TASKS:
         problems, completions = sample_completions(
