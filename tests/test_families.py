@@ -421,3 +421,27 @@ def test_a_gemma2_pair_trains_with_its_caps_everywhere(tiny_pair, tmp_path, on_p
     if on_policy == "sampled_rkl":
         first = rows[0]
         assert abs(first["is/ratio_max"] - 1) < 1e-4 and abs(first["is/ratio_min"] - 1) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_sliding_decode_reads_only_its_window(family):
+    """A decode step on a sliding layer never reads the cache slots outside its window: they are
+    poisoned with NaN (which a masked read would turn into NaN outputs, 0 * NaN) and the logits
+    equal the clean cache's. Gemma 2 mixes layers: only its sliding layer 0 is poisoned."""
+    cfg = models.from_hf_config(hf_config(family).to_dict())
+    params = models.init_params(cfg, jax.random.key(0))
+    tokens = np.random.default_rng(1).integers(3, VOCAB, (2, 12))
+    mask = np.ones_like(tokens, bool)
+    _, cache = transformer.prefill(cfg, params, tokens, mask, 16)
+    old = np.arange(16) < 12 - (WINDOW - 1)  # slots before the last WINDOW - 1
+    sliding = [i for i, t in enumerate(cfg.layer_types) if t == "sliding_attention"]
+    poison = np.zeros(cache.v.shape, bool)
+    poison[np.ix_(sliding, range(2), np.flatnonzero(old))] = True
+    bad = cache._replace(v=jnp.where(poison, jnp.nan, cache.v), k=jnp.where(poison, jnp.nan, cache.k))
+    tok, pos = jnp.asarray([5, 6]), jnp.asarray([12, 12])
+    clean = transformer.decode_forward(cfg, params, tok, pos, cache)[0]
+    got = transformer.decode_forward(cfg, params, tok, pos, bad)[0]
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(clean))
+    full = _unwindowed(cfg)  # the same poison on a full-attention layer is read: NaN
+    assert not np.isfinite(np.asarray(transformer.decode_forward(full, params, tok, pos, bad)[0])).all()

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cliffdistill.models import sharding
-from cliffdistill.models.config import ModelConfig, rope_inv_freq
+from cliffdistill.models.config import FULL_WINDOW, ModelConfig, rope_inv_freq
 from cliffdistill.models.lora import LoraParams
 
 Params = dict[str, Any]
@@ -684,9 +684,12 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
     Returns logits [B, V] and the token's k, v [L, B, 1, Hkv, hd]; the cache is only read (write
     the new k/v with `write_kv`). Every written slot must lie inside the window (cache.index <=
     window); slots past it are never read, which is what makes decode cost follow the live
-    context. Each layer slices its window straight out of the [L, B, S, ...] cache. A sliding
-    layer reads the same prefix and masks the slots outside its attention window (slot <=
-    index - sliding_window): a masked full-prefix read, not a ring buffer.
+    context. Each layer slices what it reads straight out of the [L, B, S, ...] cache: a full
+    layer the whole `window` prefix; a sliding layer, once the prefix is longer than its
+    attention window, only the `sliding_window - 1` slots before the new token (a windowed read:
+    its cost follows the window, not the context; the cache itself stays linear, not a ring
+    buffer). A model mixing both kinds picks the read per layer with `lax.cond` on the scanned
+    window, so one compiled layer body still serves every layer.
     """
     L, B, S, Hkv, hd = cache.k.shape
     W = S if window is None else window
@@ -694,17 +697,37 @@ def decode_forward(cfg: ModelConfig, params: Params, token: jax.Array, position:
     x = embed(cfg, params, token[:, None])  # [B, 1, D]
     inv_freq = _inv_freq(cfg)
     positions = position[:, None]
-    valid = cache.valid[:, :W]
-    slots = jnp.arange(W)
+    # Slots a sliding layer can see besides the new token itself (at slot cache.index).
+    recent = (cfg.sliding_window or 0) - 1
+    windowed_reads = cfg.has_sliding_layers and 0 < recent < W
+    all_sliding = set(cfg.layer_types) == {"sliding_attention"}
+
+    def read(l: jax.Array, start: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array,
+                                                                  jax.Array]:
+        """Layer l's k, v [B, size, Hkv, hd], valid [B, size] and slot ids [size] from `start`."""
+        k_l = jax.lax.dynamic_slice(cache.k, (l, 0, start, 0, 0), (1, B, size, Hkv, hd))[0]
+        v_l = jax.lax.dynamic_slice(cache.v, (l, 0, start, 0, 0), (1, B, size, Hkv, hd))[0]
+        ok = jax.lax.dynamic_slice(cache.valid, (0, start), (B, size))
+        return k_l, v_l, ok, start + jnp.arange(size)
 
     def body(x, layer):
         lp, ll, l, window, layer_inv = layer
-        k_l = jax.lax.dynamic_slice(cache.k, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]  # [B, W, Hkv, hd]
-        v_l = jax.lax.dynamic_slice(cache.v, (l, 0, 0, 0, 0), (1, B, W, Hkv, hd))[0]
-        # The new token sits at slot cache.index: keep slots j > index - window.
-        seen = valid if window is None else valid & window_mask(cache.index[None], slots, window)
-        return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, seen), scale,
-                      moe_impl, inv_freq if layer_inv is None else layer_inv)
+        inv = inv_freq if layer_inv is None else layer_inv
+
+        def run(x, start, size):
+            k_l, v_l, ok, slots = read(l, start, size)
+            # The new token sits at slot cache.index: keep slots j > index - window.
+            seen = ok if window is None else ok & window_mask(cache.index[None], slots, window)
+            return _layer(cfg, x, lp, ll, positions, None, LayerCache(k_l, v_l, seen), scale,
+                          moe_impl, inv)
+
+        full = lambda x: run(x, jnp.int32(0), W)  # noqa: E731
+        if not windowed_reads:
+            return full(x)
+        recent_only = lambda x: run(x, jnp.maximum(cache.index - recent, 0), recent)  # noqa: E731
+        if all_sliding:
+            return recent_only(x)
+        return jax.lax.cond(window < FULL_WINDOW, recent_only, full, x)
 
     x, (k_new, v_new) = _scan_layers(cfg, body, x, (params["layers"], layers_lora, jnp.arange(L),
                                                     _layer_windows(cfg), layer_inv_freqs(cfg)))
