@@ -174,7 +174,7 @@ class ModelConfig:
     @property
     def attn_scale(self) -> float:
         """The factor of q . k in attention scores."""
-        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+        return 1.0 / math.sqrt(self.query_pre_attn_scalar or self.head_dim)  # as jax's default
 
     @property
     def per_layer_rope(self) -> bool:
