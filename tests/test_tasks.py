@@ -166,6 +166,46 @@ def test_batched_scores_equal_one_at_a_time(tiny_model):
     assert np.all(got < 0) and len(set(np.round(got, 3))) > len(docs)
 
 
+def test_shared_context_equals_one_row_per_choice(tiny_model, monkeypatch):
+    """Each context encoded once for all its choices (prefill + cached decode) scores what one
+    full-forward row per choice scores; the fixture documents all take the shared path when
+    allowed (the per-row scorer is never called); a document whose context the window cuts
+    differently per choice, or (by default) with a choice longer than SHARE_MAX_TOKENS, gets
+    one row per choice."""
+    from cliffdistill.engine import scoring
+
+    model = tiny_model["ours"]
+    docs = (arc.load(DATA / "arc.jsonl") + hellaswag.load(DATA / "hellaswag.jsonl")
+            + mmlu.load(DATA / "mmlu", num_fewshot=5))
+    rows, _ = multiple_choice.evaluate_docs(model, docs, batch_size=4, share_max_tokens=0)
+    ref = np.concatenate([r["loglikelihoods"] for r in rows])
+    rows_called = []
+    per_row = scoring.score
+    monkeypatch.setattr(scoring, "score", lambda *a, **k: rows_called.append(1) or per_row(*a, **k))
+    shared, _ = multiple_choice.evaluate_docs(model, docs, batch_size=4, share_max_tokens=10**6)
+    got = np.concatenate([r["loglikelihoods"] for r in shared])
+    assert not rows_called
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    assert [(r["pred"], r["pred_norm"]) for r in shared] == [(r["pred"], r["pred_norm"]) for r in rows]
+
+    # 256 positions: a context past the window loses more tokens before a longer choice.
+    long_doc = multiple_choice.ChoiceDoc(0, "word " * 300 + "end", ("a", "b c d e f g"), 0)
+    pairs = [multiple_choice.fit_to_window(*multiple_choice.encode_pair(
+        model.tokenizer, long_doc.context, c), model.cfg.max_position_embeddings)
+        for c in multiple_choice.continuations(long_doc)]
+    assert multiple_choice.shared_requests(pairs) is None
+    rec, _ = multiple_choice.evaluate_docs(model, [long_doc], batch_size=4, share_max_tokens=10**6)
+    assert rows_called and len(rec[0]["loglikelihoods"]) == 2
+    # The default rule: one-token choices share their context, longer ones get a row each.
+    rows_called.clear()
+    short = multiple_choice.ChoiceDoc(0, "Question: 2+2?\nAnswer:", ("4", "5"), 0)
+    multiple_choice.evaluate_docs(model, [short], batch_size=4)
+    assert not rows_called
+    wide = multiple_choice.ChoiceDoc(0, "Question: 2+2?\nAnswer:", ("four " * 20, "five"), 0)
+    multiple_choice.evaluate_docs(model, [wide], batch_size=4)
+    assert rows_called
+
+
 # ----------------------------------------------------------------------------- lm-eval parity
 
 LM_EVAL_CASES = {  # task -> (official yaml under lm_eval/tasks, split key, our loader call)

@@ -90,3 +90,39 @@ def score(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Arr
     """log p(completion_t | prompt, completion_<t) [B, G] fp32 under (cfg, params, lora)."""
     h = completion_hidden(cfg, params, prompt, prompt_mask, completion, lora, moe_impl=moe_impl)
     return score_hidden(cfg, params, h, completion, completion_mask, vocab_chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "moe_impl"))
+def score_choices(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
+                  choices: jax.Array, choice_mask: jax.Array, lora: LoraParams | None = None, *,
+                  moe_impl: str = "ragged") -> jax.Array:
+    """log p(choices[b, c, t] | prompt[b], choices[b, c, <t]) [B, C, G] fp32, 0 where ~choice_mask,
+    with each prompt run once for all C of its continuations.
+
+    The prompt [B, P] (left-padded) is prefilled into a KV cache once; the cache is repeated for
+    the row's C continuations [B, C, G] (right-padded), which are then decoded against it one
+    token at a time: prefill logits score token 0, decode step t scores token t + 1. This is the
+    sampler's cache path, so it equals a full forward over prompt + continuation (the cached
+    decode = full forward tests), while the shared context is computed once instead of C times.
+    """
+    B, C, G = choices.shape
+    P = prompt.shape[1]
+    logits0, cache = transformer.prefill(cfg, params, prompt, prompt_mask, P + G - 1, lora,
+                                         moe_impl=moe_impl)  # [B, V]
+    rows = lambda a, axis: jnp.repeat(a, C, axis=axis)  # noqa: E731  B -> B * C rows
+    cache = transformer.KVCache(rows(cache.k, 1), rows(cache.v, 1), rows(cache.valid, 0),
+                                cache.index)
+    flat = choices.reshape(B * C, G)
+    lp0 = jnp.take_along_axis(jax.nn.log_softmax(rows(logits0, 0)), flat[:, :1], axis=-1)
+    start = rows(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), 0)  # position of token 0
+
+    def step(cache, xs):
+        token, target, t = xs  # [BC], [BC], scalar
+        logits, cache = transformer.decode_step(cfg, params, token, start + t, cache, lora,
+                                                moe_impl=moe_impl)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=-1)[:, 0]
+        return cache, lp
+
+    _, rest = jax.lax.scan(step, cache, (flat[:, :-1].T, flat[:, 1:].T, jnp.arange(G - 1)))
+    lp = jnp.concatenate([lp0, rest.T], axis=1).reshape(B, C, G)
+    return jnp.where(choice_mask, lp, 0.0)

@@ -33,6 +33,12 @@ from cliffdistill.models.lora import LoraParams
 
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
+#: Longest choice (tokens) scored against a shared context. The shared path decodes a choice
+#: token by token against the context's cache; a long choice is cheaper as one row of its own
+#: (benchmarks/choice_scoring.py, docs/PERFORMANCE.md: MMLU's one-token and the toy retention
+#: benchmark's 1-2-token choices gain 4x, ARC's 6-12-token choices ~1.2x, HellaSwag's 18-30
+#: tokens lose).
+SHARE_MAX_TOKENS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +114,10 @@ def buckets(pairs: Sequence[tuple[list[int], list[int]]], min_bucket: int = 16
 
 
 def score_pairs(model: Model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int,
-                pad_id: int, progress: Callable[[int, int], Any] | None = None) -> np.ndarray:
-    """Summed log p(cont | ctx) for every (ctx ids, cont ids) pair -> [N] float64."""
+                pad_id: int, progress: Callable[[int], Any] | None = None) -> np.ndarray:
+    """Summed log p(cont | ctx) for every (ctx ids, cont ids) pair -> [N] float64; `progress`
+    is told how many pairs each batch scored."""
     out = np.zeros(len(pairs), np.float64)
-    done = 0
     place = _batch_placer(model.mesh, batch_size)
     for (P, G), idx in sorted(buckets(pairs).items()):
         for start in range(0, len(idx), batch_size):
@@ -124,9 +130,8 @@ def score_pairs(model: Model, pairs: Sequence[tuple[list[int], list[int]]], *, b
                                                                    cont_mask), model.lora)  # [B, G]
             sums = np.asarray(lp, np.float64).sum(axis=1)
             out[part] = sums[:len(part)]
-            done += len(part)
             if progress is not None:
-                progress(done, len(pairs))
+                progress(len(part))
     return out
 
 
@@ -155,22 +160,88 @@ def choose(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
     return int(np.argmax(lls)), int(np.argmax(lls / lengths))
 
 
+def shared_requests(pairs: Sequence[tuple[list[int], list[int]]]
+                    ) -> tuple[list[int], list[list[int]]] | None:
+    """(context ids, [continuation ids per choice]) when every choice of a document has the
+    same context ids, else None (a context cut to the window differently per choice)."""
+    ctx = pairs[0][0]
+    if any(c != ctx for c, _ in pairs[1:]):
+        return None
+    return ctx, [cont for _, cont in pairs]
+
+
+def choice_buckets(requests: Sequence[tuple[list[int], list[list[int]]]], min_bucket: int = 16
+                   ) -> dict[tuple[int, int, int], list[int]]:
+    """(context bucket P, number of choices C, continuation bucket G) -> request indices."""
+    out: dict[tuple[int, int, int], list[int]] = {}
+    for i, (ctx, conts) in enumerate(requests):
+        key = (bucket_length(len(ctx), min_bucket), len(conts),
+               bucket_length(max(map(len, conts)), 1))
+        out.setdefault(key, []).append(i)
+    return out
+
+
+def score_shared(model: Model, requests: Sequence[tuple[list[int], list[list[int]]]], *,
+                 batch_size: int, pad_id: int, progress: Callable[[int], Any] | None = None
+                 ) -> list[np.ndarray]:
+    """Summed log p(cont_c | ctx) [C] float64 per (ctx ids, [cont ids]) request, each context
+    encoded once for all its choices (`scoring.score_choices`); `batch_size` documents a batch."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(requests)
+    place = _batch_placer(model.mesh, batch_size)
+    for (P, C, G), idx in sorted(choice_buckets(requests).items()):
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            rows = part + [part[-1]] * (batch_size - len(part))  # fixed shape: one compile
+            prompt, prompt_mask = pad_left([requests[i][0] for i in rows], pad_id, P)
+            conts, conts_mask = _pad_right([c for i in rows for c in requests[i][1]], pad_id, G)
+            shape = (batch_size, C, G)
+            with _on(model.mesh):
+                lp = scoring.score_choices(model.cfg, model.params, *place(
+                    prompt, prompt_mask, conts.reshape(shape), conts_mask.reshape(shape)),
+                    model.lora)  # [B, C, G]
+            sums = np.asarray(lp, np.float64).sum(axis=2)
+            for row, i in enumerate(part):
+                out[i] = sums[row]
+            if progress is not None:
+                progress(len(part) * C)
+    return out
+
+
 def evaluate_docs(model: Model, docs: Sequence[ChoiceDoc], *, batch_size: int = 8,
-                  progress: Callable[[int, int], Any] | None = None
+                  progress: Callable[[int, int], Any] | None = None,
+                  share_max_tokens: int = SHARE_MAX_TOKENS
                   ) -> tuple[list[dict[str, Any]], float]:
     """One record per document (doc_id, loglikelihoods, pred, pred_norm, gold, acc, acc_norm)
-    and the documents scored per second."""
+    and the documents scored per second.
+
+    A document whose choices share their context ids and are at most `share_max_tokens` tokens
+    each is scored with its context run once (`score_shared`: `batch_size` documents a batch);
+    the others one (context, choice) row each (`score_pairs`: `batch_size` rows). 0: never
+    shared. Both give the same log-likelihoods (fp32: within 1e-5, tests/test_tasks.py)."""
     t0 = time.perf_counter()
     pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
     max_len = model.cfg.max_position_embeddings
-    pairs, owner = [], []
-    for d, doc in enumerate(docs):
-        for cont in continuations(doc):
-            pairs.append(fit_to_window(*encode_pair(model.tokenizer, doc.context, cont), max_len))
-            owner.append(d)
-    lls = score_pairs(model, pairs, batch_size=batch_size, pad_id=pad_id, progress=progress)
+    doc_pairs = [[fit_to_window(*encode_pair(model.tokenizer, doc.context, cont), max_len)
+                  for cont in continuations(doc)] for doc in docs]
+    shared = {d: r for d, pairs in enumerate(doc_pairs)
+              if max(len(c) for _, c in pairs) <= share_max_tokens
+              and (r := shared_requests(pairs)) is not None}
+    total, done = sum(map(len, doc_pairs)), 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
     per_doc: list[list[float]] = [[] for _ in docs]
-    for d, ll in zip(owner, lls):
+    for d, lls in zip(shared, score_shared(model, list(shared.values()), batch_size=batch_size,
+                                           pad_id=pad_id, progress=advance)):
+        per_doc[d] = [float(x) for x in lls]
+    rest = [(d, pair) for d, pairs in enumerate(doc_pairs) if d not in shared for pair in pairs]
+    lls = score_pairs(model, [pair for _, pair in rest], batch_size=batch_size, pad_id=pad_id,
+                      progress=advance)
+    for (d, _), ll in zip(rest, lls):
         per_doc[d].append(float(ll))
     records = []
     for doc, ll in zip(docs, per_doc):
