@@ -35,9 +35,9 @@ TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
 #: Longest choice (tokens) scored against a shared context. The shared path decodes a choice
 #: token by token against the context's cache; a long choice is cheaper as one row of its own
-#: (benchmarks/choice_scoring.py, docs/PERFORMANCE.md: MMLU's one-token and the toy retention
-#: benchmark's 1-2-token choices gain 4x, ARC's 6-12-token choices ~1.2x, HellaSwag's 18-30
-#: tokens lose).
+#: (benchmarks/choice_scoring.py, docs/PERFORMANCE.md, CPU: one-token MMLU-shaped choices 4.5x
+#: the documents/s, the toy retention benchmark's 1-2 tokens 3.8x, ARC's 6-12 tokens 1.05x,
+#: HellaSwag's 18-30 tokens 0.78x).
 SHARE_MAX_TOKENS = 16
 
 
