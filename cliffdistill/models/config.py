@@ -1,5 +1,7 @@
 """Model configuration: one frozen dataclass for Llama 3.x, Qwen2/2.5, Qwen3, Qwen3-MoE, Mistral,
 Mixtral, Gemma 2 and Gemma 3 (text, and the language model of a multimodal Gemma 3 checkpoint).
+What tells the families apart is read from their modules in `families/` (the registry); this
+module is the same for every family.
 
 `ModelConfig` is hashable so it can be a *static* argument of jitted functions: two runs with the
 same architecture share compiled code. It is built from an HF `config.json` (both the legacy
@@ -15,14 +17,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma2",
-                         "gemma3_text")
-GEMMA_TYPES = ("gemma2", "gemma3_text")
-# A multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration): its `text_config` is loaded as
-# a gemma3_text model and the vision tower is ignored (hf_io logs it).
-MULTIMODAL_TEXT_TYPES = {"gemma3": "gemma3_text"}
+from cliffdistill.models import families
+from cliffdistill.models.families.family import LAYER_TYPES, Family
+from cliffdistill.models.families.gemma import gemma_layer_types
+
+# The built-in families, in registration order (`families.FAMILIES` also holds any registered
+# later; every check below asks the registry).
+SUPPORTED_MODEL_TYPES = tuple(families.FAMILIES)
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
-LAYER_TYPES = ("full_attention", "sliding_attention")
 FULL_WINDOW = 1 << 30  # the per-layer window of a full-attention layer (longer than any sequence)
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
@@ -55,7 +57,7 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    model_type: str  # one of SUPPORTED_MODEL_TYPES
+    model_type: str  # a registered family (families.FAMILIES)
     vocab_size: int
     hidden_size: int  # D
     num_layers: int  # L
@@ -109,10 +111,7 @@ class ModelConfig:
     moe_capacity_factor: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model_type={self.model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
-            )
+        families.family(self.model_type)  # refuses an unregistered model_type
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_heads} is not a multiple of "
@@ -160,16 +159,21 @@ class ModelConfig:
         return self.num_experts > 0
 
     @property
+    def family(self) -> Family:
+        """The registered family of `model_type`: its decoder switches and checkpoint names."""
+        return families.family(self.model_type)
+
+    @property
     def qk_norm(self) -> bool:
         """Qwen3 and Gemma 3 normalise q and k per head before RoPE; Llama does not."""
-        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+        return self.family.qk_norm
 
     @property
     def is_gemma(self) -> bool:
         """Gemma's blocks: (1 + w) RMSNorms in fp32, embeddings scaled by sqrt(hidden_size), and a
         norm after attention and after the MLP as well as before each (`post_attn_norm`,
         `post_mlp_norm`)."""
-        return self.model_type in GEMMA_TYPES
+        return self.family.is_gemma
 
     @property
     def attn_scale(self) -> float:
@@ -195,7 +199,7 @@ class ModelConfig:
     @property
     def qkv_bias(self) -> bool:
         """Qwen2 adds a bias to the q/k/v projections (never to o_proj)."""
-        return self.model_type == "qwen2"
+        return self.family.qkv_bias
 
     def replace(self, **kw: Any) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -261,114 +265,23 @@ def _as_tuple(x: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in x) if isinstance(x, (list, tuple)) else (int(x),)
 
 
-def _windows_from_hf(hf: dict[str, Any], model_type: str, num_layers: int, source: str
-                     ) -> tuple[int | None, tuple[str, ...]]:
-    """(sliding_window, layer_types) exactly as transformers derives them per family; no windowed
-    layer normalises to (None, ())."""
-    if model_type in ("mistral", "mixtral"):
-        if hf.get("layer_types") is not None:
-            raise ValueError(f"{source}: layer_types is not supported for model_type={model_type!r} "
-                             "(transformers' Mistral/Mixtral ignore it: remove the field, or use a "
-                             "family whose layers alternate)")
-        window = hf.get("sliding_window")
-        types = ["sliding_attention"] * num_layers
-    elif model_type == "qwen2":
-        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-        first = int(hf.get("max_window_layers", 28))
-        types = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
-                                          for i in range(num_layers)]
-    elif model_type in GEMMA_TYPES:
-        # transformers' defaults: Gemma 2 alternates sliding/full from layer 0; Gemma 3 makes every
-        # `sliding_window_pattern`-th layer (default 6) full.
-        pattern = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern", 6))
-        window = hf.get("sliding_window", 4096)
-        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else
-                                          "full_attention" for i in range(num_layers)]
-    else:
-        if hf.get("use_sliding_window"):
-            raise ValueError(f"{source}: use_sliding_window=true is not supported for "
-                             f"model_type={model_type!r}; set it to false")
-        return None, ()
-    unknown = sorted(set(types) - set(LAYER_TYPES))
-    if unknown:
-        raise ValueError(f"{source}: layer_types {unknown} are not supported; supported: {LAYER_TYPES}")
-    if len(types) != num_layers:
-        raise ValueError(f"{source}: layer_types has {len(types)} entries for "
-                         f"num_hidden_layers={num_layers}")
-    if window is None or "sliding_attention" not in types:
-        return None, ()
-    return int(window), tuple(types)
-
-
-def _moe_from_hf(hf: dict[str, Any], model_type: str, source: str) -> dict[str, Any]:
-    """The MoE fields of `ModelConfig` (empty for dense families)."""
-    if model_type == "qwen3_moe":
-        if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
-            raise ValueError(
-                f"{source}: mixed dense/MoE layers (mlp_only_layers, decoder_sparse_step != 1) "
-                "are not supported; every layer must be MoE"
-            )
-        return dict(
-            num_experts=int(hf.get("num_experts", hf.get("num_local_experts", 0))),
-            num_experts_per_tok=int(hf["num_experts_per_tok"]),
-            moe_intermediate_size=int(hf["moe_intermediate_size"]),
-            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
-        )
-    if model_type == "mixtral":
-        if float(hf.get("router_jitter_noise", 0.0)) != 0.0:
-            raise ValueError(f"{source}: router_jitter_noise={hf['router_jitter_noise']} is not "
-                             "supported (training-time router noise); set it to 0.0")
-        # Mixtral's router: softmax over all experts, top-k, always renormalised.
-        return dict(num_experts=int(hf.get("num_local_experts", 8)),
-                    num_experts_per_tok=int(hf.get("num_experts_per_tok", 2)),
-                    moe_intermediate_size=int(hf["intermediate_size"]), norm_topk_prob=True)
-    return {}
-
-
 def text_config(hf: dict[str, Any], source: str) -> dict[str, Any]:
     """The language model's config of a multimodal checkpoint (its `text_config`), else `hf`."""
     model_type = hf.get("model_type")
-    if model_type not in MULTIMODAL_TEXT_TYPES:
+    text_type = families.multimodal_text_types().get(model_type)
+    if text_type is None:
         return hf
     text = dict(hf.get("text_config") or {})
     if not text:
         raise ValueError(f"{source}: model_type={model_type!r} has no text_config")
-    text.setdefault("model_type", MULTIMODAL_TEXT_TYPES[model_type])
-    if text["model_type"] != MULTIMODAL_TEXT_TYPES[model_type]:
+    text.setdefault("model_type", text_type)
+    if text["model_type"] != text_type:
         raise ValueError(f"{source}: text_config.model_type={text['model_type']!r}; expected "
-                         f"{MULTIMODAL_TEXT_TYPES[model_type]!r}")
+                         f"{text_type!r}")
     for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"):
         if k not in text and hf.get(k) is not None:
             text[k] = hf[k]
     return text
-
-
-def _gemma_from_hf(hf: dict[str, Any], model_type: str, source: str) -> dict[str, Any]:
-    """The Gemma-only fields of `ModelConfig` (empty for other families)."""
-    if model_type not in GEMMA_TYPES:
-        return {}
-    if hf.get("use_bidirectional_attention"):
-        raise ValueError(f"{source}: use_bidirectional_attention=true is not supported "
-                         "(a causal language model is required); set it to false")
-    # transformers' defaults for a field the file omits (an explicit null turns a cap off).
-    caps = (50.0, 30.0) if model_type == "gemma2" else (None, None)
-    opt = lambda k, d: None if hf.get(k, d) is None else float(hf.get(k, d))  # noqa: E731
-    return dict(query_pre_attn_scalar=opt("query_pre_attn_scalar", 256),
-                attn_logit_softcapping=opt("attn_logit_softcapping", caps[0]),
-                final_logit_softcapping=opt("final_logit_softcapping", caps[1]))
-
-
-def _hidden_act(hf: dict[str, Any], model_type: str, source: str) -> str:
-    """Gemma names its MLP activation `hidden_activation` (older files: `hidden_act`)."""
-    if model_type in GEMMA_TYPES:
-        field = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
-        act, allowed = hf.get(field) or "gelu_pytorch_tanh", ("gelu_pytorch_tanh",)
-    else:
-        field, act, allowed = "hidden_act", hf.get("hidden_act", "silu"), ("silu",)
-    if act not in allowed:
-        raise ValueError(f"{source}: {field}={act!r} is not supported for "
-                         f"model_type={model_type!r}; supported: {allowed}")
-    return act
 
 
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
@@ -376,14 +289,15 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     A multimodal checkpoint's language model is read from its `text_config`."""
     hf = text_config(hf, source)
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in families.FAMILIES:
         raise ValueError(
             f"{source}: model_type={model_type!r} is not supported; supported: "
-            f"{SUPPORTED_MODEL_TYPES + tuple(MULTIMODAL_TEXT_TYPES)}"
+            f"{tuple(families.FAMILIES) + tuple(families.multimodal_text_types())}"
         )
+    fam = families.FAMILIES[model_type]
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError(f"{source}: attention_bias/mlp_bias=true is not supported")
-    hidden_act = _hidden_act(hf, model_type, source)
+    hidden_act = fam.hidden_act(hf, source)
     if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError(f"{source}: partial_rotary_factor={hf['partial_rotary_factor']} is not "
                          "supported (RoPE over the whole head only)")
@@ -394,11 +308,11 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     num_heads = int(hf["num_attention_heads"])
     num_layers = int(hf["num_hidden_layers"])
     theta, scaling, local_theta = _rope_from_hf(hf, source)
-    if local_theta is not None and model_type != "gemma3_text":
+    if local_theta is not None and fam.rope_local_theta is None:
         raise ValueError(f"{source}: a separate sliding-layer RoPE base (rope_local_base_freq / "
                          f"rope_parameters.sliding_attention) is not supported for "
                          f"model_type={model_type!r}")
-    window, layer_types = _windows_from_hf(hf, model_type, num_layers, source)
+    family_fields = fam.from_hf(hf, num_layers, source)
     return ModelConfig(
         model_type=model_type,
         vocab_size=int(hf["vocab_size"]),
@@ -411,18 +325,15 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type in GEMMA_TYPES)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", fam.tie_word_embeddings)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
         hidden_act=hidden_act,
-        # transformers' Gemma 3 default local base when a file names none.
-        rope_local_theta=(local_theta or 10000.0) if model_type == "gemma3_text" else None,
-        sliding_window=window,
-        layer_types=layer_types,
+        rope_local_theta=(None if fam.rope_local_theta is None
+                          else local_theta or fam.rope_local_theta),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=_as_tuple(hf.get("eos_token_id")),
         pad_token_id=hf.get("pad_token_id"),
-        **_moe_from_hf(hf, model_type, source),
-        **_gemma_from_hf(hf, model_type, source),
+        **family_fields,
     )
 
 
@@ -438,39 +349,10 @@ def load_hf_config(path: str | Path) -> ModelConfig:
     return from_hf_config(hf, source=str(file))
 
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                  "mixtral": "MixtralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                  "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
-
-
-def _windows_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The sliding-window fields of config.json that make transformers derive `cfg.layer_types`."""
-    if cfg.model_type in ("mistral", "mixtral"):
-        if cfg.has_sliding_layers and set(cfg.layer_types) != {"sliding_attention"}:
-            raise ValueError(f"model_type={cfg.model_type!r} windows every layer or none; "
-                             f"layer_types={cfg.layer_types} cannot be written")
-        return dict(sliding_window=cfg.sliding_window)
-    if cfg.model_type == "qwen2":
-        if not cfg.has_sliding_layers:
-            return dict(use_sliding_window=False, sliding_window=None,
-                        max_window_layers=cfg.num_layers)
-        return dict(use_sliding_window=True, sliding_window=cfg.sliding_window,
-                    max_window_layers=cfg.layer_types.index("sliding_attention"),
-                    layer_types=list(cfg.layer_types))
-    if cfg.is_gemma:  # layer_types written out: no pattern default is relied on
-        return dict(sliding_window=cfg.sliding_window,
-                    layer_types=list(cfg.layer_types or ("full_attention",) * cfg.num_layers))
-    if cfg.has_sliding_layers:
-        raise ValueError(f"model_type={cfg.model_type!r} has no sliding-window layers; "
-                         f"layer_types={cfg.layer_types} cannot be written")
-    return {}
-
-
 def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     """The HF `config.json` for `cfg`, in the legacy rope layout every transformers version reads."""
     hf: dict[str, Any] = dict(
-        architectures=[_ARCHITECTURES[cfg.model_type]],
+        architectures=[cfg.family.architecture],
         model_type=cfg.model_type,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -491,31 +373,9 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
                       else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)),
         pad_token_id=cfg.pad_token_id,
     )
-    if cfg.model_type == "llama":
-        hf["mlp_bias"] = False
     if cfg.rope_scaling is not None:
         hf["rope_scaling"] = cfg.rope_scaling.to_hf()
-    hf.update(_windows_to_hf(cfg))
-    if cfg.is_gemma:
-        scalar = cfg.query_pre_attn_scalar or cfg.head_dim  # an int in transformers' configs
-        hf.update(hidden_activation=cfg.hidden_act,
-                  query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
-                  attn_logit_softcapping=cfg.attn_logit_softcapping,
-                  final_logit_softcapping=cfg.final_logit_softcapping)
-    if cfg.model_type == "gemma3_text":
-        hf["rope_local_base_freq"] = cfg.rope_local_theta or cfg.rope_theta
-    if cfg.model_type == "mixtral":
-        hf.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
-                  intermediate_size=cfg.moe_intermediate_size, router_jitter_noise=0.0)
-    elif cfg.is_moe:
-        hf.update(
-            num_experts=cfg.num_experts,
-            num_experts_per_tok=cfg.num_experts_per_tok,
-            moe_intermediate_size=cfg.moe_intermediate_size,
-            norm_topk_prob=cfg.norm_topk_prob,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-        )
+    hf.update(cfg.family.to_hf(cfg))
     return hf
 
 
@@ -532,12 +392,6 @@ _LLAMA3 = dict(model_type="llama", vocab_size=128256, num_kv_heads=8, head_dim=1
 _QWEN25 = dict(model_type="qwen2", vocab_size=152064, num_kv_heads=8, head_dim=128,
                rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
                eos_token_ids=(151645,), pad_token_id=151643)
-
-def gemma_layer_types(n_layers: int, period: int) -> tuple[str, ...]:
-    """Gemma's layer pattern: every `period`-th layer full attention, the others sliding."""
-    return tuple("sliding_attention" if (i + 1) % period else "full_attention"
-                 for i in range(n_layers))
-
 
 _GEMMA2 = dict(model_type="gemma2", vocab_size=256000, rms_norm_eps=1e-6, rope_theta=10000.0,
                tie_word_embeddings=True, max_position_embeddings=8192, hidden_act="gelu_pytorch_tanh",

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
-# our layer leaf -> (HF name under model.layers.{i}., transpose?)
+# our layer leaf -> (HF name under model.layers.{i}., transpose?); a family renames entries of this
+# table and of the expert table below (`Family.layer_keys`, `Family.expert_keys`).
 LAYER_KEYS = {
     "attn_norm": ("input_layernorm.weight", False),
     "mlp_norm": ("post_attention_layernorm.weight", False),
@@ -53,18 +54,6 @@ _EXPERT_KEYS = {
     "up_proj": "mlp.experts.{e}.up_proj.weight",
     "down_proj": "mlp.experts.{e}.down_proj.weight",
 }
-# Per-family renames of the tables above (a new family with other checkpoint names adds a row).
-# Mixtral checkpoints (and transformers 5's save_pretrained) keep the original names.
-# Gemma's `post_attention_layernorm` normalises the attention *output*; its pre-MLP norm is
-# `pre_feedforward_layernorm` (Llama's post_attention_layernorm plays that role).
-_GEMMA_NORMS = {"mlp_norm": ("pre_feedforward_layernorm.weight", False),
-                "post_attn_norm": ("post_attention_layernorm.weight", False),
-                "post_mlp_norm": ("post_feedforward_layernorm.weight", False)}
-_FAMILY_LAYER_KEYS = {"mixtral": {"router": ("block_sparse_moe.gate.weight", True)},
-                      "gemma2": _GEMMA_NORMS, "gemma3_text": _GEMMA_NORMS}
-_FAMILY_EXPERT_KEYS = {"mixtral": {"gate_proj": "block_sparse_moe.experts.{e}.w1.weight",
-                                   "up_proj": "block_sparse_moe.experts.{e}.w3.weight",
-                                   "down_proj": "block_sparse_moe.experts.{e}.w2.weight"}}
 # Under the decoder's prefix (see TEXT_PREFIXES); lm_head sits outside it.
 _TOP_KEYS = {
     "embed": ("embed_tokens.weight", False),
@@ -91,11 +80,11 @@ def _leaf_sources(cfg: ModelConfig, path: tuple[str, ...], prefix: str = "model.
         name, t = _TOP_KEYS[path[0]]
         return (lambda: prefix + name), t, 0
     leaf = path[1]
-    expert_keys = {**_EXPERT_KEYS, **_FAMILY_EXPERT_KEYS.get(cfg.model_type, {})}
+    expert_keys = {**_EXPERT_KEYS, **cfg.family.expert_keys}
     if cfg.is_moe and leaf in expert_keys:
         fmt = prefix + "layers.{i}." + expert_keys[leaf]
         return (lambda i, e: fmt.format(i=i, e=e)), True, 2
-    sub, t = {**LAYER_KEYS, **_FAMILY_LAYER_KEYS.get(cfg.model_type, {})}[leaf]
+    sub, t = {**LAYER_KEYS, **cfg.family.layer_keys}[leaf]
     return (lambda i: f"{prefix}layers.{i}.{sub}"), t, 1
 
 
