@@ -94,7 +94,6 @@ def test_analyze_pairs_each_arm_with_its_reference(tmp_path):
             entries.append({"name": name})
     rundir.write_json(tmp_path / "sweep.json", {"runs": entries})
     t = stats.default_claim_thresholds()
-    t.n_boot = 500
     rows = {r["label"]: r for r in extensions.analyze(tmp_path, arms, BASE, t)}
     ref, jsd0, dpo = rows[arms[0].label], rows[arms[1].label], rows[arms[4].label]
     assert ref["reference"] and ref["n_seeds"] == 3 and ref["final"] == pytest.approx(worse.mean())

@@ -387,28 +387,39 @@ def test_study_claims_verdicts_follow_the_documented_rules():
     from cliffdistill import report as rep
 
     off = ("hybrid", "mixture", "replay_buffer", "kl_anchored", "reverse_curriculum")
-    groups = [_claim_group("on_policy_gkd", [0.5, 0.55, 0.6], 0.3, ["stable"] * 3),
-              _claim_group("extended_on_policy", [0.6, 0.62, 0.58], 0.3, ["stable"] * 3),
-              _claim_group("teacher_seeded", [0.9, 0.91, 0.92], 0.3, ["stable"] * 3)]
-    groups += [_claim_group(m, [0.4, 0.42, 0.41], 0.3, ["stable"] * 3) for m in off]
-    groups += [_claim_group(m, [0.0, 0.0, 0.01], 0.3, ["collapsed"] * 3, variant="defects") for m in off]
-    agg = {"setups": ["size"], "groups": groups}
-    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
-    assert verdicts["Every method with an off-policy part collapses"] == "contradicted"
-    assert verdicts["Pure on-policy distillation works"] == "supported"
-    assert verdicts["Teacher seeding is the best method"] == "supported"
+
+    def world(n_seeds, on=(0.5, 0.55, 0.6, 0.52, 0.58), off_correct=(0.4, 0.42, 0.41, 0.4, 0.43),
+              off_status="stable", on_status="stable"):
+        groups = [_claim_group("on_policy_gkd", list(on[:n_seeds]), 0.3, [on_status] * n_seeds),
+                  _claim_group("extended_on_policy", [x + 0.05 for x in on[:n_seeds]], 0.3,
+                               [on_status] * n_seeds),
+                  _claim_group("teacher_seeded", [0.9, 0.91, 0.92, 0.9, 0.91][:n_seeds], 0.3,
+                               ["stable"] * n_seeds)]
+        groups += [_claim_group(m, list(off_correct[:n_seeds]), 0.3, [off_status] * n_seeds)
+                   for m in off]
+        groups += [_claim_group(m, [0.0, 0.0, 0.01, 0.0, 0.0][:n_seeds], 0.3,
+                                ["collapsed"] * n_seeds, variant="defects") for m in off]
+        return {v["claim"]: v for v in rep.study_claims({"setups": ["size"], "groups": groups})}
+
+    five = world(5)
+    assert five["Every method with an off-policy part collapses"]["verdict"] == "contradicted"
+    assert five["Pure on-policy distillation works"]["verdict"] == "supported"
+    assert five["Teacher seeding is the best method"]["verdict"] == "supported"
+    assert "Holm over the 28 method pairs" in five["Teacher seeding is the best method"]["evidence"]
+    # 3 seeds: a t-test on 2 df cannot clear a Holm family of 28 pairs at these differences
+    three = world(3)
+    assert three["Teacher seeding is the best method"]["verdict"] == "inconclusive"
+    assert three["Pure on-policy distillation works"]["verdict"] == "supported"
+    one = world(1)  # one seed: no interval, no test
+    assert one["Pure on-policy distillation works"]["verdict"] == "inconclusive"
+    assert "descriptive only" in one["Teacher seeding is the best method"]["evidence"]
     # (the defects claim needs every variant's cliff pattern: test_cliff_pattern_on_...)
     # the study's world: off-policy collapses even when implemented correctly
-    for g in groups:
-        if g["method"] in off and g["variant"] == "correct":
-            g.update(_claim_group(g["method"], [0.0, 0.01, 0.0], 0.3, ["collapsed"] * 3))
-    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
-    assert verdicts["Every method with an off-policy part collapses"] == "supported"
+    collapsed = world(5, off_correct=(0.0, 0.01, 0.0, 0.0, 0.01), off_status="collapsed")
+    assert collapsed["Every method with an off-policy part collapses"]["verdict"] == "supported"
     # on-policy losing accuracy with a CI below zero
-    groups[0].update(_claim_group("on_policy_gkd", [0.1, 0.12, 0.11], 0.3, ["partial"] * 3))
-    groups[1].update(_claim_group("extended_on_policy", [0.1, 0.1, 0.12], 0.3, ["partial"] * 3))
-    verdicts = {v["claim"]: v["verdict"] for v in rep.study_claims(agg)}
-    assert verdicts["Pure on-policy distillation works"] == "contradicted"
+    worse = world(5, on=(0.1, 0.12, 0.11, 0.1, 0.12), on_status="partial")
+    assert worse["Pure on-policy distillation works"]["verdict"] == "contradicted"
 
 
 def test_extension_methods_rank_after_the_study_and_stay_out_of_its_claims():
@@ -501,19 +512,29 @@ def test_no_significant_winner_and_holm():
     assert claims_lib.claim_seeding_best(groups)[0] == "contradicted"
 
 
-def test_on_policy_gain_uses_question_noise_with_one_seed():
+def test_on_policy_gain_is_seed_level():
+    """The gain over step 0 is `stats.seed_interval` of the per-question differences: one seed has
+    no interval (question noise alone says nothing about another seed), two seeds have one."""
     g = _claim_group("on_policy_gkd", [0.6], 0.1, ["stable"])
     g["start_per_question"] = [_per_question(0.1, seed=7)]
     mean, low, high, how = claims_lib.gain_ci(g)
-    assert how.startswith("seeds x questions") and mean == pytest.approx(0.5, abs=0.01)
-    assert 0 < low < mean < high  # one seed, 400 questions: a real interval
+    assert how == aggregate_seed_level() and mean == pytest.approx(0.5, abs=0.01)
+    assert math.isnan(low) and math.isnan(high)
+    two = _claim_group("on_policy_gkd", [0.6, 0.5], 0.1, ["stable"] * 2)
+    two["start_per_question"] = [_per_question(0.1, seed=7), _per_question(0.1, seed=8)]
+    mean, low, high, _ = claims_lib.gain_ci(two)
+    final = np.array([[int(c) for c in q] for q in two["final_per_question"]], float)
+    start = np.array([[int(c) for c in q] for q in two["start_per_question"]], float)
+    assert (mean, low, high) == tuple(stats.seed_interval(final - start)[k]
+                                      for k in ("mean", "low", "high"))
+    assert low < mean < high
     assert claims_lib.RULES["on_policy_works"]
-    flat = _claim_group("on_policy_gkd", [0.1], 0.1, ["stable"])
-    flat["start_per_question"] = [_per_question(0.1, seed=0)]  # the same answers as the final
-    _, low, high, _ = claims_lib.gain_ci(flat)
-    assert low <= 0 <= high
     no_pq = _claim_group("on_policy_gkd", [0.6], 0.1, ["stable"])
     assert claims_lib.gain_ci(no_pq)[3] == "t over seeds"  # one seed: no interval -> inconclusive
+
+
+def aggregate_seed_level() -> str:
+    return importlib.import_module("cliffdistill.report.aggregate").SEED_LEVEL
 
 
 def test_on_policy_that_falls_far_below_its_correct_result_does_not_survive():
@@ -533,22 +554,24 @@ def test_on_policy_that_falls_far_below_its_correct_result_does_not_survive():
         "reproduces the study's cliff")  # judged against step 0 alone it would pass
 
 
-def test_group_ci_includes_question_sampling_noise():
-    """With per-question results the CI is the two-way bootstrap (one seed still gets an
-    interval, of about the binomial width); without, a t-interval over seeds."""
+def test_group_ci_is_seed_level():
+    """With per-question results the CI is `stats.seed_interval` of the seeds x questions matrix;
+    one seed has none (NaN); without per-question results, a t-interval over seeds."""
     aggregate_lib = importlib.import_module("cliffdistill.report.aggregate")  # `aggregate` is also a function
 
     one = aggregate_lib.final_ci([0.5], ["10" * 256])
-    assert one["how"] == "seeds x questions bootstrap" and one["n"] == 1
-    assert 0.03 < (one["ci_high"] - one["ci_low"]) / 2 < 0.06  # ~1.96 * sqrt(.25 / 512) = 0.043
+    assert one["how"] == aggregate_lib.SEED_LEVEL and one["n"] == 1 and one["mean"] == 0.5
+    assert math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
     seeds = aggregate_lib.final_ci([0.5, 0.6])
     assert seeds["how"] == "t over seeds" and seeds["ci_low"] < 0.5
-    # the resample count is `eval.claims.n_boot`'s, passed through
-    matrix = np.array([[1, 0] * 128, [1, 1, 0, 0] * 64], float)
+    matrix = np.array([[1, 0] * 128, [1, 1, 1, 0] * 64], float)
     per_q = ["".join(str(int(v)) for v in row) for row in matrix]
-    for n_boot in (300, 2000):
-        got = aggregate_lib.final_ci([0.5, 0.5], per_q, n_boot=n_boot)
-        assert (got["mean"], got["ci_low"], got["ci_high"]) == stats.bootstrap_ci(matrix, n_boot=n_boot)
+    got = aggregate_lib.final_ci([0.5, 0.75], per_q)
+    r = stats.seed_interval(matrix)
+    assert (got["mean"], got["ci_low"], got["ci_high"]) == (r["mean"], r["low"], r["high"])
+    # wider than the t-interval over the two seeds' means alone: question noise is added
+    _, t_low, _ = stats.mean_ci([0.5, 0.75])
+    assert got["ci_low"] < t_low
 
 
 def test_collapse_is_judged_against_the_correct_implementation_when_step0_is_zero():

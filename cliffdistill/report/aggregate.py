@@ -206,6 +206,10 @@ def _group_sort_key(key: tuple[str, str, str]) -> tuple:
     return (setup, method_rank(method), variant != CORRECT, variant)
 
 
+#: How a group's CI and the claims' intervals are computed (`stats.seed_interval`).
+SEED_LEVEL = "t over seeds + question noise"
+
+
 def question_matrix(per_question: Sequence[Optional[str]]) -> Optional[np.ndarray]:
     """[seeds, questions] 0/1 matrix from the runs' `per_question` strings ("1"/"0" per held-out
     question), or None when a run did not record one or the runs differ in questions."""
@@ -215,16 +219,15 @@ def question_matrix(per_question: Sequence[Optional[str]]) -> Optional[np.ndarra
     return np.array([[c == "1" for c in r] for r in rows], dtype=np.float64)
 
 
-def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = (),
-             n_boot: int = 2000) -> dict:
-    """Mean and 95% CI of a group's final accuracy: the two-way bootstrap over seeds x questions
-    (`n_boot` resamples: `eval.claims.n_boot`) when every run recorded per-question results on
-    the same questions (the CI then includes question-sampling noise, and one seed still gets
-    an interval), else a t-interval over seeds."""
+def final_ci(values: Sequence[float], per_question: Sequence[Optional[str]] = ()) -> dict:
+    """Mean and 95% CI of a group's final accuracy at the seed level: `stats.seed_interval` (t over
+    seeds, widened by the eval set's question-sampling variance) when every run recorded
+    per-question results on the same questions, else a t-interval over the seeds' accuracies.
+    One seed has no interval (NaN): its question noise alone says nothing about another seed."""
     matrix = question_matrix(per_question)
     if matrix is not None and len(matrix) == len(values):
-        mean, low, high = stats.bootstrap_ci(matrix, n_boot=n_boot)
-        how = "seeds x questions bootstrap"
+        r = stats.seed_interval(matrix)
+        mean, low, high, how = r["mean"], r["low"], r["high"], SEED_LEVEL
     else:
         (mean, low, high), how = stats.mean_ci(values), "t over seeds"
     return {"mean": mean, "ci_low": low, "ci_high": high, "n": len(values), "how": how}
@@ -265,7 +268,7 @@ def _seed_key(seed: Any) -> tuple:
     return (1, 0, str(seed))
 
 
-def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping], n_boot: int = 2000) -> dict:
+def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
     """Across-seed statistics of one (setup, method, variant)."""
     setup, method, variant = key
     runs = sorted(runs, key=lambda r: (_seed_key(r["seed"]), r["name"]))
@@ -278,7 +281,7 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping], n_boot: 
     deltas = [r["delta_vs_start"] for r in done if r["delta_vs_start"] is not None]
     bests = [r["best_accuracy"] for r in done if r["best_accuracy"] is not None]
     starts = [r["start_accuracy"] for r in done if r["start_accuracy"] is not None]
-    final = final_ci(finals, [r["final_per_question"] for r in done], n_boot)
+    final = final_ci(finals, [r["final_per_question"] for r in done])
     return {
         "setup": setup,
         "method": method,
@@ -382,8 +385,7 @@ def aggregate(sweep_dir: str | Path) -> dict:
     for r in runs:
         groups.setdefault((r["setup"], r["method"], r["variant"]), []).append(r)
     claim_t = claim_thresholds(sweep_dir, entries)
-    group_list = [summarize_group(k, groups[k], int(claim_t.n_boot))
-                  for k in sorted(groups, key=_group_sort_key)]
+    group_list = [summarize_group(k, groups[k]) for k in sorted(groups, key=_group_sort_key)]
 
     setups = sorted({r["setup"] for r in runs} | set(baselines))
     cost_by_method: dict[str, dict[str, dict]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
@@ -12,7 +13,7 @@ from cliffdistill.engine.defects import TRAINING_DEFECTS, defect_applies
 from cliffdistill import stats
 from cliffdistill.engine import methods
 from cliffdistill.study import testbed
-from cliffdistill.report.aggregate import CORRECT, question_matrix
+from cliffdistill.report.aggregate import CORRECT, SEED_LEVEL, question_matrix
 from cliffdistill.report.markdown import pp, table
 from cliffdistill.stats import finite, pct
 
@@ -28,7 +29,7 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "no data", testbed.NOT_
 # Outcomes of the cliff-pattern rule (`cliff_pattern`), one per (setup, implementation variant).
 REPRODUCES, DESTROYS, NO_CLIFF = "reproduces the study's cliff", "destroys every method", "no cliff"
 PATTERNS = (REPRODUCES, DESTROYS, NO_CLIFF, "inconclusive", "no data", testbed.NOT_TESTABLE)
-Thresholds = ml_collections.ConfigDict  # stats.default_claim_thresholds(): alpha, majority, n_boot
+Thresholds = ml_collections.ConfigDict  # stats.default_claim_thresholds(): alpha, majority
 
 
 def _t(t: Optional[Thresholds]) -> Thresholds:
@@ -82,14 +83,14 @@ def _claim_off_policy_collapse(groups: Mapping[str, Mapping], t: Optional[Thresh
     return "inconclusive", evidence
 
 
-def gain_ci(g: Mapping, t: Optional[Thresholds] = None) -> tuple[Optional[float], Optional[float], Optional[float], str]:
-    """(gain over step 0, 95% low, high, how): the paired two-way bootstrap (seeds x questions,
-    final vs the same run's step 0 on the same questions) when per-question results exist, else
-    the across-seed t-interval of the per-seed gains (no interval from one seed)."""
+def gain_ci(g: Mapping) -> tuple[Optional[float], Optional[float], Optional[float], str]:
+    """(gain over step 0, 95% low, high, how) at the seed level: `stats.seed_interval` of the
+    per-question differences final - the same run's step 0 when per-question results exist, else
+    the t-interval of the per-seed gains. One seed: no interval (the claim is then undecided)."""
     final, start = _matrix(g, "final_per_question"), _matrix(g, "start_per_question")
     if final is not None and start is not None and final.shape == start.shape:
-        r = stats.paired_bootstrap(final, start, n_boot=_t(t).n_boot)
-        return r["diff"], r["low"], r["high"], "seeds x questions bootstrap"
+        r = stats.seed_interval(final - start)
+        return r["mean"], r["low"], r["high"], SEED_LEVEL
     if not g["delta_per_seed"]:
         return None, None, None, ""
     mean, low, high = stats.mean_ci(g["delta_per_seed"])
@@ -103,7 +104,7 @@ def _claim_on_policy_works(groups: Mapping[str, Mapping], t: Optional[Thresholds
         return "no data", ""
     parts, verdicts = [], []
     for g in on:
-        mean, low, high, how = gain_ci(g, t)
+        mean, low, high, how = gain_ci(g)
         parts.append(f"{g['method']}: {pct(g['start_mean'])} -> {pct(g['final_mean'])} "
                      f"(gain {pp(mean)}, 95% CI {pp(low)} to {pp(high)}, {how}; "
                      f"{g['n_done']} seed(s))")
@@ -124,12 +125,14 @@ def _matrix(g: Mapping, field: str = "final_per_question") -> Optional[np.ndarra
     return question_matrix(g.get(field) or [])
 
 
-def pairwise(groups: Mapping[str, Mapping], n_boot: int = 2000) -> dict[tuple[str, str], dict]:
-    """Paired two-way bootstrap (seeds x questions) of every pair of methods, Holm-adjusted.
+def pairwise(groups: Mapping[str, Mapping]) -> dict[tuple[str, str], dict]:
+    """Seed-level paired test (`stats.seed_interval` of a - b) of every pair of methods, Holm-
+    adjusted over the family of every pair with a p-value.
 
     Methods are paired on the same questions and on seed index (seed i of one with seed i of the
     other; the first min(S_a, S_b) seeds). Keys (a, b) with a before b in the study's order;
-    values: diff = mean(a) - mean(b), its 95% interval, p and the Holm-adjusted p.
+    values: diff = mean(a) - mean(b), its 95% interval, p, the Holm-adjusted p and the family
+    size `m`. A pair with one seed has no p (NaN): it is descriptive, outside the Holm family.
     """
     mats = {m: _matrix(g) for m, g in groups.items()}
     names = [m for m in methods.METHODS if mats.get(m) is not None]
@@ -138,10 +141,15 @@ def pairwise(groups: Mapping[str, Mapping], n_boot: int = 2000) -> dict[tuple[st
         for b in names[i + 1:]:
             k = min(mats[a].shape[0], mats[b].shape[0])
             if mats[a].shape[1] == mats[b].shape[1]:
-                out[(a, b)] = stats.paired_bootstrap(mats[a][:k], mats[b][:k], n_boot=n_boot)
-    adjusted = stats.holm([r["p"] for r in out.values()]) if out else []
-    for r, p_adj in zip(out.values(), adjusted):
-        r["p_holm"] = float(p_adj)
+                r = stats.seed_interval(mats[a][:k] - mats[b][:k])
+                out[(a, b)] = {"diff": r["mean"], "low": r["low"], "high": r["high"], "p": r["p"],
+                               "n": r["n"]}
+    family = [r for r in out.values() if finite(r["p"])]
+    for r, p_adj in zip(family, stats.holm([r["p"] for r in family]) if family else []):
+        r["p_holm"], r["m"] = float(p_adj), len(family)
+    for r in out.values():
+        r.setdefault("p_holm", math.nan)
+        r.setdefault("m", len(family))
     return out
 
 
@@ -169,11 +177,15 @@ def claim_seeding_best(groups: Mapping[str, Mapping], t: Optional[Thresholds] = 
                        ) -> tuple[str, str]:
     if "teacher_seeded" not in groups or len(groups) < 2:
         return "no data", ""
-    pairs = pairwise(groups, n_boot=_t(t).n_boot)
+    pairs = pairwise(groups)
     if not any("teacher_seeded" in pair for pair in pairs):
         return "no data", "no per-question results recorded"
     ranked = sorted(groups.values(), key=lambda g: -(g["final_mean"] or 0.0))
     evidence = ", ".join(f"{g['method']} {pct(g['final_mean'])}" for g in ranked[:4])
+    m = next(iter(pairs.values()))["m"]
+    if m == 0:
+        return "inconclusive", evidence + "; descriptive only: one seed per method, no test"
+    evidence += f"; paired seed-level t-tests, Holm over the {m} method pairs"
     winner = best_method(groups, pairs, t)
     beaten_by = [m for m in groups
                  if m != "teacher_seeded" and _beats(pairs, m, "teacher_seeded", _t(t).alpha)]
@@ -183,7 +195,7 @@ def claim_seeding_best(groups: Mapping[str, Mapping], t: Optional[Thresholds] = 
         return "contradicted", evidence + f"; significantly better than teacher_seeded (Holm): " \
             + ", ".join(beaten_by)
     return "inconclusive", evidence + (f"; best method: {winner}" if winner else
-                                       "; no significant winner (paired tests, Holm)")
+                                       "; no significant winner")
 
 
 def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None) -> bool:
@@ -248,12 +260,14 @@ def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
 RULES = {
     "off_policy_collapses": "supported if every method with an off-policy part ends collapsed in "
                             "most seeds; contradicted if any ends stable in most seeds",
-    "on_policy_works": "supported if the 95% CI of the gain over step 0 (paired bootstrap over "
-                       "seeds x questions; t over seeds where per-question results are missing) "
-                       "is above 0; contradicted if below 0 or most seeds collapse",
-    "seeding_best": "paired two-way bootstrap (seeds x questions) between every pair of methods, "
-                    "Holm-corrected at `eval.claims.alpha`: supported if teacher_seeded beats every other "
-                    "method, contradicted if another method beats it, else no significant winner",
+    "on_policy_works": "supported if the 95% CI of the gain over step 0 (seed level: t over "
+                       "seeds on the per-seed paired gains, widened by question-sampling "
+                       "variance; needs >= 2 seeds) is above 0; contradicted if below 0 or most "
+                       "seeds collapse",
+    "seeding_best": "paired seed-level t-test between every pair of methods (seed i with seed "
+                    "i, same questions), Holm-corrected at `eval.claims.alpha` over every pair: "
+                    "supported if teacher_seeded beats every other method, contradicted if "
+                    "another method beats it, else no significant winner (one seed: descriptive)",
     "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
                      "collapses AND every pure on-policy method survives; a group collapses when "
                      "most seeds end collapsed vs their step 0 or, under a defect variant, its "

@@ -164,8 +164,9 @@ def _results_section(agg: Mapping, groups: Sequence[Mapping]) -> list[str]:
         "failed",
     ]
     out += table(header + (["unfinished"] if c["pending"] else []), rows) if rows else ["No runs."]
-    out += ["", "CI: two-way bootstrap over seeds x held-out questions (question-sampling noise "
-            "included) where per-question results exist, else a t-interval over seeds.",
+    out += ["", "CI: seed level -- Student's t over seeds (S - 1 df) on the per-seed results, its "
+            "standard error widened by the held-out set's question-sampling variance; one seed "
+            "has no interval.",
             "", "Study protocol: the same checkpoints scored the study's way "
             "(`ablation.study_eval`: the first `eval.study_n` *training* questions, "
             "`eval.study_max_new_tokens`), beside the held-out accuracy; `-` where not recorded.",

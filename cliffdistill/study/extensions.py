@@ -12,8 +12,8 @@
 
 Every arm is a set of config overrides run for `SEEDS` seeds; an arm's runs are shared by every
 part that uses them (the default on_policy_gkd run is the reference of parts 1 and 2). Statistics:
-the two-way bootstrap over seeds x questions for each arm, and each arm against its part's
-reference by the paired bootstrap with Holm correction inside the part.
+the seed-level interval (`stats.seed_interval`) for each arm, and each arm against its part's
+reference by the paired seed-level t-test with Holm correction inside the part.
 """
 
 from __future__ import annotations
@@ -164,9 +164,9 @@ VARIED = ("method", "loss.on_policy", "loss.jsd_beta", "schedule.seed_max_tokens
 
 def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str, Any],
             thresholds: ml_collections.ConfigDict | None = None) -> list[dict[str, Any]]:
-    """Per arm: its runs' step-0 and final accuracy, the two-way bootstrap CI, and (non-reference
-    arms) the paired difference to the part's reference with a Holm-adjusted p inside the part
-    (`thresholds`: `eval.claims` -- n_boot, alpha; default `stats.default_claim_thresholds`)."""
+    """Per arm: its runs' step-0 and final accuracy, the seed-level CI, and (non-reference arms)
+    the paired difference to the part's reference with a Holm-adjusted p inside the part
+    (`thresholds`: `eval.claims` -- alpha; default `stats.default_claim_thresholds`)."""
     t = thresholds or stats.default_claim_thresholds()
     base = arm_base(base_overrides)
     runs = []
@@ -188,19 +188,20 @@ def analyze(workdir: Path, all_arms: Sequence[Arm], base_overrides: Mapping[str,
                "start": float(np.mean([s["start_accuracy"] for s in mine])) if mine else None}
         mat = question_matrix([s["final_per_question"] for s in mine])
         if mat is not None:
-            row["final"], row["low"], row["high"] = stats.bootstrap_ci(mat, n_boot=t.n_boot)
-            row["_final"] = mat
+            r = stats.seed_interval(mat)
+            row["final"], row["low"], row["high"], row["_final"] = r["mean"], r["low"], r["high"], mat
         rows.append(row)
     for part in dict.fromkeys(r["part"] for r in rows):
-        _compare(rows, part, t.n_boot, t.alpha)
+        _compare(rows, part, t.alpha)
     for r in rows:
         r.pop("_final", None)
     return rows
 
 
-def _compare(rows: list[dict[str, Any]], part: str, n_boot: int, alpha: float) -> None:
+def _compare(rows: list[dict[str, Any]], part: str, alpha: float) -> None:
     """Each arm of `part` against the part's reference arm (for retrieval: the same method's
-    few-shot arm), paired on seeds x questions; Holm over the part's comparisons."""
+    few-shot arm), a paired seed-level t-test (seed i with seed i, same questions); Holm over the
+    part's comparisons that have a p-value (one seed: descriptive, never significant)."""
     arms_ = [r for r in rows if r["part"] == part and "_final" in r]
     refs = [r for r in arms_ if r["reference"]]
     tests = []
@@ -211,10 +212,11 @@ def _compare(rows: list[dict[str, Any]], part: str, n_boot: int, alpha: float) -
         if ref is None or ref["_final"].shape[1] != r["_final"].shape[1]:
             continue
         k = min(len(ref["_final"]), len(r["_final"]))
-        res = stats.paired_bootstrap(r["_final"][:k], ref["_final"][:k], n_boot=n_boot)
+        res = stats.seed_interval(r["_final"][:k] - ref["_final"][:k])
         r["vs"] = ref["label"]
-        r.update(diff=res["diff"], diff_low=res["low"], diff_high=res["high"], p=res["p"])
-        tests.append(r)
+        r.update(diff=res["mean"], diff_low=res["low"], diff_high=res["high"], p=res["p"])
+        if stats.finite(res["p"]):
+            tests.append(r)
     for r, p_adj in zip(tests, stats.holm([r["p"] for r in tests]) if tests else []):
         r["p_holm"] = float(p_adj)
         r["significant"] = bool(p_adj <= alpha)
@@ -243,19 +245,21 @@ def _vs(r: Mapping[str, Any]) -> str:
         return "reference"
     if "diff" not in r:
         return "-"
+    if "p_holm" not in r:
+        return f"{pp(r['diff'])} (one seed: descriptive)"
     mark = " **significant**" if r.get("significant") else ""
     return (f"{pp(r['diff'])} [{pp(r['diff_low'])}, {pp(r['diff_high'])}], "
             f"p_Holm {r['p_holm']:.3f}{mark}")
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One table per part: step 0, final accuracy with its seeds x questions CI, and the paired
+    """One table per part: step 0, final accuracy with its seed-level CI, and the paired
     difference to the part's reference (Holm inside the part)."""
     out: list[str] = []
     for part in dict.fromkeys(r["part"] for r in rows):
         mine = [r for r in rows if r["part"] == part]
         out += [f"### {part}", ""]
-        out += table(["arm", "setup", "step 0 (%)", "final (%), 95% CI (seeds x questions)",
+        out += table(["arm", "setup", "step 0 (%)", "final (%), 95% CI (seed level)",
                       "vs reference: paired difference, 95% CI, Holm p", "seeds"],
                      [[r["label"], r["setup"], pct(r["start"]), _ci(r), _vs(r), r["n_seeds"]]
                       for r in mine])

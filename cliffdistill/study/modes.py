@@ -175,10 +175,11 @@ def run_extensions(workdir: Path, cache_dir: Path, *,
         f"{pct(tb.get('retrieval', {}).get('teacher', {}).get('accuracy'), missing='-', unit='%')}, student "
         f"{pct(tb['context']['student']['accuracy'], missing='-', unit='%')}; testable: "
         f"{tb.get('retrieval', tb['context'])['testable']})",
-        "- statistics: each arm's final accuracy with the two-way bootstrap over seeds x "
-        "held-out questions; each arm against its part's reference (sensitivity: the default "
-        "value of the same knob; retrieval: the same method with the few-shot teacher) by the "
-        "paired bootstrap on the same seeds and questions, Holm-corrected within the part at 0.05.",
+        "- statistics: each arm's final accuracy with the seed-level interval (t over seeds, "
+        "widened by question-sampling variance; one seed: none); each arm against its part's "
+        "reference (sensitivity: the default value of the same knob; retrieval: the same method "
+        "with the few-shot teacher) by the paired seed-level t-test on the same seeds and "
+        "questions, Holm-corrected within the part at 0.05 (one seed: descriptive).",
         "", *extensions.markdown(rows),
         "![extensions](plots/extensions.png)", "",
     ]
