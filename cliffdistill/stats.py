@@ -31,12 +31,14 @@ __all__ = [
     "paired_bootstrap",
     "seed_interval",
     "holm",
+    "NEAR_ZERO",
     "STATUSES",
     "finite",
     "pct",
 ]
 
-STATUSES = ("stable", "partial", "collapsed", "transient_collapse")
+NEAR_ZERO = "near_zero"
+STATUSES = ("stable", "partial", "collapsed", NEAR_ZERO, "transient_collapse")
 
 # Comparisons in classify_status are made with this slack so that an accuracy lying exactly on a
 # threshold (accuracies are ratios of small integers, e.g. 27/100 vs 0.9 * 30/100) lands on the
@@ -140,6 +142,11 @@ def default_status_thresholds() -> ml_collections.ConfigDict:
     c.collapse_abs_min_start = 0.08
     # `stable` when final >= stable_frac * start: within 10 % (relative) of the start, or better.
     c.stable_frac = 0.9
+    # `near_zero` when final < floor and the run did not collapse: it ends with (almost) no skill
+    # and never had much to lose -- e.g. 0.6% -> 0.8%, which the relative rule alone would call
+    # "stable". Near 0% neither survival nor collapse can be read off the run's own step 0; the
+    # claims read such a run as not surviving (docs/METRICS.md).
+    c.floor = 0.05
     return c
 
 
@@ -162,11 +169,13 @@ def classify_status(
 
     * ``collapsed`` if ``f < t.collapse_frac * s``, or if ``s >= t.collapse_abs_min_start`` and
       ``f <= t.collapse_abs``;
+    * otherwise ``near_zero`` if ``f < t.floor`` (an absolute floor: a run ending near 0% is
+      never ``stable``, however low its start);
     * otherwise ``stable`` if ``f >= t.stable_frac * s``;
     * otherwise ``partial``.
 
     Values exactly on a threshold fall on the side written above (comparisons allow 1e-9 slack for
-    float rounding).  A student that starts at 0 can only be ``stable``.  Called by the trainer for
+    float rounding).  A student that starts at 0 is ``near_zero`` or ``stable``.  Called by the trainer for
     every evaluation (start = that run's step-0 accuracy) and by the report as a fallback.
     """
     t = default_status_thresholds() if thresholds is None else thresholds
@@ -180,6 +189,8 @@ def classify_status(
         return "collapsed"
     if s >= t.collapse_abs_min_start - _EDGE_EPS and f <= t.collapse_abs + _EDGE_EPS:
         return "collapsed"
+    if f < t.floor - _EDGE_EPS:
+        return NEAR_ZERO
     if f >= t.stable_frac * s - _EDGE_EPS:
         return "stable"
     return "partial"

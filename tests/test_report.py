@@ -198,7 +198,7 @@ def test_group_statistics_match_hand_computation(sweep_dir):
     assert g["final_ci_low"] == pytest.approx(0.6 - 0.2484138, abs=1e-6)
     assert g["final_ci_high"] == pytest.approx(0.6 + 0.2484138, abs=1e-6)
     assert g["status_counts"] == {"stable": 3, "partial": 0, "collapsed": 0,
-                                  "transient_collapse": 0}
+                                  "near_zero": 0, "transient_collapse": 0}
     assert g["delta_mean"] == pytest.approx(0.1)  # (0 + 0.1 + 0.2) / 3
     assert g["best_mean"] == pytest.approx((0.55 + 0.6 + 0.7) / 3)
     assert (g["n_done"], g["n_failed"], g["n_pending"]) == (3, 0, 0)
@@ -218,7 +218,7 @@ def test_group_statistics_match_hand_computation(sweep_dir):
     assert g["final_ci_low"] == pytest.approx(0.2666667 - 0.6251613, abs=1e-5)
     assert g["final_ci_high"] == pytest.approx(0.2666667 + 0.6251613, abs=1e-5)
     assert g["status_counts"] == {"stable": 1, "partial": 1, "collapsed": 1,
-                                  "transient_collapse": 0}
+                                  "near_zero": 0, "transient_collapse": 0}
     assert g["delta_mean"] == pytest.approx((-0.5 - 0.2 + 0.0) / 3)
 
     g = _group(agg, "size", "hybrid", "no_shift")
@@ -265,7 +265,7 @@ def test_recorded_status_wins_over_recomputed(tmp_path):
     _run(root, "r0", evals=[(0, 0.5), (10, 0.5)], statuses={10: "collapsed"})
     g = report.aggregate(root)["groups"][0]  # no sweep.json: runs/ is scanned
     assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 1,
-                                  "transient_collapse": 0}
+                                  "near_zero": 0, "transient_collapse": 0}
 
 
 def test_status_from_the_whole_curve(tmp_path):
@@ -282,7 +282,7 @@ def test_status_from_the_whole_curve(tmp_path):
     assert runs["flat"]["final_status"] == "stable"
     assert runs["rec"]["final_status"] == "transient_collapse"
     assert agg["groups"][0]["status_counts"] == {"stable": 1, "partial": 0, "collapsed": 0,
-                                                 "transient_collapse": 2}
+                                                 "near_zero": 0, "transient_collapse": 2}
 
 
 def test_jsonl_reading_is_robust(tmp_path):
@@ -326,8 +326,8 @@ def test_write_report_files_tables_plots_and_determinism(sweep_dir):
     ):
         assert row in md, row
     # no per-question results in these runs: t-interval over seeds; step 0 beside every row
-    assert "| on_policy_gkd | 50.0 | 60.0 ± 24.8 | 3 / 0 / 0 / 0 | +10.0 pp |" in md
-    assert "| hybrid | 50.0 | 26.7 ± 62.5 | 1 / 1 / 1 / 0 | -23.3 pp |" in md
+    assert "| on_policy_gkd | 50.0 | 60.0 ± 24.8 | 3 / 0 / 0 / 0 / 0 | +10.0 pp |" in md
+    assert "| hybrid | 50.0 | 26.7 ± 62.5 | 1 / 1 / 1 / 0 / 0 | -23.3 pp |" in md
     assert "| method | correct | no_shift |" in md  # ablations side by side
     assert "![accuracy_size](plots/accuracy_size.png)" in md and "plots/bars_context.png" in md
     assert "| ts1 | RuntimeError: out of memory |" in md
@@ -359,7 +359,7 @@ def test_out_of_range_accuracy_is_reported_invalid_not_crashing(tmp_path):
     _run(root, "pct", evals=[(0, 50.0), (10, 58.0)])  # a trainer that logged percentages
     g = report.aggregate(root)["groups"][0]
     assert g["status_counts"] == {"stable": 0, "partial": 0, "collapsed": 0,
-                                  "transient_collapse": 0, "invalid": 1}
+                                  "near_zero": 0, "transient_collapse": 0, "invalid": 1}
     assert "0 / 0 / 0, invalid: 1" in report.write_report(root, plots=False)["md"].read_text()
 
 
@@ -592,3 +592,30 @@ def test_collapse_is_judged_against_the_correct_implementation_when_step0_is_zer
     # judged against step 0 alone, 0.0% would count as "stable": no cliff
     assert claims_lib.cliff_pattern({g["method"]: g for g in agg["groups"]
                                      if g["variant"] == "defects"})[0] == "no cliff"
+
+
+def test_results_summary_tables_are_compact_and_paired_with_teacher_seeded():
+    """RESULTS.md's first tables: one row per method with its per-seed finals, the paired
+    seed-level difference with teacher_seeded (= `stats.seed_interval` of the per-question
+    differences), tokens per run; the verdict table prints the status legend once."""
+    from cliffdistill.report import summary
+
+    def group(method, finals):
+        g = _claim_group(method, finals, 0.3, ["stable"] * len(finals))
+        return {**g, "final_per_seed": finals, "cost": {"tokens_trained": 900.0, "runs": 3}}
+
+    agg = {"setups": ["size"], "groups": [group("on_policy_gkd", [0.5, 0.55, 0.6]),
+                                          group("teacher_seeded", [0.9, 0.91, 0.92])]}
+    lines = summary.method_table(agg, "size")
+    on = next(line for line in lines if line.startswith("| on_policy_gkd"))
+    assert "| 50.0 / 55.0 / 60.0 |" in on and "| 300 |" in on and on.endswith("| 3/0/0/0/0 |")
+    mats = [np.array([[int(c) for c in q] for q in g["final_per_question"]], float)
+            for g in agg["groups"]]
+    r = stats.seed_interval(mats[0] - mats[1])
+    assert f"| {100 * r['mean']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] |" in on
+    assert "(reference)" in next(line for line in lines if line.startswith("| teacher_seeded"))
+
+    verdicts = report.study_claims({"setups": ["size"], "groups": agg["groups"]})
+    text = "\n".join(summary.verdict_table(verdicts))
+    assert text.count(" / ".join(stats.STATUSES)) == 1  # the legend, once
+    assert "transient_collapse)" not in text.split("Numbers:")[0]  # never inside a cell

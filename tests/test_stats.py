@@ -126,10 +126,14 @@ def test_mean_ci_degenerate_inputs():
         (0.075, 0.3, "partial"),  # 0.25 * 0.3 = 0.075
         # absolute rule: needs start >= 0.08 and final <= 0.02
         (0.02, 0.08, "collapsed"),
-        (0.021, 0.08, "partial"),
-        (0.02, 0.079, "partial"),  # start below the guard; 0.02 >= 0.25*0.079, < 0.9*0.079
+        (0.021, 0.08, "near_zero"),  # not collapsed, below the 0.05 floor
+        (0.02, 0.079, "near_zero"),  # start below the guard; 0.02 >= 0.25*0.079, < floor
         (0.0, 0.079, "collapsed"),  # 0 < 0.25 * 0.079 (relative rule)
-        (0.0, 0.0, "stable"),  # a student at 0 cannot collapse
+        (0.0, 0.0, "near_zero"),  # a student at 0 cannot collapse, nor is 0% "stable"
+        (0.008, 0.006, "near_zero"),  # 0.6% -> 0.8%: the relative rule alone said "stable"
+        (0.05, 0.0, "stable"),  # exactly the floor is not below it
+        (0.049, 0.01, "near_zero"),
+        (0.06, 0.08, "partial"),  # above the floor: the relative rule decides
         (0.02, 0.9, "collapsed"),
     ],
 )
@@ -139,12 +143,8 @@ def test_classify_status_edges(final, start, expected):
 
 def test_classify_status_custom_thresholds_and_validation():
     t = stats.default_status_thresholds()
-    assert (t.collapse_frac, t.collapse_abs, t.collapse_abs_min_start, t.stable_frac) == (
-        0.25,
-        0.02,
-        0.08,
-        0.9,
-    )
+    assert (t.collapse_frac, t.collapse_abs, t.collapse_abs_min_start, t.stable_frac,
+            t.floor) == (0.25, 0.02, 0.08, 0.9, 0.05)
     t.stable_frac = 1.0
     assert stats.classify_status(0.45, 0.5, t) == "partial"
     assert stats.classify_status(0.5, 0.5, t) == "stable"

@@ -37,14 +37,14 @@ from typing import Optional
 from cliffdistill.report.aggregate import (CORRECT, PLOTS_DIR, REPORT_MD, RESULTS_CSV,
                                            RESULTS_JSON, aggregate, by_step,
                                            run_entries, variant_name)
-from cliffdistill.report.claims import VERDICTS, render_claims, study_claims
+from cliffdistill.report.claims import VERDICTS, study_claims
 from cliffdistill.report.markdown import render_csv, render_markdown
 from cliffdistill.report.plots import plot_accuracy, write_plots
 from cliffdistill.report import retention
 from cliffdistill.run.rundir import plain, read_jsonl, write_text
 
 __all__ = ["CORRECT", "PLOTS_DIR", "REPORT_MD", "RESULTS_CSV", "RESULTS_JSON", "VERDICTS",
-           "aggregate", "by_step", "plot_accuracy", "read_jsonl", "render_claims", "render_csv",
+           "aggregate", "by_step", "plot_accuracy", "read_jsonl", "render_csv",
            "render_markdown", "run_entries", "study_claims", "variant_name", "write_plots",
            "write_report"]
 

@@ -14,7 +14,7 @@ from cliffdistill import stats
 from cliffdistill.engine import methods
 from cliffdistill.study import testbed
 from cliffdistill.report.aggregate import CORRECT, SEED_LEVEL, question_matrix
-from cliffdistill.report.markdown import pp, table
+from cliffdistill.report.markdown import pp
 from cliffdistill.stats import finite, pct
 
 
@@ -60,14 +60,22 @@ def _groups_of(agg: Mapping, setup: str, variant: str) -> dict[str, Mapping]:
 
 
 def _fmt_group(g: Mapping) -> str:
+    """``hybrid 58.3 [3/0/0/0]``: final accuracy (%) and the seeds per status (`stats.STATUSES`
+    order; the legend is printed once, under the verdict table)."""
     counts = g["status_counts"]
-    cells = "/".join(str(counts.get(s, 0)) for s in stats.STATUSES)
-    return f"{g['method']} {pct(g['final_mean'])} ({cells} {'/'.join(stats.STATUSES)})"
+    return f"{g['method']} {pct(g['final_mean'])} [{'/'.join(str(counts.get(s, 0)) for s in stats.STATUSES)}]"
 
 
-def _majority(g: Mapping, status: str, t: Optional[Thresholds] = None) -> bool:
-    """More than `majority` of the group's finished seeds ended with `status`."""
-    return g["status_counts"].get(status, 0) > _t(t).majority * g["n_done"]
+#: What "collapses" means in a claim: the seed ended collapsed vs its step 0, or ended near zero
+#: (`stats.NEAR_ZERO`: below the absolute floor, where a fall from step 0 cannot be measured).
+COLLAPSE_LIKE = ("collapsed", stats.NEAR_ZERO)
+
+
+def _majority(g: Mapping, status: str | tuple[str, ...], t: Optional[Thresholds] = None) -> bool:
+    """More than `majority` of the group's finished seeds ended with `status` (or one of them)."""
+    wanted = (status,) if isinstance(status, str) else status
+    n = sum(g["status_counts"].get(s, 0) for s in wanted)
+    return n > _t(t).majority * g["n_done"]
 
 
 def _claim_off_policy_collapse(groups: Mapping[str, Mapping], t: Optional[Thresholds] = None
@@ -76,7 +84,7 @@ def _claim_off_policy_collapse(groups: Mapping[str, Mapping], t: Optional[Thresh
     if not off:
         return "no data", ""
     evidence = "; ".join(_fmt_group(g) for g in off)
-    if all(_majority(g, "collapsed", t) for g in off):
+    if all(_majority(g, COLLAPSE_LIKE, t) for g in off):
         return "supported", evidence
     if any(_majority(g, "stable", t) for g in off):
         return "contradicted", evidence
@@ -112,7 +120,7 @@ def _claim_on_policy_works(groups: Mapping[str, Mapping], t: Optional[Thresholds
             verdicts.append("no data")
         elif finite(low) and low > 0:
             verdicts.append("supported")
-        elif finite(high) and high < 0 or _majority(g, "collapsed", t):
+        elif finite(high) and high < 0 or _majority(g, COLLAPSE_LIKE, t):
             verdicts.append("contradicted")
         else:
             verdicts.append("inconclusive")
@@ -205,7 +213,7 @@ def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds]
     step-0 student is already near 0% (nothing can fall below it: 0.0% would read "stable"):
     ending at 0% where the correct implementation reaches 90% is the study's collapse, and
     falling from 65% to 4% is not surviving because the step-0 student had 11%."""
-    if _majority(g, "collapsed", t):
+    if _majority(g, COLLAPSE_LIKE, t):
         return True
     if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
         return False
@@ -258,19 +266,21 @@ def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
 
 
 RULES = {
-    "off_policy_collapses": "supported if every method with an off-policy part ends collapsed in "
-                            "most seeds; contradicted if any ends stable in most seeds",
+    "off_policy_collapses": "supported if every method with an off-policy part ends collapsed (or "
+                            "near zero) in most seeds; contradicted if any ends stable in most "
+                            "seeds",
     "on_policy_works": "supported if the 95% CI of the gain over step 0 (seed level: t over "
                        "seeds on the per-seed paired gains, widened by question-sampling "
                        "variance; needs >= 2 seeds) is above 0; contradicted if below 0 or most "
-                       "seeds collapse",
+                       "seeds collapse (or end near zero)",
     "seeding_best": "paired seed-level t-test between every pair of methods (seed i with seed "
                     "i, same questions), Holm-corrected at `eval.claims.alpha` over every pair: "
                     "supported if teacher_seeded beats every other method, contradicted if "
                     "another method beats it, else no significant winner (one seed: descriptive)",
     "cliff_pattern": "reproduces the study's cliff iff every method with an off-policy part "
                      "collapses AND every pure on-policy method survives; a group collapses when "
-                     "most seeds end collapsed vs their step 0 or, under a defect variant, its "
+                     "most seeds end collapsed vs their step 0 or near zero, or, under a defect "
+                     "variant, its "
                      "mean is collapsed vs the same method implemented correctly; destroys "
                      "every method if pure on-policy collapses too",
     "defects_cause_cliff": "supported if some defect variant reproduces the cliff pattern and the "
@@ -308,10 +318,3 @@ def study_claims(agg: Mapping) -> list[dict]:
             out.append({"claim": claim, "setup": setup, "variant": variant, "rule": rule,
                         "rule_text": RULES[rule], "verdict": verdict, "evidence": evidence})
     return out
-
-
-def render_claims(verdicts: Sequence[Mapping]) -> list[str]:
-    rows = [[v["claim"], v["setup"], f"**{v['verdict']}**", f"`{v.get('rule', '')}`", v["evidence"]]
-            for v in verdicts]
-    return table(["claim", "setup", "verdict", "rule", "evidence (correct implementation unless "
-                  "stated)"], rows) + ["", "Rules:", ""] + [f"- `{k}`: {t}" for k, t in RULES.items()]

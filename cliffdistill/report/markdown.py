@@ -32,7 +32,7 @@ def pp(x: Any) -> str:
     return f"{100.0 * x:+.1f} pp" if finite(x) else "n/a"
 
 
-def _count(x: Any) -> str:
+def compact_count(x: Any) -> str:
     """Compact counts: 950, 12.3k, 4.56M, 7.89G."""
     if not finite(x):
         return "n/a"
@@ -94,9 +94,10 @@ def _intro(agg: Mapping, generated_at: Optional[str]) -> list[str]:
         f"Runs: {c['runs']} ({c['done']} done, {c['failed']} failed, {c['pending']} not finished).",
         "",
         "Accuracy is held-out accuracy in % at the last evaluation of each finished run; "
-        "`±` is the half-width of the 95 % Student-t CI over seeds. Baseline CIs are Wilson 95 % intervals. "
+        "`±` is the half-width of the seed-level 95 % CI. Baseline CIs are Wilson 95 % intervals. "
         f"Status per run (final `f` vs the run's step-0 accuracy `s`): **collapsed** if f < {th['collapse_frac']}·s, "
-        f"or s ≥ {th['collapse_abs_min_start']} and f ≤ {th['collapse_abs']}; otherwise **stable** if "
+        f"or s ≥ {th['collapse_abs_min_start']} and f ≤ {th['collapse_abs']}; otherwise **near_zero** if "
+        f"f < {th['floor']} (an absolute floor); otherwise **stable** if "
         f"f ≥ {th['stable_frac']}·s; otherwise **partial** (the trainer's recorded status wins when present).",
         "",
     ]
@@ -292,8 +293,8 @@ def _closing(agg: Mapping) -> list[str]:
     out += [
         "## Total cost",
         "",
-        f"{total['runs']} runs, {_count(total['tokens_sampled'])} tokens sampled, "
-        f"{_count(total['tokens_scored'])} scored, {_count(total['tokens_trained'])} trained; "
+        f"{total['runs']} runs, {compact_count(total['tokens_sampled'])} tokens sampled, "
+        f"{compact_count(total['tokens_scored'])} scored, {compact_count(total['tokens_trained'])} trained; "
         f"{total['device_hours']:.3f} device-hours, ${total['usd']:.2f}.",
         "",
     ]
@@ -322,9 +323,9 @@ def _cost_row(label: str, c: Mapping) -> list[str]:
     return [
         label,
         str(c["runs"]),
-        _count(c["tokens_sampled"]),
-        _count(c["tokens_scored"]),
-        _count(c["tokens_trained"]),
+        compact_count(c["tokens_sampled"]),
+        compact_count(c["tokens_scored"]),
+        compact_count(c["tokens_trained"]),
         f"{c['seconds_rollout']:.1f}",
         f"{c['seconds_score']:.1f}",
         f"{c['seconds_update']:.1f}",
@@ -350,6 +351,8 @@ _CSV_COLUMNS = (
     "stable",
     "partial",
     "collapsed",
+    "near_zero",
+    "transient_collapse",
     "best_mean",
     "best_max",
     "start_mean",

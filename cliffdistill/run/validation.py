@@ -139,6 +139,7 @@ RULES: dict[str, Rule] = {
     "eval.study_every": count(0, "0 = only the first and the final eval"),
     "eval.status.collapse_abs": fraction(), "eval.status.collapse_abs_min_start": fraction(),
     "eval.status.collapse_frac": fraction(), "eval.status.stable_frac": fraction(),
+    "eval.status.floor": fraction(),
     "checkpoint.every": count(1), "checkpoint.keep": count(1),
     "log_every": count(1),
     "mesh.data": count(1), "mesh.fsdp": count(1), "mesh.tensor": count(1), "mesh.expert": count(1),

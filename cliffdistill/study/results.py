@@ -20,6 +20,7 @@ import ml_collections
 from cliffdistill.engine.defects import TRAINING_DEFECTS
 from cliffdistill import report
 from cliffdistill.report import retention as report_retention
+from cliffdistill.report import summary as report_summary
 from cliffdistill.run import rundir
 from cliffdistill.study import testbed
 from cliffdistill.stats import pct
@@ -29,6 +30,9 @@ from cliffdistill.study import retention
 
 
 CLAIMS_FILE = "claims.json"
+CONFIG_FILE = "config.json"  # the testbed's and the sweep's settings, linked from RESULTS.md
+#: Where `publish` puts RESULTS.md's companions (plots, claims, config, the full report) under docs/.
+RESULTS_SUBDIR = "results"
 RETENTION_JSON = "retention.json"
 
 
@@ -137,13 +141,45 @@ def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int,
+                 seeds: int) -> list[str]:
+    """What this testbed can and cannot show, in plain words, with its own numbers."""
+    s, x = tb["size"], tb["context"]
+    return [
+        f"The testbed is a miniature: toy models (a {s['student']['params']:,}-parameter student, "
+        f"a {s['teacher']['params']:,}-parameter teacher), a synthetic arithmetic task, "
+        f"{num_steps}-step runs and {seeds} seeds per method. It can show whether the study's "
+        "*mechanism* reproduces -- whether correctly implemented off-policy methods collapse, "
+        "whether the study's implementation defects produce its cliff -- not what happens at "
+        "4B-70B scale. The `size` setup's headroom is one fact (the value of a unit only the "
+        f"teacher learned in pretraining): teacher {pct(s['teacher']['accuracy'])}%, student "
+        f"{pct(s['student']['accuracy'])}%, and the method-neutral oracle (supervised training on "
+        f"the ground truth) reaches {pct(s['oracle']['accuracy'])}% -- most of the "
+        "teacher-student gap is capacity no method can close in these runs, so the setup tests a "
+        "knowledge gap, not the study's premise of a reasoning gap that mimicry fails to bridge. "
+        f"Its teacher was pretrained for {prepare_cfg['teacher']['steps']:,} steps only, to fit "
+        "the job's time budget (longer pretraining gives a stronger teacher: docs/PERFORMANCE.md). "
+        f"The `context` setup distils a prompt (k solved examples; teacher {pct(x['teacher']['accuracy'])}%"
+        f" with them, {pct(x['student']['accuracy'])}% without): one context value per seed, so "
+        f"seed variance there includes task heterogeneity. With {seeds} seeds a t-test has "
+        f"{seeds - 1} degree(s) of freedom: only large, consistent differences clear a Holm family "
+        "of all method pairs.",
+    ]
+
+
 def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode: design.Mode,
                   sweep_cfg: ml_collections.ConfigDict, workers: int = 1) -> Path:
-    """RESULTS.md: when/where/how it ran, the testbed's checks, the verdicts, the report."""
+    """RESULTS.md, readable top to bottom in minutes: when/where/how it ran, what the testbed can
+    show, one compact table per setup, the verdicts, plots, retention, the testbed's checks.
+    The configuration goes to config.json and the full report stays in REPORT.md (linked)."""
     agg = report.aggregate(workdir)
     tb = prepared.testbed
     verdicts = testbed.gate_claims(report.study_claims(agg), tb)
     m = machine()
+    num_steps = sweep_cfg.base_overrides.schedule.num_steps
+    config = {"testbed": prepared.report["config"], "runs": _config_summary(sweep_cfg)}
+    rundir.write_text(workdir / CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True) + "\n")
+    per_value = tb["context"]["per_value"]
     lines = [
         "# Results of `python -m cliffdistill.main" + design.FLAGS[mode.name] + "`", "",
         f"- date: {datetime.date.today().isoformat()}",
@@ -156,33 +192,44 @@ def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode:
         f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
         f"{', '.join(design.FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
         "touch reuses its correct run; `--full`: 5 and 3 seeds and every pair of defects)",
-        "", "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
-        *testbed_lines(tb), "",
-        "## The study's claims on this testbed", "",
-        *report.render_claims(verdicts), "",
-        f"The testbed is a miniature: toy models, a synthetic task and "
-        f"{sweep_cfg.base_overrides.schedule.num_steps}-step runs. A verdict "
-        "here says whether the *mechanism* reproduces, not what happens at 4B-70B scale.", "",
-        "## Retention: what the student knew before distillation, at step 0 and at the end", "",
-        f"`{retention.TASK}` is the toy arithmetic benchmark (`cliffdistill.study.retention`): "
-        "one equation of a held-out plain problem cut after its `=`, the true result against "
-        "three near misses, scored by log-likelihood (acc). Change = end - step 0 on the same "
-        "documents; its 95% CI is the t-interval over the seeds' changes.", "",
-        *report_retention.markdown(report_retention.group(report_retention.run_rows(workdir))), "",
-        "The plain task (greedy, the context setup's student; its step-0 accuracy measured by "
-        "`prepare`):", "",
-        *retention_lines(retention_rows(workdir)), "",
-        "## Configuration", "",
-        "Toy testbed (`cliffdistill.study.toy.default_prepare_config`):", "",
-        "```json", json.dumps(prepared.report["config"], indent=1, sort_keys=True), "```", "",
-        "Run config: `configs/toy.py` with these sweep settings (model paths point into the "
-        "testbed):", "",
-        "```json", json.dumps(_config_summary(sweep_cfg), indent=1, sort_keys=True), "```", "",
-        "## Full report", "",
+        f"- configuration (testbed and run settings): [{CONFIG_FILE}]({CONFIG_FILE}); "
+        f"the full report (baselines, every defect variant side by side, diagnostics, cost): "
+        f"[{report.REPORT_MD}]({report.REPORT_MD})",
+        "", "## What this testbed can and cannot show", "",
+        *limits_lines(tb, prepared.report["config"], num_steps, mode.correct_seeds), "",
+        "## Results per setup (correct implementation)", "",
     ]
-    body = (workdir / report.REPORT_MD).read_text()
+    for setup in agg["setups"]:
+        lines += [f"### `{setup}`", "", *report_summary.method_table(agg, setup), ""]
+        if setup == "context":
+            lines += ["Baselines per context value (measured by `prepare`; seed i trains on value "
+                      f"{', '.join(map(str, per_value))} in turn):", "",
+                      "| context value | teacher (with context) | format-only context | student "
+                      "(no context) | oracle |", "|---|---|---|---|---|",
+                      *(f"| {v} | {pct(r['teacher'], missing='-', unit='%')} | "
+                        f"{pct(r['format_only'], missing='-', unit='%')} | "
+                        f"{pct(r['student'], missing='-', unit='%')} | "
+                        f"{pct(r['oracle'], missing='-', unit='%')} |" for v, r in per_value.items()),
+                      ""]
+    lines += [report_summary.METHOD_LEGEND, "",
+              "## The study's claims on this testbed", "",
+              *report_summary.verdict_table(verdicts), "",
+              "## Plots", "",
+              *(f"![{Path(rel).stem}]({rel})" + "\n" for rel in sorted(
+                  str(p.relative_to(workdir)) for p in (workdir / report.PLOTS_DIR).glob("accuracy_*.png"))),
+              "## Retention: what the student knew before distillation, at step 0 and at the end", "",
+              f"`{retention.TASK}` is the toy arithmetic benchmark (`cliffdistill.study.retention`): "
+              "one equation of a held-out plain problem cut after its `=`, the true result against "
+              "three near misses, scored by log-likelihood (acc). Change = end - step 0 on the same "
+              "documents; its 95% CI is the t-interval over the seeds' changes.", "",
+              *report_retention.markdown(report_retention.group(report_retention.run_rows(workdir))), "",
+              "The plain task (greedy, the context setup's student; its step-0 accuracy measured by "
+              "`prepare`):", "",
+              *retention_lines(retention_rows(workdir)), "",
+              "## Testbed (measured by `prepare`, greedy, held-out synthetic problems)", "",
+              *testbed_lines(tb), ""]
     path = workdir / "RESULTS.md"
-    rundir.write_text(path, "\n".join(lines) + "\n" + body)
+    rundir.write_text(path, "\n".join(lines))
     rundir.write_text(workdir / CLAIMS_FILE, json.dumps(verdicts, indent=2, sort_keys=True))
     return path
 
@@ -199,16 +246,22 @@ def toy_claims_summary(workdir: Path) -> list[str]:
 
 
 def publish(workdir: Path, docs: Path) -> list[Path]:
-    """Copies a main run's RESULTS.md to docs/RESULTS.md and its plots, testbed.json and
-    claims.json to docs/results/ (plot links rewritten): what the repository shows as results."""
-    out = docs / "results"
+    """Copies a main run's RESULTS.md to docs/RESULTS.md and its plots, testbed.json, claims.json,
+    config.json and REPORT.md to docs/results/ (plot links rewritten): what the repository shows
+    as results."""
+    out = docs / RESULTS_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for png in sorted((workdir / "plots").glob("*.png")):
         written.append(Path(shutil.copy2(png, out / png.name)))
-    for name in (testbed.TESTBED_JSON, CLAIMS_FILE):
+    for name in (testbed.TESTBED_JSON, CLAIMS_FILE, CONFIG_FILE):
         written.append(Path(shutil.copy2(workdir / name, out / name)))
-    text = (workdir / "RESULTS.md").read_text().replace("](plots/", "](results/")
+    full = (workdir / report.REPORT_MD).read_text().replace("](plots/", "](")
+    rundir.write_text(out / report.REPORT_MD, full)
+    written.append(out / report.REPORT_MD)
+    text = (workdir / "RESULTS.md").read_text().replace("](plots/", f"]({RESULTS_SUBDIR}/")
+    for name in (CONFIG_FILE, report.REPORT_MD):
+        text = text.replace(f"]({name})", f"]({RESULTS_SUBDIR}/{name})")
     rundir.write_text(docs / "RESULTS.md", text)
     return written + [docs / "RESULTS.md"]
 
