@@ -74,9 +74,12 @@ def test_main_pipeline_micro(tmp_path):
     assert len(sweep_result.ran) == 2 * 4  # 2 methods x (2 setups x {correct, defects})
     text = results_md.read_text()
     for needle in ("## Testbed", "NOT TESTABLE", "The study's claims on this testbed", "Retention",
-                   "Setup `size`", "Setup `context`", "on_policy_gkd", "off_policy",
-                   "format-only"):
+                   "### `size`", "### `context`", "on_policy_gkd", "off_policy",
+                   "format-only", "What this testbed can and cannot show",
+                   "[config.json](config.json)", "[REPORT.md](REPORT.md)"):
         assert needle in text, needle
+    assert "Setup `size`" in (run / report.REPORT_MD).read_text()  # the full report, linked
+    assert json.loads((run / results.CONFIG_FILE).read_text())["runs"]["runs"]
     tb = json.loads((run / testbed.TESTBED_JSON).read_text())
     for key in TESTBED_KEYS:
         _get(tb, key)
@@ -103,7 +106,9 @@ def test_main_pipeline_micro(tmp_path):
     assert prepared["student"]["snapshot_step"] in (10, 20)
     published = results.publish(run, tmp_path / "docs")
     assert (tmp_path / "docs" / "results" / testbed.TESTBED_JSON).exists()
-    assert "](results/" in (tmp_path / "docs" / "RESULTS.md").read_text() and len(published) > 3
+    docs_text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "](results/" in docs_text and "](results/config.json)" in docs_text
+    assert (tmp_path / "docs" / "results" / report.REPORT_MD).exists() and len(published) > 3
     # a second call reuses the testbed and skips every finished run
     _, again = modes.run_smoke(run, tmp_path / "cache")
     assert again.ran == [] and len(again.skipped) == 8
