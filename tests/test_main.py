@@ -135,3 +135,17 @@ def _worker_processes_compute_what_one_process_computes(tmp_path, cache, run):
                 for d in (worker_run, tmp_path / "rerun")]
         assert rows[0] == rows[1], name
 
+
+
+def test_limits_paragraph_derives_the_headroom_sentence_from_the_testbed():
+    """The 'what the testbed can show' sentence follows the oracle and teacher numbers: it says
+    the gap is capacity only when the oracle closes less than half of it."""
+    def setup(teacher: float, student: float, oracle: float) -> dict:
+        return {"teacher": {"accuracy": teacher}, "student": {"accuracy": student},
+                "oracle": {"accuracy": oracle}}
+
+    narrow = results.headroom_phrase(setup(0.773, 0.066, 0.295))
+    assert "22.9 of the 70.7 pp" in narrow and "(32%)" in narrow and "capacity" in narrow
+    wide = results.headroom_phrase(setup(0.95, 0.05, 0.80))
+    assert "(83%)" in wide and "within the student's reach" in wide and "capacity" not in wide
+    assert "no gap" in results.headroom_phrase(setup(0.10, 0.20, 0.30))

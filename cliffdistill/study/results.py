@@ -141,6 +141,20 @@ def retention_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def headroom_phrase(setup: dict[str, Any]) -> str:
+    """How much of the teacher-student gap the method-neutral oracle closes, in words: the part
+    it does not close is beyond what training the student on the ground truth reaches."""
+    teacher, student, oracle = (setup[k]["accuracy"] for k in ("teacher", "student", "oracle"))
+    gap, closed = teacher - student, oracle - student
+    if gap <= 0:
+        return "the student is not below the teacher, so there is no gap to close"
+    share = min(max(closed / gap, 0.0), 1.0)
+    where = ("most of the gap is capacity no method closes in these runs" if share < 0.5 else
+             "most of the gap is within the student's reach")
+    return (f"the oracle closes {pct(closed)} of the {pct(gap)} pp teacher-student gap "
+            f"({share:.0%}): {where}")
+
+
 def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int,
                  seeds: int) -> list[str]:
     """What this testbed can and cannot show, in plain words, with its own numbers."""
@@ -154,9 +168,9 @@ def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int
         "4B-70B scale. The `size` setup's headroom is one fact (the value of a unit only the "
         f"teacher learned in pretraining): teacher {pct(s['teacher']['accuracy'])}%, student "
         f"{pct(s['student']['accuracy'])}%, and the method-neutral oracle (supervised training on "
-        f"the ground truth) reaches {pct(s['oracle']['accuracy'])}% -- most of the "
-        "teacher-student gap is capacity no method can close in these runs, so the setup tests a "
-        "knowledge gap, not the study's premise of a reasoning gap that mimicry fails to bridge. "
+        f"the ground truth) reaches {pct(s['oracle']['accuracy'])}% -- {headroom_phrase(s)}; the "
+        "setup tests a knowledge gap, not the study's premise of a reasoning gap that mimicry "
+        "fails to bridge. "
         f"Its teacher was pretrained for {prepare_cfg['teacher']['steps']:,} steps only, to fit "
         "the job's time budget (longer pretraining gives a stronger teacher: docs/PERFORMANCE.md). "
         f"The `context` setup distils a prompt (k solved examples; teacher {pct(x['teacher']['accuracy'])}%"
