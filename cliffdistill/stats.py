@@ -155,6 +155,10 @@ def default_claim_thresholds() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.alpha = 0.05  # family-wise error rate of the pairwise method comparisons (Holm)
     c.majority = 0.5  # a group "is" collapsed/stable when more than this share of its seeds is
+    # the cliff-pattern verdicts re-derived with the status rule's `collapse_frac` (0.25) moved to
+    # each of these: a verdict that flips within them sits on its threshold
+    c.collapse_frac_low = 0.2
+    c.collapse_frac_high = 0.3
     return c
 
 

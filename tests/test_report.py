@@ -619,3 +619,37 @@ def test_results_summary_tables_are_compact_and_paired_with_teacher_seeded():
     text = "\n".join(summary.verdict_table(verdicts))
     assert text.count(" / ".join(stats.STATUSES)) == 1  # the legend, once
     assert "transient_collapse)" not in text.split("Numbers:")[0]  # never inside a cell
+
+
+def test_cliff_verdicts_show_their_margin_and_flip_where_the_threshold_moves():
+    """A defect variant whose off-policy methods end at 24% of their correct runs reproduces the
+    cliff at collapse_frac 0.25 and 0.3 but not at 0.2: the row says so, shows the margin to the
+    threshold, and names the affected methods that did not run under the defect."""
+    from cliffdistill.report import claims as claims_lib
+
+    def group(method, finals, variant="correct"):
+        g = _claim_group(method, finals, 0.03, ["stable"] * len(finals), variant=variant)
+        return {**g, "final_per_seed": finals, "start_per_seed": [0.03] * len(finals)}
+
+    off = ("hybrid", "mixture", "kl_anchored", "off_policy")
+    groups = [group(m, [0.5, 0.5, 0.5]) for m in off + ("on_policy_gkd",)]
+    groups += [group(m, [0.12, 0.12, 0.12], "unshifted_off_policy") for m in off]
+    v = _by(report.study_claims({"setups": ["size"], "groups": groups}))
+    row = v[("Cliff pattern under `unshifted_off_policy`", "unshifted_off_policy")]
+    assert row["verdict"] == claims_lib.REPRODUCES
+    assert "closest to the collapse threshold: hybrid 12.0 vs 12.5 (0.25 x 50.0, its correct " \
+           "run), -0.5 pp" in row["evidence"]
+    assert (f"at collapse_frac 0.2 / 0.3: {claims_lib.NO_CLIFF} / {claims_lib.REPRODUCES}"
+            in row["evidence"])
+    assert "though it touches them: replay_buffer, reverse_curriculum" in row["evidence"]
+    defects = v[("The study's picture is produced by its implementation defects", None)]
+    assert defects["verdict"] == "supported"
+    assert defects["evidence"].endswith("at collapse_frac 0.2 / 0.3: inconclusive / supported")
+    # the seeds' own statuses are re-derived too (vs their step 0 of 55%)
+    g = {"g": {**group("hybrid", [0.10, 0.12, 0.20]), "start_per_seed": [0.55] * 3}}
+    at_02 = claims_lib.groups_at(g, claims_lib.status_thresholds_at(0.2))["g"]["status_counts"]
+    at_03 = claims_lib.groups_at(g, claims_lib.status_thresholds_at(0.3))["g"]["status_counts"]
+    assert (at_02["collapsed"], at_02["partial"]) == (1, 2)  # below 11%: 10% only
+    assert (at_03["collapsed"], at_03["partial"]) == (2, 1)  # below 16.5%: 10% and 12%
+    assert claims_lib.groups_at({"g": {**g["g"], "start_per_seed": [None] * 3}},
+                                claims_lib.status_thresholds_at(0.2)) is None

@@ -288,6 +288,7 @@ def summarize_group(key: tuple[str, str, str], runs: Sequence[Mapping]) -> dict:
         "variant": variant,
         "seeds": [r["seed"] for r in done],
         "final_per_seed": finals,
+        "start_per_seed": [r["start_accuracy"] for r in done],  # None where not recorded
         # [seed][question] 0/1 of the final and the step-0 evals (None where not recorded)
         "final_per_question": [r["final_per_question"] for r in done],
         "start_per_question": [r["start_per_question"] for r in done],

@@ -206,7 +206,8 @@ def claim_seeding_best(groups: Mapping[str, Mapping], t: Optional[Thresholds] = 
                                        "; no significant winner")
 
 
-def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None) -> bool:
+def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds] = None,
+               status_t: Optional[ml_collections.ConfigDict] = None) -> bool:
     """A group collapses under a variant: most of its seeds end collapsed (vs their own step 0),
     or, for a defect variant, its mean is collapsed relative to the same method implemented
     correctly (`reference`). The second test is what makes "collapse" meaningful when the
@@ -217,11 +218,12 @@ def _collapses(g: Mapping, reference: Optional[Mapping], t: Optional[Thresholds]
         return True
     if reference is None or not finite(g.get("final_mean")) or not finite(reference.get("final_mean")):
         return False
-    return stats.classify_status(g["final_mean"], reference["final_mean"]) == "collapsed"
+    return stats.classify_status(g["final_mean"], reference["final_mean"], status_t) == "collapsed"
 
 
 def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]] = None,
-                  t: Optional[Thresholds] = None) -> tuple[str, str]:
+                  t: Optional[Thresholds] = None,
+                  status_t: Optional[ml_collections.ConfigDict] = None) -> tuple[str, str]:
     """The study's picture in one rule: every method with an off-policy part collapses AND every
     pure on-policy method survives (`_collapses`: most seeds collapsed vs step 0, or, under a
     defect variant, the mean collapsed relative to the correct implementation's, `reference`).
@@ -229,7 +231,9 @@ def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str
     reproduces the study's cliff: off-policy parts all collapse, pure on-policy all survive;
     destroys every method: everything collapses, pure on-policy included; no cliff: some method
     with an off-policy part does not collapse; inconclusive: some but not all pure on-policy
-    methods survive; no data: a side of the comparison has no finished runs.
+    methods survive; no data: a side of the comparison has no finished runs. `status_t`: the
+    status thresholds of the comparison with the correct implementation (default
+    `stats.default_status_thresholds`).
     """
     off = [groups[m] for m in OFF_POLICY_METHODS if m in groups]
     on = [groups[m] for m in ON_POLICY_METHODS if m in groups]
@@ -241,12 +245,70 @@ def cliff_pattern(groups: Mapping[str, Mapping], reference: Optional[Mapping[str
             f"{g['method']} {pct(reference[g['method']]['final_mean'])}" for g in off + on
             if g["method"] in reference)
     ref = reference or {}
-    if not all(_collapses(g, ref.get(g["method"]), t) for g in off):
+    if not all(_collapses(g, ref.get(g["method"]), t, status_t) for g in off):
         return NO_CLIFF, evidence
-    survived = [not _collapses(g, ref.get(g["method"]), t) for g in on]
+    survived = [not _collapses(g, ref.get(g["method"]), t, status_t) for g in on]
     if all(survived):
         return REPRODUCES, evidence
     return (DESTROYS if not any(survived) else "inconclusive"), evidence
+
+
+def status_thresholds_at(collapse_frac: float) -> ml_collections.ConfigDict:
+    """The default status thresholds with another `collapse_frac` (the sensitivity analysis)."""
+    st = stats.default_status_thresholds()
+    st.collapse_frac = float(collapse_frac)
+    return st
+
+
+def groups_at(groups: Mapping[str, Mapping], status_t: ml_collections.ConfigDict
+              ) -> Optional[dict[str, Mapping]]:
+    """The groups with each seed's final status re-derived under `status_t` from its final and
+    step-0 accuracies (`stats.classify_status`), or None when some seed lacks them."""
+    out = {}
+    for m, g in groups.items():
+        finals, starts = g.get("final_per_seed") or [], g.get("start_per_seed") or []
+        if len(finals) != g["n_done"] or len(starts) != len(finals) or not all(
+                finite(x) for x in finals + starts):
+            return None
+        counts = {s: 0 for s in stats.STATUSES}
+        for f, s0 in zip(finals, starts):
+            counts[stats.classify_status(f, s0, status_t)] += 1
+        out[m] = {**g, "status_counts": counts}
+    return out
+
+
+def collapse_margin(groups: Mapping[str, Mapping], reference: Optional[Mapping[str, Mapping]]
+                    ) -> str:
+    """How far the decision nearest to the relative collapse threshold is from it: of the groups
+    the cliff pattern reads, the one whose mean final is closest to `collapse_frac` x its basis
+    (the correct implementation's mean under a defect variant, else its own step 0), in pp."""
+    frac = stats.default_status_thresholds().collapse_frac
+    best = None
+    for m in OFF_POLICY_METHODS + ON_POLICY_METHODS:
+        g = groups.get(m)
+        if g is None:
+            continue
+        basis = (reference or {}).get(m, {}).get("final_mean") if reference else g.get("start_mean")
+        if not finite(g.get("final_mean")) or not finite(basis):
+            continue
+        margin = g["final_mean"] - frac * basis
+        if best is None or abs(margin) < abs(best[1]):
+            best = (m, margin, g["final_mean"], basis)
+    if best is None:
+        return ""
+    m, margin, final, basis = best
+    of = "its correct run" if reference else "its step 0"
+    return (f"closest to the collapse threshold: {m} {pct(final)} vs {pct(frac * basis)} "
+            f"({frac:g} x {pct(basis)}, {of}), {pp(margin)}")
+
+
+def missing_affected(groups: Mapping[str, Mapping], setup: str, variant: str) -> list[str]:
+    """Study methods a defect variant's defects touch on `setup` that did not run under it."""
+    defects = variant.split("+")
+    if variant == CORRECT or not set(defects) <= set(TRAINING_DEFECTS):
+        return []
+    return [m for m in methods.STUDY_METHODS if m not in groups
+            and any(defect_applies(d, m, setup) for d in defects)]
 
 
 def _claim_defects_cause_cliff(patterns: Mapping[str, str]) -> tuple[str, str]:
@@ -282,11 +344,37 @@ RULES = {
                      "most seeds end collapsed vs their step 0 or near zero, or, under a defect "
                      "variant, its "
                      "mean is collapsed vs the same method implemented correctly; destroys "
-                     "every method if pure on-policy collapses too",
+                     "every method if pure on-policy collapses too; each row shows the decision "
+                     "nearest to the collapse threshold (collapse_frac 0.25) and the pattern at "
+                     "`eval.claims.collapse_frac_low` / `_high` (0.2 / 0.3), and names the "
+                     "methods a defect touches that did not run under it",
     "defects_cause_cliff": "supported if some defect variant reproduces the cliff pattern and the "
                            "correct implementation does not; contradicted if the correct "
                            "implementation reproduces it; else inconclusive",
 }
+
+
+def _patterns_at(by_variant: Mapping[str, Mapping[str, Mapping]], collapse_frac: float,
+                 t: Thresholds) -> Optional[dict[str, str]]:
+    """Every variant's cliff pattern with the status rule's `collapse_frac` moved to
+    `collapse_frac` (seed statuses and the comparison with the correct implementation), or None
+    when some seed's accuracies are not recorded."""
+    st = status_thresholds_at(collapse_frac)
+    regrouped = {v: groups_at(gs, st) for v, gs in by_variant.items()}
+    if any(gs is None for gs in regrouped.values()):
+        return None
+    correct = regrouped.get(CORRECT, {})
+    return {v: cliff_pattern(gs, None if v == CORRECT else correct, t, st)[0]
+            for v, gs in regrouped.items()}
+
+
+def _sensitivity_note(verdicts: Mapping[float, Optional[str]]) -> str:
+    """``at collapse_frac 0.2 / 0.3: no cliff / no cliff``, or "" without the numbers."""
+    if not verdicts or any(v is None for v in verdicts.values()):
+        return ""
+    fracs = sorted(verdicts)
+    return (f"at collapse_frac {' / '.join(f'{f:g}' for f in fracs)}: "
+            + " / ".join(verdicts[f] for f in fracs))
 
 
 def study_claims(agg: Mapping) -> list[dict]:
@@ -303,6 +391,21 @@ def study_claims(agg: Mapping) -> list[dict]:
         judged = {v: cliff_pattern(gs, None if v == CORRECT else correct, t)
                   for v, gs in by_variant.items()}
         patterns = {v: p for v, (p, _) in judged.items()}
+        fracs = (t.get("collapse_frac_low"), t.get("collapse_frac_high"))
+        at = {f: _patterns_at(by_variant, f, t) for f in fracs if f is not None}
+        for v, (p, evidence) in judged.items():
+            notes = [collapse_margin(by_variant[v], None if v == CORRECT else correct),
+                     _sensitivity_note({f: ps.get(v) if ps else None for f, ps in at.items()})]
+            missing = missing_affected(by_variant[v], setup, v)
+            if missing:
+                notes.append("not run under this variant though it touches them: "
+                             + ", ".join(missing))
+            judged[v] = (p, "; ".join([evidence] + [n for n in notes if n]))
+        defects_verdict, defects_evidence = _claim_defects_cause_cliff(patterns)
+        defects_note = _sensitivity_note(
+            {f: _claim_defects_cause_cliff(ps)[0] if ps else None for f, ps in at.items()})
+        if defects_note:
+            defects_evidence += "; " + defects_note
         rows = [
             ("Every method with an off-policy part collapses", "off_policy_collapses", CORRECT,
              _claim_off_policy_collapse(correct, t)),
@@ -311,7 +414,7 @@ def study_claims(agg: Mapping) -> list[dict]:
             ("Teacher seeding is the best method", "seeding_best", CORRECT,
              claim_seeding_best(correct, t)),
             ("The study's picture is produced by its implementation defects",
-             "defects_cause_cliff", None, _claim_defects_cause_cliff(patterns)),
+             "defects_cause_cliff", None, (defects_verdict, defects_evidence)),
         ]
         rows += [(f"Cliff pattern under `{v}`", "cliff_pattern", v, judged[v]) for v in by_variant]
         for claim, rule, variant, (verdict, evidence) in rows:

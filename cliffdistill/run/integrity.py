@@ -28,6 +28,7 @@ FREE: dict[str, str] = {
     "eval.every": "evaluation cadence (every eval scores the same questions the same way)",
     "eval.study_every": "cadence of the study-protocol eval",
     "eval.step0_cache_dir": "where the step-0 eval cache lives",
+    "eval.claims": "the report's verdict thresholds (read by the report, never by training)",
     "checkpoint": "checkpoint cadence, retention and async saving (resumes are bit-identical)",
     "off_policy.cache_dir": "where the teacher-sample cache lives (its content is keyed by "
                             "the fields that make it)",

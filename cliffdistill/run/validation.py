@@ -134,6 +134,8 @@ RULES: dict[str, Rule] = {
     "eval.benchmarks.batch_size": count(1), "eval.benchmarks.max_new_tokens": count(1),
     "eval.claims.alpha": fraction("family-wise error rate", open_lo=True, open_hi=True),
     "eval.claims.majority": fraction("share of seeds", open_hi=True),
+    "eval.claims.collapse_frac_low": fraction("collapse_frac of the sensitivity analysis"),
+    "eval.claims.collapse_frac_high": fraction("collapse_frac of the sensitivity analysis"),
     "eval.study_n": count(1, "train questions of the study's eval protocol"),
     "eval.study_max_new_tokens": count(1),
     "eval.study_every": count(0, "0 = only the first and the final eval"),

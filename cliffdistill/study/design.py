@@ -47,6 +47,13 @@ class Mode:
     # ... of a defect-variant run (None: `evals`): its verdict reads its final eval against the
     # correct implementation's, so its curve can be coarser than the correct runs'
     defect_evals: int | None = None
+    # methods of the defect factorial (None: FACTORIAL_METHODS); a defect runs on each of them
+    # that it touches. `--full`: every study method, so no affected method is left out
+    factorial: tuple[str, ...] | None = None
+
+    @property
+    def factorial_methods(self) -> tuple[str, ...]:
+        return self.factorial if self.factorial is not None else FACTORIAL_METHODS
 
 
 MODES = {
@@ -57,9 +64,11 @@ MODES = {
     # the default (target: 30 min cold on 2 CPU cores; measured in README): every verdict
     # decided, fewer defect seeds, defect variants evaluated at half-time and the end
     "default": Mode("default", correct_seeds=3, defect_seeds=1, defect_evals=2),
-    # the whole factorial: >= 5 correct seeds, >= 3 per defect row, every pair of defects (its
-    # evaluation steps are the default's, so it reuses the default's runs)
-    "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True, defect_evals=2),
+    # the whole factorial: >= 5 correct seeds, >= 3 per defect row, every pair of defects, every
+    # method a defect touches (its evaluation steps are the default's, so it reuses the
+    # default's runs)
+    "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True, defect_evals=2,
+                 factorial=METHODS),
 }
 #: Documents of the toy retention benchmark (`study.retention`), scored by every correctly
 #: implemented run at step 0 and at its end.
@@ -99,7 +108,7 @@ def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[s
 
 
 def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
-                 factorial_methods: Sequence[str] = FACTORIAL_METHODS, steps: int | None = None,
+                 factorial_methods: Sequence[str] | None = None, steps: int | None = None,
                  overrides: dict[str, Any] | None = None,
                  context_values: Sequence[int] | None = None,
                  benchmarks: str = "") -> ml_collections.ConfigDict:
@@ -110,6 +119,7 @@ def sweep_config(root: Path, mode: Mode, methods: Sequence[str] = METHODS,
     retention table; a defect variant's retention is not reported)."""
 
     context_values = tuple(context_values or (toy_config.DEFAULT_CONTEXT_VALUE,))
+    factorial_methods = mode.factorial_methods if factorial_methods is None else factorial_methods
     overrides = dict(overrides or {})
     overrides.setdefault("schedule.seed_max_tokens", seed_tokens(
         toy_config.BUDGET.seed_fraction, overrides.get("rollout.max_new_tokens", toy_config.BUDGET.max_new_tokens)))

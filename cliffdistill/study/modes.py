@@ -102,7 +102,7 @@ def _prepare(workdir: Path, cache_dir: Path, prepare_cfg: ml_collections.ConfigD
 
 def run_main(workdir: Path, cache_dir: Path, mode: design.Mode, *,
              prepare_cfg: ml_collections.ConfigDict | None = None,
-             methods: tuple[str, ...] = design.METHODS, factorial_methods: tuple[str, ...] = design.FACTORIAL_METHODS,
+             methods: tuple[str, ...] = design.METHODS, factorial_methods: tuple[str, ...] | None = None,
              steps: int | None = None, overrides: dict[str, Any] | None = None,
              workers: int = 1, rebuild: bool = False) -> tuple[Path, Any]:
     """prepare -> sweep (`workers` runs at once) -> report; returns (RESULTS.md path, the sweep

@@ -181,6 +181,13 @@ def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int
     ]
 
 
+def defect_methods(sweep_cfg: ml_collections.ConfigDict) -> list[str]:
+    """The methods that run under some defect in the sweep, in the study's order."""
+    z = sweep_cfg.zip
+    ran = {m for i, m in enumerate(z.method) if any(z.ablation[d][i] for d in TRAINING_DEFECTS)}
+    return [m for m in design.METHODS if m in ran]
+
+
 def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode: design.Mode,
                   sweep_cfg: ml_collections.ConfigDict, workers: int = 1) -> Path:
     """RESULTS.md, readable top to bottom in minutes: when/where/how it ran, what the testbed can
@@ -204,8 +211,9 @@ def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode:
         f"{workers} at a time); this invocation {invocation_seconds:.0f} s",
         f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
         f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
-        f"{', '.join(design.FACTORIAL_METHODS)} x {mode.defect_seeds} seed(s) (a method a defect does not "
-        "touch reuses its correct run; `--full`: 5 and 3 seeds and every pair of defects)",
+        f"{', '.join(defect_methods(sweep_cfg))} x {mode.defect_seeds} seed(s) (a method a defect does not "
+        "touch reuses its correct run; `--full`: 5 and 3 seeds, every pair of defects, on every "
+        "method a defect touches)",
         f"- configuration (testbed and run settings): [{CONFIG_FILE}]({CONFIG_FILE}); "
         f"the full report (baselines, every defect variant side by side, diagnostics, cost): "
         f"[{report.REPORT_MD}]({report.REPORT_MD})",
