@@ -44,7 +44,8 @@ def test_sweep_config_cycles_context_values_and_scales_the_seed_prefix(tmp_path)
 
 
 def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_touches():
-    rows = design.sweep_rows(design.MODES["full"], design.METHODS, design.FACTORIAL_METHODS)
+    full = design.MODES["full"]
+    rows = design.sweep_rows(full, design.METHODS, full.factorial_methods)
     correct = [r for r in rows if not r[3]]
     assert len(correct) == 2 * len(design.METHODS) * 5
     combos = {(setup, defects) for setup, _, _, defects in rows if defects}
@@ -60,8 +61,13 @@ def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_t
         if defects:
             by_combo.setdefault((setup, defects), set()).add((method, seed))
     assert by_combo[("size", ("zero_kl_anchor",))] == {("kl_anchored", s) for s in range(3)}
+    # --full: every method a defect touches, replay_buffer and reverse_curriculum included
     assert {m for m, _ in by_combo[("size", ("unshifted_off_policy",))]} == {
-        "off_policy", "hybrid", "mixture", "kl_anchored"}
+        "off_policy", "hybrid", "mixture", "kl_anchored", "replay_buffer", "reverse_curriculum"}
+    default = design.MODES["default"]
+    assert {m for _, m, _, d in design.sweep_rows(default, design.METHODS,
+                                                   default.factorial_methods)
+            if d == ("unshifted_off_policy",)} == {"off_policy", "hybrid", "mixture", "kl_anchored"}
     assert "on_policy_gkd" not in {m for m, _ in by_combo[("context", ("unshifted_off_policy",))]}
 
 
