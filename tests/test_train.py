@@ -12,7 +12,7 @@ import pytest
 
 from cliffdistill import models, stats
 from cliffdistill.engine import losses, methods, sampling, scoring, update
-from cliffdistill.run import loop, rundir
+from cliffdistill.run import loop, offpolicy, rundir
 from cliffdistill.run import assembly
 from cliffdistill.models import transformer
 from cliffdistill.models import lora as lora_lib
@@ -76,6 +76,20 @@ def test_teacher_samples_are_cached_and_shared(tiny_pair, tmp_path):
         loop.run(cfg, tmp_path / "runs" / f"{method}{seed}", progress=False)
     cached = list((tmp_path / "runs" / "offpolicy_cache").glob("teacher_samples_*.npz"))
     assert len(cached) == 1  # one teacher-sample set for both methods and seeds
+
+
+def test_teacher_samples_per_run_seed(tiny_pair, tmp_path):
+    """off_policy.per_run_seed: each run seed draws its own samples (a different set), shared
+    by the methods run with that seed."""
+    for method, seed in (("hybrid", 0), ("mixture", 1), ("off_policy", 1)):
+        cfg = tiny_run_config(tiny_pair, method, steps=1)
+        cfg.seed, cfg.off_policy.per_run_seed = seed, True
+        assert offpolicy.sample_seed_of(cfg) == cfg.off_policy.seed + seed
+        loop.run(cfg, tmp_path / "runs" / f"{method}{seed}", progress=False)
+    cached = sorted((tmp_path / "runs" / "offpolicy_cache").glob("teacher_samples_*.npz"))
+    assert len(cached) == 2  # seeds 0 and 1; mixture and off_policy share seed 1's
+    a, b = (np.load(f) for f in cached)
+    assert not np.array_equal(a["tokens"], b["tokens"])
 
 
 def test_step0_eval_is_computed_once_and_shared(tiny_pair, tmp_path):

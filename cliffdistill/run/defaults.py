@@ -97,7 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.off_policy = ml_collections.ConfigDict(dict(
         temperature=1.0,  # teacher samples y ~ p_T(.|x~), generated once and cached on disk
         max_new_tokens=256,
-        seed=0,  # fixed: every method and run seed reuses the same teacher samples
+        seed=0,  # the samples' key (with per_run_seed: plus the run's `seed`)
+        # False: every method and run seed of a sweep reuses one set of teacher samples (cheap);
+        # True: each run seed draws its own (seed-level variance includes the samples')
+        per_run_seed=False,
         batch_size=64,  # prompts per off-policy batch
         cache_dir="",  # "" -> <workdir>/../offpolicy_cache (shared by a sweep's runs)
         gen_batch_size=64,  # prompts per generation call when building the cache

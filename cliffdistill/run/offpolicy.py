@@ -45,16 +45,25 @@ def checkpoint_identity(path: str) -> tuple:
     return (str(root),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
+def sample_seed_of(cfg: Any) -> int:
+    """The teacher samples' random seed: `off_policy.seed` (+ the run's seed, per_run_seed)."""
+    c = cfg.off_policy
+    return int(c.seed) + (int(cfg.seed) if c.per_run_seed else 0)
+
+
 def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Teacher completions (tokens [N, G], mask [N, G]) for every training prompt, cached.
 
-    The cache key covers the teacher checkpoint, its prompt view tokens and the sampling config;
-    not the method or the run seed, so every method and seed of a sweep reuses the same samples.
+    The cache key covers the teacher checkpoint, its prompt view tokens and the sampling config,
+    never the method: every method of a sweep reuses the same samples. The sampling seed is
+    `off_policy.seed`, plus the run's `seed` with `off_policy.per_run_seed` (then each run seed
+    has its own samples, shared by the methods run with that seed).
     """
     c = s.cfg.off_policy
+    sample_seed = sample_seed_of(s.cfg)
     teacher_path = s.cfg.teacher.path or s.cfg.student.path
     key = digest(checkpoint_identity(teacher_path), s.cfg.teacher.dtype, s.train.teacher,
-                  s.train.teacher_mask, c.temperature, c.max_new_tokens, c.seed, s.eos_ids,
+                  s.train.teacher_mask, c.temperature, c.max_new_tokens, sample_seed, s.eos_ids,
                   s.cfg.moe_impl)
     file = cache_dir / f"teacher_samples_{key}.npz"
     shape = (s.train.teacher.shape[0], prompts.bucket_length(c.max_new_tokens, 1))
@@ -63,7 +72,7 @@ def teacher_samples(s: Setup, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return cached
     out = sampling.generate_batched(
         s.teacher_cfg, s.teacher_params, None, s.train.teacher, s.train.teacher_mask,
-        jax.random.key(c.seed), sampling.SamplingParams.of(c.max_new_tokens, c.temperature),
+        jax.random.key(sample_seed), sampling.SamplingParams.of(c.max_new_tokens, c.temperature),
         batch_size=c.gen_batch_size, gen_len=shape[1],
         eos_ids=s.eos_ids, pad_id=s.pad_id, mesh=s.mesh, moe_impl=s.cfg.moe_impl)
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)

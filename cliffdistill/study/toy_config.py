@@ -133,7 +133,9 @@ def get_config(arg: str = "size") -> ml_collections.ConfigDict:
     c.rollout.update(batch_size=b.batch_size, max_new_tokens=b.max_new_tokens, max_prompt_len=128,
                      max_teacher_prompt_len=512, trim_multiple=b.trim_multiple,
                      match_update_widths=True)
-    c.off_policy.update(max_new_tokens=b.max_new_tokens, gen_batch_size=64)
+    # per_run_seed: each seed draws its own teacher samples, so the seed-level intervals include
+    # the samples' variance (#29; shared samples understate it)
+    c.off_policy.update(max_new_tokens=b.max_new_tokens, gen_batch_size=64, per_run_seed=True)
     c.replay.capacity = 128
     c.loss.update(vocab_chunk=4096, remat="none")
     c.optim.update(lr=b.lr)
