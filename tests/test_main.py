@@ -47,7 +47,9 @@ def test_factorial_rows_cover_each_defect_alone_and_together_on_the_methods_it_t
     full = design.MODES["full"]
     rows = design.sweep_rows(full, design.METHODS, full.factorial_methods)
     correct = [r for r in rows if not r[3]]
-    assert len(correct) == 2 * len(design.METHODS) * 5
+    # size: 5 seeds; context: 6, two per context value (seed i trains on value i mod 3)
+    assert len(correct) == len(design.METHODS) * (5 + 6)
+    assert full.seeds("size") == 5 and full.seeds("context") == 6
     combos = {(setup, defects) for setup, _, _, defects in rows if defects}
     for setup in ("size", "context"):
         singles = {d for s, c in combos if s == setup and len(c) == 1 for d in c}

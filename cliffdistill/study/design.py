@@ -50,6 +50,13 @@ class Mode:
     # methods of the defect factorial (None: FACTORIAL_METHODS); a defect runs on each of them
     # that it touches. `--full`: every study method, so no affected method is left out
     factorial: tuple[str, ...] | None = None
+    # seeds of every method on the context setup (None: correct_seeds); seed i trains on
+    # context value i mod n, so 2 x n seeds give every value two seeds (value and seed separate)
+    context_seeds: int | None = None
+
+    def seeds(self, setup: str) -> int:
+        """Seeds of every correctly implemented method on `setup`."""
+        return self.context_seeds if setup == "context" and self.context_seeds else self.correct_seeds
 
     @property
     def factorial_methods(self) -> tuple[str, ...]:
@@ -68,7 +75,7 @@ MODES = {
     # method a defect touches (its evaluation steps are the default's, so it reuses the
     # default's runs)
     "full": Mode("full", correct_seeds=5, defect_seeds=3, pairs=True, defect_evals=2,
-                 factorial=METHODS),
+                 factorial=METHODS, context_seeds=6),
 }
 #: Documents of the toy retention benchmark (`study.retention`), scored by every correctly
 #: implemented run at step 0 and at its end.
@@ -93,12 +100,12 @@ def defect_combinations(setup: str, methods: Sequence[str], each: bool = True,
 
 def sweep_rows(mode: Mode, methods: Sequence[str], factorial_methods: Sequence[str]
                ) -> list[tuple[str, str, int, tuple[str, ...]]]:
-    """(setup, method, seed, defects) of every run: each method x `correct_seeds` seeds,
+    """(setup, method, seed, defects) of every run: each method x `mode.seeds(setup)` seeds,
     correctly implemented; then each defect combination x the factorial methods it touches x
     `defect_seeds` seeds. A method no defect of a combination touches is not run under it -- its
     run would be identical to the correct one, which the report reuses."""
     rows = [(setup, m, seed, ()) for setup in SETUPS for m in methods
-            for seed in range(mode.correct_seeds)]
+            for seed in range(mode.seeds(setup))]
     for setup in SETUPS:
         for combo in defect_combinations(setup, factorial_methods, mode.each_defect, mode.pairs):
             rows += [(setup, m, seed, combo) for m in factorial_methods

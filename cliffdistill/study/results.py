@@ -155,14 +155,30 @@ def headroom_phrase(setup: dict[str, Any]) -> str:
             f"({share:.0%}): {where}")
 
 
+def seeds_text(mode: design.Mode) -> str:
+    size, context = mode.seeds("size"), mode.seeds("context")
+    return f"{size} seeds" if size == context else f"{size} (size) and {context} (context) seeds"
+
+
+def context_seed_text(mode: design.Mode, n_values: int) -> str:
+    """Whether seed and context value are separate factors in the context setup."""
+    per_value = mode.seeds("context") // n_values
+    if per_value >= 2:
+        return (f"seed i trains on context value i mod {n_values}, so each value has "
+                f"{per_value} seeds: value and seed are separate factors")
+    return ("one context value per seed, so seed variance there includes task heterogeneity "
+            "(`--full`: two seeds per value)")
+
+
 def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int,
-                 seeds: int) -> list[str]:
+                 mode: design.Mode) -> list[str]:
     """What this testbed can and cannot show, in plain words, with its own numbers."""
     s, x = tb["size"], tb["context"]
+    n_values = len(x.get("per_value") or {}) or 1
     return [
         f"The testbed is a miniature: toy models (a {s['student']['params']:,}-parameter student, "
         f"a {s['teacher']['params']:,}-parameter teacher), a synthetic arithmetic task, "
-        f"{num_steps}-step runs and {seeds} seeds per method. It can show whether the study's "
+        f"{num_steps}-step runs and {seeds_text(mode)} per method. It can show whether the study's "
         "*mechanism* reproduces -- whether correctly implemented off-policy methods collapse, "
         "whether the study's implementation defects produce its cliff -- not what happens at "
         "4B-70B scale. The `size` setup's headroom is one fact (the value of a unit only the "
@@ -174,9 +190,9 @@ def limits_lines(tb: dict[str, Any], prepare_cfg: dict[str, Any], num_steps: int
         f"Its teacher was pretrained for {prepare_cfg['teacher']['steps']:,} steps only, to fit "
         "the job's time budget (longer pretraining gives a stronger teacher: docs/PERFORMANCE.md). "
         f"The `context` setup distils a prompt (k solved examples; teacher {pct(x['teacher']['accuracy'])}%"
-        f" with them, {pct(x['student']['accuracy'])}% without): one context value per seed, so "
-        f"seed variance there includes task heterogeneity. With {seeds} seeds a t-test has "
-        f"{seeds - 1} degree(s) of freedom: only large, consistent differences clear a Holm family "
+        f" with them, {pct(x['student']['accuracy'])}% without): {context_seed_text(mode, n_values)}"
+        f". With {mode.seeds('size')} seeds a t-test has {mode.seeds('size') - 1} degree(s) of "
+        "freedom: only large, consistent differences clear a Holm family "
         "of all method pairs.",
     ]
 
@@ -209,16 +225,16 @@ def write_results(workdir: Path, prepared: Any, invocation_seconds: float, mode:
         f"- wall time: prepare {tb['prepare_seconds']['total']:.0f} s (the testbed's cold build), "
         f"runs {run_seconds(workdir):.0f} s (the sum of every run's wall time, over resumes, "
         f"{workers} at a time); this invocation {invocation_seconds:.0f} s",
-        f"- runs: {len(report.run_entries(workdir)[1])}: every method x {mode.correct_seeds} "
-        f"seed(s) per setup, correctly implemented; each study defect alone and all together on "
+        f"- runs: {len(report.run_entries(workdir)[1])}: every method x {seeds_text(mode)}, "
+        f"correctly implemented; each study defect alone and all together on "
         f"{', '.join(defect_methods(sweep_cfg))} x {mode.defect_seeds} seed(s) (a method a defect does not "
-        "touch reuses its correct run; `--full`: 5 and 3 seeds, every pair of defects, on every "
-        "method a defect touches)",
+        "touch reuses its correct run; `--full`: 5 (size) and 6 (context) seeds, 3 per defect row, "
+        "every pair of defects, on every method a defect touches)",
         f"- configuration (testbed and run settings): [{CONFIG_FILE}]({CONFIG_FILE}); "
         f"the full report (baselines, every defect variant side by side, diagnostics, cost): "
         f"[{report.REPORT_MD}]({report.REPORT_MD})",
         "", "## What this testbed can and cannot show", "",
-        *limits_lines(tb, prepared.report["config"], num_steps, mode.correct_seeds), "",
+        *limits_lines(tb, prepared.report["config"], num_steps, mode), "",
         "## Results per setup (correct implementation)", "",
     ]
     for setup in agg["setups"]:
